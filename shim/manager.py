@@ -1,0 +1,220 @@
+"""The two short-lived commands containerd runs: `start` and `delete`.
+
+`start` decides which shim serves a container (one per pod: the group id), makes sure a daemon
+listens on that group's socket, records the address in the bundle and prints it. containerd
+reads stdout and stderr together and dials what it read exactly once, so: nothing on stderr,
+no newline, and the socket is listening before we print.
+
+`delete` runs after every task deletion and after a shim crash. It cleans up what belongs to
+THIS container only (its process, its rootfs mount, its cgroup), because the shim it shares
+with the rest of the pod may still be serving them, and prints a binary DeleteResponse.
+
+This module is imported on every container start, so it imports only the standard library and
+light project modules; protobuf is loaded by `delete` alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+from shim.oci import spec as oci_spec
+
+SOCKET_ROOT = "/run/containerd"
+ADDRESS_FILE = "address"
+PID_FILE = "init.pid"
+MAX_SOCKET_PATH = 106
+DELETE_EXIT_STATUS = 128 + signal.SIGKILL
+
+
+@dataclass(frozen=True, slots=True)
+class ShimOptions:
+    """The flags containerd passes to every invocation of the binary."""
+
+    namespace: str
+    address: str  # containerd's gRPC socket path
+    publish_binary: str
+    id: str
+    bundle: str
+    debug: bool
+
+
+def socket_address(containerd_address: str, namespace: str, group: str) -> str:
+    """The group's socket, computed exactly as containerd's shim package does."""
+    digest = hashlib.sha256(os.path.join(containerd_address, namespace, group).encode())
+    return f"unix://{SOCKET_ROOT}/s/{digest.hexdigest()}"
+
+
+def _accepts(path: str) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(2.0)
+        try:
+            probe.connect(path)
+        except OSError:
+            return False
+        return True
+
+
+def _listen(path: str) -> socket.socket | None:
+    """A listening socket at `path`, or None when a live shim already owns it."""
+    if len(path) > MAX_SOCKET_PATH:
+        raise OSError(errno.ENAMETOOLONG, f"socket path {path} is longer than {MAX_SOCKET_PATH}")
+    os.makedirs(os.path.dirname(path), mode=0o711, exist_ok=True)
+    for _ in range(2):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(path)
+        except OSError as e:
+            sock.close()
+            if e.errno != errno.EADDRINUSE:
+                raise
+            if _accepts(path):
+                return None
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)  # stale: its shim is gone
+            continue
+        os.chmod(path, 0o600)
+        sock.listen(128)
+        return sock
+    raise OSError(errno.EADDRINUSE, f"{path} is in use and could not be replaced")
+
+
+def write_atomic(path: str, data: str) -> None:
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def _self_command() -> list[str]:
+    """How to run this program again: the frozen binary, or the console script that ran us."""
+    if getattr(sys, "frozen", False):
+        return [sys.executable]
+    argv0 = sys.argv[0]
+    if os.path.isabs(argv0) and os.access(argv0, os.X_OK):
+        return [argv0]
+    return [sys.executable, "-m", "shim"]
+
+
+def start(opts: ShimOptions) -> str:
+    """Ensure a daemon serves this container's group; return the address to print."""
+    bundle = os.getcwd()
+    try:
+        annotations = oci_spec.read_document(bundle).get("annotations") or {}
+    except Exception:
+        annotations = {}
+    group = oci_spec.group_id(annotations, opts.id)
+    address = socket_address(opts.address, opts.namespace, group)
+    path = address[len("unix://") :]
+    listener = _listen(path)
+    if listener is not None:
+        try:
+            _spawn_daemon(opts, listener)
+        except BaseException:
+            listener.close()
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            raise
+    write_atomic(os.path.join(bundle, ADDRESS_FILE), address)
+    return address
+
+
+def _spawn_daemon(opts: ShimOptions, listener: socket.socket) -> None:
+    """Re-execute ourselves as the daemon with the listener as fd 3, detached from containerd.
+
+    The child gets /dev/null for stdio: if it held containerd's stdout pipe, containerd's
+    CombinedOutput would wait for the daemon to exit.
+    """
+    if listener.fileno() != 3:
+        os.dup2(listener.fileno(), 3, inheritable=True)
+    else:
+        os.set_inheritable(3, True)
+    args = [
+        *_self_command(),
+        "-namespace",
+        opts.namespace,
+        "-address",
+        opts.address,
+        "-publish-binary",
+        opts.publish_binary,
+        "-id",
+        opts.id,
+    ]
+    if opts.debug:
+        args.append("-debug")
+    subprocess.Popen(
+        args,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        pass_fds=(3,),
+        start_new_session=True,
+        close_fds=True,
+        cwd=os.getcwd(),
+    )
+    # The daemon has its own copy now; `start` exits right after, so the Popen is not waited.
+
+
+def _start_time(pid: int) -> str:
+    """The process's start time in clock ticks since boot (/proc/PID/stat field 22)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return ""
+    # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
+    fields = stat[stat.rfind(b")") + 2 :].split()
+    return fields[19].decode() if len(fields) > 19 else ""
+
+
+def write_pid_file(bundle: str, pid: int) -> None:
+    """Record the container process as "pid starttime", so that `delete` can kill what is
+    left after a shim crash without ever hitting a recycled pid."""
+    write_atomic(os.path.join(bundle, PID_FILE), f"{pid} {_start_time(pid)}")
+
+
+def read_pid_file(bundle: str) -> tuple[int, bool]:
+    """(pid, still the same live process?) from the bundle's pid file; (0, False) if none."""
+    try:
+        with open(os.path.join(bundle, PID_FILE)) as f:
+            parts = f.read().split()
+        pid = int(parts[0])
+    except (OSError, ValueError, IndexError):
+        return 0, False
+    started = parts[1] if len(parts) > 1 else None
+    return pid, bool(started) and _start_time(pid) == started
+
+
+def delete(opts: ShimOptions) -> bytes:
+    """Clean up one container after its task is gone (or its shim died); the DeleteResponse."""
+    from shim.api.containerd.task.v2 import shim_pb2
+    from shim.cgroups import Cgroup
+    from shim.oci import mounts
+
+    bundle = opts.bundle or os.getcwd()
+    pid, alive = read_pid_file(bundle)
+    if alive:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    cgroups_path = ""
+    with contextlib.suppress(Exception):
+        cgroups_path = oci_spec.load(bundle).cgroups_path
+    if cgroups_path:
+        cg = Cgroup.load(cgroups_path)
+        if cg is not None:
+            cg.kill_all(signal.SIGKILL)
+            cg.remove()
+    mounts.unmount_all(os.path.join(bundle, "rootfs"))
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(os.path.join(bundle, PID_FILE))
+    response = shim_pb2.DeleteResponse(pid=pid, exit_status=DELETE_EXIT_STATUS)
+    response.exited_at.FromNanoseconds(time.time_ns())
+    return response.SerializeToString()

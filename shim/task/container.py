@@ -1,0 +1,178 @@
+"""One container: what it owns on the host, and how that is acquired and released.
+
+A container owns its rootfs mount, its stdio, its cgroup and (once started) one process. All
+acquisition happens in `Container.prepare` (called by Create) and all release in
+`Container.release` (called by Delete, and on any Create failure), so nothing is leaked by a
+failure half-way: release undoes exactly what was done, in reverse, and is idempotent.
+The state (shim/task/states.py) is kept here but changed only by shim/task/tasks.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+
+from runtimes.base import Entrypoint, Preopen, RunConfig, Runtime
+from shim import manager
+from shim.cgroups import Cgroup
+from shim.errors import FailedPrecondition, InvalidArgument
+from shim.io.stdio import ProcessIO, StdioConfig
+from shim.oci import mounts
+from shim.oci.spec import Spec, load
+from shim.task.states import State
+from shim.zygote import JOINABLE_NAMESPACES, ProcessSetup
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class CreateConfig:
+    """Create's request as plain values (the wire type stays in service.py)."""
+
+    id: str
+    bundle: str
+    rootfs: tuple[mounts.MountRequest, ...]
+    stdio: StdioConfig
+    namespace: str
+
+
+@dataclass(eq=False)
+class Container:
+    id: str
+    bundle: str
+    namespace: str
+    spec: Spec
+    stdio: StdioConfig
+    rootfs: str = ""
+    rootfs_mounts: tuple[mounts.MountRequest, ...] = ()
+    mounted: bool = False
+    io: ProcessIO | None = None
+    cgroup: Cgroup | None = None
+    entry: Entrypoint | None = None
+    run_config: RunConfig | None = None
+    state: State = State.CREATED
+    pid: int = 0
+    exit_status: int = 0
+    exited_at_ns: int = 0
+    pending_exit: int | None = None
+    exited: asyncio.Event = field(default_factory=asyncio.Event)
+    started: asyncio.Event = field(default_factory=asyncio.Event)
+
+    # ------------------------------------------------------------------ acquisition
+
+    @classmethod
+    def prepare(cls, cfg: CreateConfig, runtime: Runtime, cache_dir: str | None) -> Container:
+        """Do everything Create needs, blocking (run it in a thread). Undone on failure."""
+        if cfg.stdio.terminal:
+            raise InvalidArgument("terminal (tty) is not supported by the wasmtime shim yet")
+        spec = load(cfg.bundle)
+        if spec.process.terminal:
+            raise InvalidArgument("process.terminal is not supported by the wasmtime shim yet")
+        c = cls(id=cfg.id, bundle=cfg.bundle, namespace=cfg.namespace, spec=spec, stdio=cfg.stdio)
+        try:
+            c._mount_rootfs(cfg.rootfs)
+            c.run_config = c._run_config(cache_dir)
+            c.entry = runtime.resolve(c.run_config, spec.process.getenv("PATH"))
+            if spec.cgroups_path:
+                c.cgroup = Cgroup.create(spec.cgroups_path, spec.resources)
+            c.io = ProcessIO.open(cfg.stdio, container_id=cfg.id, namespace=cfg.namespace)
+        except BaseException:
+            c.release()
+            raise
+        return c
+
+    def _mount_rootfs(self, requests: tuple[mounts.MountRequest, ...]) -> None:
+        self.rootfs_mounts = requests
+        if requests:
+            self.rootfs = os.path.join(self.bundle, "rootfs")
+            os.makedirs(self.rootfs, exist_ok=True)
+            mounts.mount_rootfs(requests, self.rootfs)
+            self.mounted = True
+        else:  # `ctr run --rootfs DIR`: the spec names a directory that is already there
+            self.rootfs = os.path.join(self.bundle, self.spec.root_path)
+        if not os.path.isdir(self.rootfs):
+            raise FailedPrecondition(f"rootfs {self.rootfs} is not a directory")
+
+    def _run_config(self, cache_dir: str | None) -> RunConfig:
+        """The engine's view: rootfs at "/", then every host-directory mount at its target."""
+        preopens = [Preopen(host=self.rootfs, guest="/", readonly=self.spec.root_readonly)]
+        for m in self.spec.mounts:
+            if m.is_bind and os.path.isdir(m.source):
+                preopens.append(Preopen(host=m.source, guest=m.destination, readonly=m.readonly))
+            else:
+                log.debug(
+                    "mount %s (%s) is not a host directory; not preopened", m.destination, m.type
+                )
+        proc = self.spec.process
+        return RunConfig(
+            container_id=self.id,
+            rootfs=self.rootfs,
+            args=proc.args,
+            env=proc.env,
+            cwd=proc.cwd,
+            preopens=tuple(preopens),
+            memory_limit=self.spec.memory_limit,
+            cache_dir=cache_dir,
+        )
+
+    def process_setup(self) -> ProcessSetup:
+        """What the forked child does before the engine runs (see shim/zygote.py)."""
+        host_cwd = self._host_cwd()
+        namespaces = tuple(
+            (JOINABLE_NAMESPACES[ns.type], ns.path)
+            for ns in self.spec.namespaces
+            if ns.path and ns.type in JOINABLE_NAMESPACES
+        )
+        user = self.spec.process.user
+        return ProcessSetup(
+            cgroup_files=self.cgroup.join_files() if self.cgroup else (),
+            namespaces=namespaces,
+            host_cwd=host_cwd,
+            uid=user.uid,
+            gid=user.gid,
+            additional_gids=user.additional_gids,
+            hostname=self.spec.hostname,
+        )
+
+    def _host_cwd(self) -> str:
+        """process.cwd inside the rootfs, never outside it (symlinks resolved)."""
+        root = os.path.realpath(self.rootfs)
+        candidate = os.path.realpath(os.path.join(root, self.spec.process.cwd.lstrip("/")))
+        if (candidate == root or candidate.startswith(root + os.sep)) and os.path.isdir(candidate):
+            return candidate
+        return root
+
+    def write_pid_file(self) -> None:
+        """Record the pid in the bundle so `delete` can find what is left after a shim crash."""
+        manager.write_pid_file(self.bundle, self.pid)
+
+    # ------------------------------------------------------------------ exit and release
+
+    def set_exited(self, status: int) -> None:
+        self.exit_status = status
+        self.exited_at_ns = time.time_ns()
+        self.state = State.STOPPED
+        self.exited.set()
+
+    def release(self) -> None:
+        """Release everything this container holds; safe to call more than once."""
+        if self.io is not None:
+            try:
+                self.io.close()
+            except Exception:
+                log.exception("closing stdio of %s", self.id)
+        if self.cgroup is not None:
+            try:
+                self.cgroup.remove()
+                self.cgroup = None
+            except Exception:
+                log.exception("removing the cgroup of %s", self.id)
+        if self.mounted:
+            mounts.unmount_all(self.rootfs)
+            self.mounted = False
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(self.bundle, manager.PID_FILE))

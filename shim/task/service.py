@@ -1,0 +1,236 @@
+"""The `containerd.task.v2.Task` ttrpc service: wire types in, plain calls out.
+
+This is the only module (with shim/events.py) that touches the task protobufs. Each handler
+unpacks its request, calls shim/task/tasks.py, and packs the answer; errors pass through as
+shim.errors classes, which the ttrpc server converts to status codes. Unsupported RPCs are
+UNIMPLEMENTED, everywhere with the same wording, so containerd (and a user reading ctr's
+output) can tell "not supported" from "failed".
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from google.protobuf import any_pb2, empty_pb2, timestamp_pb2
+from google.protobuf.message import Message
+
+from shim import __version__
+from shim.api.containerd.events import task_pb2 as events_pb2
+from shim.api.containerd.task.v2 import shim_pb2 as pb
+from shim.api.containerd.types import mount_pb2
+from shim.api.containerd.types.task import task_pb2 as types_pb2
+from shim.errors import Unimplemented
+from shim.io.stdio import StdioConfig
+from shim.logs import current_container
+from shim.oci.mounts import MountRequest
+from shim.task.container import Container, CreateConfig
+from shim.task.states import State
+from shim.task.tasks import Tasks
+
+log = logging.getLogger(__name__)
+
+SERVICE = "containerd.task.v2.Task"
+
+_STATUS = {
+    State.CREATED: types_pb2.CREATED,
+    State.STARTING: types_pb2.CREATED,
+    State.RUNNING: types_pb2.RUNNING,
+    State.STOPPED: types_pb2.STOPPED,
+    State.DELETING: types_pb2.STOPPED,
+    State.DELETED: types_pb2.STOPPED,
+}
+
+
+def timestamp(ns: int) -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    if ns:
+        ts.FromNanoseconds(ns)
+    return ts
+
+
+def pack_any(msg: Message) -> any_pb2.Any:
+    """An Any whose type_url is the bare proto name, as containerd's typeurl registers them."""
+    return any_pb2.Any(type_url=msg.DESCRIPTOR.full_name, value=msg.SerializeToString())
+
+
+def _unsupported(what: str) -> Unimplemented:
+    return Unimplemented(f"{what} is not supported by the wasmtime shim (UNIMPLEMENTED)")
+
+
+Handler = Callable[[Any, Any], Awaitable[Message]]
+
+
+class TaskService:
+    """Adapts ttrpc requests to `Tasks`. `handlers()` is the server's dispatch table."""
+
+    def __init__(self, tasks: Tasks, namespace: str, request_shutdown: Callable[[bool], None]):
+        self.tasks = tasks
+        self.namespace = namespace
+        self.request_shutdown = request_shutdown
+
+    def handlers(self) -> dict[str, tuple[Handler, type[Message]]]:
+        table: dict[str, tuple[Handler, type[Message]]] = {}
+        for name in pb.DESCRIPTOR.services_by_name["Task"].methods_by_name:
+            method = pb.DESCRIPTOR.services_by_name["Task"].methods_by_name[name]
+            request_type = getattr(pb, method.input_type.name)
+            table[name] = (self._wrap(getattr(self, name)), request_type)
+        return table
+
+    @staticmethod
+    def _wrap(func: Handler) -> Handler:
+        async def handler(request: Any, ctx: Any) -> Message:
+            current_container.set(getattr(request, "id", ""))
+            return await func(request, ctx)
+
+        return handler
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def Create(self, r: pb.CreateTaskRequest, ctx: Any) -> pb.CreateTaskResponse:
+        if r.checkpoint or r.parent_checkpoint:
+            raise _unsupported("checkpoint/restore")
+        cfg = CreateConfig(
+            id=r.id,
+            bundle=r.bundle,
+            rootfs=tuple(
+                MountRequest(type=m.type, source=m.source, options=tuple(m.options))
+                for m in r.rootfs
+            ),
+            stdio=StdioConfig(stdin=r.stdin, stdout=r.stdout, stderr=r.stderr, terminal=r.terminal),
+            namespace=self.namespace,
+        )
+        c = await self.tasks.create(cfg)
+        return pb.CreateTaskResponse(pid=c.pid)
+
+    async def Start(self, r: pb.StartRequest, ctx: Any) -> pb.StartResponse:
+        return pb.StartResponse(pid=await self.tasks.start(r.id, r.exec_id))
+
+    async def Wait(self, r: pb.WaitRequest, ctx: Any) -> pb.WaitResponse:
+        info = await self.tasks.wait(r.id, r.exec_id)
+        return pb.WaitResponse(exit_status=info.exit_status, exited_at=timestamp(info.exited_at_ns))
+
+    async def Kill(self, r: pb.KillRequest, ctx: Any) -> empty_pb2.Empty:
+        await self.tasks.kill(r.id, r.exec_id, r.signal, r.all)
+        return empty_pb2.Empty()
+
+    async def Delete(self, r: pb.DeleteRequest, ctx: Any) -> pb.DeleteResponse:
+        info = await self.tasks.delete(r.id, r.exec_id)
+        return pb.DeleteResponse(
+            pid=info.pid, exit_status=info.exit_status, exited_at=timestamp(info.exited_at_ns)
+        )
+
+    async def Shutdown(self, r: pb.ShutdownRequest, ctx: Any) -> empty_pb2.Empty:
+        if r.now or self.tasks.shutdown_ok():
+            self.request_shutdown(r.now)
+        return empty_pb2.Empty()
+
+    # ------------------------------------------------------------------ queries
+
+    async def State(self, r: pb.StateRequest, ctx: Any) -> pb.StateResponse:
+        c = self.tasks.get(r.id, r.exec_id)
+        return pb.StateResponse(
+            id=c.id,
+            bundle=c.bundle,
+            pid=c.pid,
+            status=_STATUS[c.state],
+            stdin=c.stdio.stdin,
+            stdout=c.stdio.stdout,
+            stderr=c.stdio.stderr,
+            terminal=c.stdio.terminal,
+            exit_status=c.exit_status,
+            exited_at=timestamp(c.exited_at_ns),
+        )
+
+    async def Connect(self, r: pb.ConnectRequest, ctx: Any) -> pb.ConnectResponse:
+        c = self.tasks.containers.get(r.id)
+        task_pid = c.pid if c is not None and c.state is not State.CREATED else 0
+        return pb.ConnectResponse(shim_pid=os.getpid(), task_pid=task_pid, version=__version__)
+
+    async def Pids(self, r: pb.PidsRequest, ctx: Any) -> pb.PidsResponse:
+        return pb.PidsResponse(
+            processes=[types_pb2.ProcessInfo(pid=p) for p in self.tasks.pids(r.id)]
+        )
+
+    async def Stats(self, r: pb.StatsRequest, ctx: Any) -> pb.StatsResponse:
+        return pb.StatsResponse(stats=pack_any(await self.tasks.stats(r.id)))
+
+    async def CloseIO(self, r: pb.CloseIORequest, ctx: Any) -> empty_pb2.Empty:
+        self.tasks.close_io(r.id, r.exec_id, r.stdin)
+        return empty_pb2.Empty()
+
+    # ------------------------------------------------------------------ not supported (yet)
+
+    async def Exec(self, r: pb.ExecProcessRequest, ctx: Any) -> empty_pb2.Empty:
+        raise _unsupported("exec")
+
+    async def Pause(self, r: pb.PauseRequest, ctx: Any) -> empty_pb2.Empty:
+        raise _unsupported("pause")
+
+    async def Resume(self, r: pb.ResumeRequest, ctx: Any) -> empty_pb2.Empty:
+        raise _unsupported("resume")
+
+    async def Update(self, r: pb.UpdateTaskRequest, ctx: Any) -> empty_pb2.Empty:
+        raise _unsupported("update")
+
+    async def ResizePty(self, r: pb.ResizePtyRequest, ctx: Any) -> empty_pb2.Empty:
+        raise _unsupported("resize-pty (tty)")
+
+    async def Checkpoint(self, r: pb.CheckpointTaskRequest, ctx: Any) -> empty_pb2.Empty:
+        raise _unsupported("checkpoint")
+
+
+class ProtoEvents:
+    """The EventSink that turns container changes into containerd.events messages."""
+
+    def __init__(self, publish: Callable[[str, Message], None]) -> None:
+        self.publish = publish
+
+    def task_create(self, c: Container) -> None:
+        self.publish(
+            "/tasks/create",
+            events_pb2.TaskCreate(
+                container_id=c.id,
+                bundle=c.bundle,
+                rootfs=[
+                    mount_pb2.Mount(type=m.type, source=m.source, options=list(m.options))
+                    for m in c.rootfs_mounts
+                ],
+                io=events_pb2.TaskIO(
+                    stdin=c.stdio.stdin,
+                    stdout=c.stdio.stdout,
+                    stderr=c.stdio.stderr,
+                    terminal=c.stdio.terminal,
+                ),
+                pid=c.pid,
+            ),
+        )
+
+    def task_start(self, c: Container) -> None:
+        self.publish("/tasks/start", events_pb2.TaskStart(container_id=c.id, pid=c.pid))
+
+    def task_exit(self, c: Container) -> None:
+        self.publish(
+            "/tasks/exit",
+            events_pb2.TaskExit(
+                container_id=c.id,
+                id=c.id,
+                pid=c.pid,
+                exit_status=c.exit_status,
+                exited_at=timestamp(c.exited_at_ns),
+            ),
+        )
+
+    def task_delete(self, c: Container) -> None:
+        self.publish(
+            "/tasks/delete",
+            events_pb2.TaskDelete(
+                container_id=c.id,
+                id=c.id,
+                pid=c.pid,
+                exit_status=c.exit_status,
+                exited_at=timestamp(c.exited_at_ns),
+            ),
+        )
