@@ -1,0 +1,221 @@
+"""A container process's stdio, as containerd's runc shim provides it.
+
+Create passes three strings and ``terminal``; ``uri.plan`` decides what they mean and this
+module opens them, hands three descriptors to whoever forks the process, and releases
+everything afterwards. The life cycle:
+
+``ProcessIO.open`` (Create) -> ``child_fds`` (the forker dup2()s them onto 0/1/2) ->
+``started`` (our copies of the child's ends are closed, so the child's exit is the client's
+EOF) -> ``close_stdin`` (CloseIO, any time) -> ``close`` (after exit / on Delete).
+
+Output goes to the client's FIFO directly, not through a copier: the child writes into the
+FIFO, and we hold our own read end of it until ``close`` so that a client that went away never
+turns the guest's writes into EPIPE (as in runc, a full FIFO then blocks the writer instead).
+Stdin goes through a pipe we own (see ``stdin.py``) because CloseIO must produce EOF.
+
+Every descriptor here is close-on-exec, including the ones returned by ``child_fds``; the
+forker's dup2() makes the inheritable 0/1/2 (see ``fds.py`` for why).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+from dataclasses import dataclass
+
+from shim.errors import FailedPrecondition, InvalidArgument
+from shim.io.fds import close_quietly, open_fd, os_error
+from shim.io.logger import BinaryLogger
+from shim.io.stdin import StdinCopier
+from shim.io.uri import Kind, Plan, Target, plan
+
+DEFAULT_READY_TIMEOUT = 10.0  # seconds a binary:// logger gets to signal readiness
+
+
+@dataclass(frozen=True, slots=True)
+class StdioConfig:
+    """The stdio part of a Create (or Exec) request, as plain values."""
+
+    stdin: str
+    stdout: str
+    stderr: str
+    terminal: bool = False
+
+    @property
+    def is_null(self) -> bool:
+        return not (self.stdin or self.stdout or self.stderr)
+
+
+class ProcessIO:
+    """The descriptors of one process's stdio and everything that keeps them working.
+
+    Thread-safe: Create, CloseIO and Delete may arrive on different threads.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._child: list[int] = [-1, -1, -1]  # what the child gets as 0/1/2 (may repeat)
+        self._own: list[int] = []  # child-side fds opened here; closed by started()
+        self._keep: list[int] = []  # our FIFO read ends (anti-EPIPE), until close()
+        self._devnull = -1
+        self._stdin: StdinCopier | None = None
+        self._logger: BinaryLogger | None = None
+        self._started = False
+        self._closed = False
+
+    # -- construction -------------------------------------------------------------------
+
+    @classmethod
+    def null(cls) -> ProcessIO:
+        """All three streams on /dev/null (``ctr --null-io``, CRI sandboxes)."""
+        return cls.open(StdioConfig("", "", ""), container_id="", namespace="")
+
+    @classmethod
+    def open(
+        cls,
+        cfg: StdioConfig,
+        *,
+        container_id: str,
+        namespace: str,
+        ready_timeout: float = DEFAULT_READY_TIMEOUT,
+    ) -> ProcessIO:
+        """Open everything ``cfg`` names. Never waits for the client; a binary logger gets
+        ``ready_timeout`` seconds.
+
+        Raises InvalidArgument (terminal, unknown scheme, bad combination, a path that is
+        neither a FIFO nor a regular file), NotFound / PermissionDenied naming the path,
+        DeadlineExceeded / FailedPrecondition from a logger. Nothing stays open on failure.
+        """
+        if cfg.terminal:
+            raise InvalidArgument("terminal (tty) stdio is not supported by this shim")
+        p = plan(cfg.stdin, cfg.stdout, cfg.stderr)
+        pio = cls()
+        try:
+            pio._open(p, container_id=container_id, namespace=namespace, timeout=ready_timeout)
+        except BaseException:
+            pio.close(timeout=0)
+            raise
+        return pio
+
+    def _open(self, p: Plan, *, container_id: str, namespace: str, timeout: float) -> None:
+        if p.stdin.kind is Kind.PATH:
+            self._stdin = StdinCopier(p.stdin.path)
+            self._child[0] = self._stdin.child_fd
+        else:
+            self._child[0] = self._null()
+        if p.shared and p.stdout.kind is Kind.BINARY:
+            self._logger = BinaryLogger.start(
+                p.stdout, container_id=container_id, namespace=namespace, ready_timeout=timeout
+            )
+            self._child[1] = self._logger.stdout_fd
+            self._child[2] = self._logger.stderr_fd
+        elif p.shared:  # file://: one descriptor, O_APPEND, for both streams
+            self._child[1] = self._child[2] = self._owned(self._open_log_file(p.stdout.path))
+        else:
+            self._child[1] = self._open_output(p.stdout, "stdout")
+            self._child[2] = self._open_output(p.stderr, "stderr")
+        if self._stdin is not None:
+            self._stdin.start()
+
+    def _null(self) -> int:
+        if self._devnull < 0:
+            self._devnull = self._owned(open_fd(os.devnull, os.O_RDWR, "open"))
+        return self._devnull
+
+    def _owned(self, fd: int) -> int:
+        self._own.append(fd)
+        return fd
+
+    def _open_output(self, target: Target, stream: str) -> int:
+        """A FIFO (with our keep-alive read end) or an existing regular file to append to."""
+        if target.kind is Kind.NULL:
+            return self._null()
+        path = target.path
+        # O_NONBLOCK: a read end opens at once even with no writer, and a regular file
+        # is unaffected by it. It is a read-only handle we never read from.
+        reader = open_fd(path, os.O_RDONLY | os.O_NONBLOCK, f"open {stream}")
+        try:
+            mode = os.fstat(reader).st_mode
+        except OSError as exc:  # pragma: no cover - fstat of an open fd does not fail
+            close_quietly(reader)
+            raise os_error(exc, f"stat {stream}", path) from exc
+        if stat.S_ISFIFO(mode):
+            self._keep.append(reader)
+            # A reader exists (ours), so this cannot block.
+            return self._owned(open_fd(path, os.O_WRONLY, f"open {stream} FIFO"))
+        close_quietly(reader)
+        if stat.S_ISREG(mode):  # the runc shim appends to a plain file, without creating it
+            return self._owned(open_fd(path, os.O_WRONLY | os.O_APPEND, f"open {stream} file"))
+        raise InvalidArgument(f"{stream} {path!r} is neither a FIFO nor a regular file")
+
+    @staticmethod
+    def _open_log_file(path: str) -> int:
+        """``file://``: create parent directories and the file, append to it."""
+        parent = os.path.dirname(path)
+        try:
+            os.makedirs(parent, mode=0o755, exist_ok=True)
+        except OSError as exc:
+            raise os_error(exc, "create log directory", parent) from exc
+        return open_fd(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, "open log file", 0o644)
+
+    # -- the life cycle -----------------------------------------------------------------
+
+    def child_fds(self) -> tuple[int, int, int]:
+        """The descriptors for the child's 0, 1, 2 (close-on-exec: dup2() them).
+
+        Raises FailedPrecondition after ``started`` or ``close``: ours are gone by then.
+        """
+        with self._lock:
+            if self._started or self._closed:
+                raise FailedPrecondition("stdio descriptors were already handed over")
+            return (self._child[0], self._child[1], self._child[2])
+
+    def started(self) -> None:
+        """The child holds its copies: close ours so its exit is its readers' EOF.
+
+        Idempotent; does nothing after ``close``.
+        """
+        with self._lock:
+            if self._started or self._closed:
+                return
+            self._started = True
+            self._release_child_fds()
+
+    def close_stdin(self) -> None:
+        """CloseIO: the process reads what was already written to its stdin, then EOF.
+        Does nothing when stdin is not a FIFO (it already reads /dev/null)."""
+        with self._lock:
+            copier = None if self._closed else self._stdin
+        if copier is not None:
+            copier.close_stdin()
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Release everything: descriptors, the stdin copier, the logger (waited for up to
+        ``timeout`` s after EOF, then signalled). Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._release_child_fds()
+            copier, self._stdin = self._stdin, None
+            logger, self._logger = self._logger, None
+            keep, self._keep = self._keep, []
+        if copier is not None:
+            copier.stop(timeout=max(timeout, 1.0))
+        for fd in keep:
+            close_quietly(fd)
+        if logger is not None:
+            logger.stop(timeout)
+
+    def _release_child_fds(self) -> None:
+        """Close our copies of the child's 0/1/2; the copier and logger close their own."""
+        if self._stdin is not None:
+            self._stdin.release_child_fd()
+        if self._logger is not None:
+            self._logger.release_child_fds()
+        own, self._own = self._own, []
+        for fd in own:
+            close_quietly(fd)
+        self._child = [-1, -1, -1]
+        self._devnull = -1

@@ -1,0 +1,510 @@
+"""shim/io with real FIFOs, files, pipes and child processes (/bin/sh stands in for a guest).
+
+Each test plays containerd's client: it makes the FIFOs and opens its ends the way ``ctr`` does
+(read ends before Create), then forks a child onto ``child_fds()`` as the zygote would. Every
+test that opens descriptors checks at the end that the process holds exactly the descriptors it
+held before. Reads are guarded by a generous deadline only so that a bug fails instead of
+hanging the run; nothing asserts on timing.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from shim.errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+)
+from shim.io import ProcessIO, StdioConfig
+from shim.io.uri import Kind, Target, parse, plan
+
+HANG_GUARD = 30.0  # seconds; only ever reached when the code under test is broken
+
+
+def open_fds() -> set[str]:
+    return {f"{fd}->{os.readlink(f'/proc/self/fd/{fd}')}" for fd in _fd_numbers()}
+
+
+def _fd_numbers() -> list[int]:
+    fds = []
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            os.readlink(f"/proc/self/fd/{name}")
+        except FileNotFoundError:  # the listdir's own descriptor
+            continue
+        fds.append(int(name))
+    return fds
+
+
+@pytest.fixture
+def fd_guard() -> Iterator[None]:
+    before = open_fds()
+    yield
+    assert open_fds() == before
+
+
+@dataclass
+class Client:
+    """The client side of the three FIFOs, as containerd's cio sets them up."""
+
+    dir: Path
+    stdin: str
+    stdout: str
+    stderr: str
+    out_r: int
+    err_r: int
+    in_w: int = -1
+
+    def config(self, *, stdin: bool = True) -> StdioConfig:
+        return StdioConfig(self.stdin if stdin else "", self.stdout, self.stderr)
+
+    def open_stdin(self) -> int:
+        # Blocking open like a real client; the shim's read end already exists.
+        self.in_w = os.open(self.stdin, os.O_WRONLY | os.O_CLOEXEC)
+        return self.in_w
+
+    def close(self) -> None:
+        for fd in (self.out_r, self.err_r, self.in_w):
+            if fd >= 0:
+                os.close(fd)
+        self.out_r = self.err_r = self.in_w = -1
+
+
+@pytest.fixture
+def client(tmp_path: Path, fd_guard: None) -> Iterator[Client]:
+    paths = {}
+    for name in ("stdin", "stdout", "stderr"):
+        paths[name] = str(tmp_path / f"ctr-{name}")
+        os.mkfifo(paths[name])
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
+    c = Client(
+        tmp_path,
+        **paths,
+        out_r=os.open(paths["stdout"], flags),
+        err_r=os.open(paths["stderr"], flags),
+    )
+    yield c
+    c.close()
+
+
+def read_to_eof(fd: int) -> bytes:
+    """Everything until EOF (all writers gone)."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    deadline = time.monotonic() + HANG_GUARD
+    data = b""
+    while True:
+        if not poller.poll(max(0.0, deadline - time.monotonic()) * 1000):
+            pytest.fail(f"no EOF after reading {data!r}")
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:
+            continue
+        if not chunk:
+            return data
+        data += chunk
+
+
+def spawn(pio: ProcessIO, script: str) -> subprocess.Popen[bytes]:
+    """Fork a child onto child_fds() (Popen dup2()s them), then hand over as the shim does."""
+    fds = pio.child_fds()
+    child = subprocess.Popen(["/bin/sh", "-c", script], stdin=fds[0], stdout=fds[1], stderr=fds[2])
+    pio.started()
+    return child
+
+
+def run_bounded(fn: object) -> object:
+    """Call ``fn`` in a thread; fail instead of hanging if it never returns."""
+    result: list[object] = []
+    thread = threading.Thread(target=lambda: result.append(fn()), daemon=True)  # type: ignore[operator]
+    thread.start()
+    thread.join(HANG_GUARD)
+    assert not thread.is_alive(), "blocked"
+    return result[0]
+
+
+# -- FIFOs ----------------------------------------------------------------------------
+
+
+def test_output_reaches_the_client_and_eof_follows_the_exit(client: Client) -> None:
+    pio = ProcessIO.open(client.config(stdin=False), container_id="c", namespace="ns")
+    child = spawn(pio, "echo out; echo err >&2")
+    assert read_to_eof(client.out_r) == b"out\n"
+    assert read_to_eof(client.err_r) == b"err\n"
+    assert child.wait() == 0
+    pio.close()
+
+
+def test_no_eof_while_our_copies_are_open(client: Client) -> None:
+    """started() is what lets the child's exit become the client's EOF."""
+    pio = ProcessIO.open(client.config(stdin=False), container_id="c", namespace="ns")
+    fds = pio.child_fds()
+    child = subprocess.Popen(["/bin/sh", "-c", "echo out"], stdout=fds[1], stderr=fds[2])
+    assert child.wait() == 0
+    assert os.read(client.out_r, 100) == b"out\n"
+    with pytest.raises(BlockingIOError):  # a writer (ours) is still there: no EOF
+        os.read(client.out_r, 100)
+    pio.started()
+    assert read_to_eof(client.out_r) == b""
+    pio.close()
+
+
+def test_a_departed_client_does_not_break_the_guests_writes(client: Client) -> None:
+    pio = ProcessIO.open(client.config(stdin=False), container_id="c", namespace="ns")
+    client.close()  # ctr killed: nobody reads any more
+    marker = client.dir / "survived"
+    child = spawn(pio, f"echo out && echo err >&2 && echo again && touch {marker}")
+    assert child.wait() == 0  # a SIGPIPE death would be -13, an EPIPE failure 1
+    assert marker.exists()
+    pio.close()
+
+
+def test_stdin_reaches_the_child_and_close_stdin_gives_eof(client: Client) -> None:
+    pio = ProcessIO.open(client.config(), container_id="c", namespace="ns")
+    child = spawn(pio, "cat")
+    os.write(client.open_stdin(), b"hello\n")
+    pio.close_stdin()  # the client still holds its write end
+    assert read_to_eof(client.out_r) == b"hello\n"
+    assert child.wait() == 0
+    pio.close()
+
+
+def test_create_does_not_wait_for_the_client(tmp_path: Path, fd_guard: None) -> None:
+    """Nobody has opened any end: neither the stdin writer nor the stdout/stderr readers."""
+    for name in ("in", "out", "err"):
+        os.mkfifo(tmp_path / name)
+    cfg = StdioConfig(str(tmp_path / "in"), str(tmp_path / "out"), str(tmp_path / "err"))
+    pio = run_bounded(lambda: ProcessIO.open(cfg, container_id="c", namespace="ns"))
+    assert isinstance(pio, ProcessIO)
+    child = spawn(pio, "cat; echo done")
+    pio.close_stdin()
+    assert child.wait() == 0  # the output went into our read ends without EPIPE
+    pio.close()
+
+
+def test_a_client_may_detach_and_reattach_stdin(client: Client) -> None:
+    """Only CloseIO ends stdin: a client closing its write end is not EOF for the guest."""
+    pio = ProcessIO.open(client.config(), container_id="c", namespace="ns")
+    child = spawn(pio, "cat")
+    os.write(client.open_stdin(), b"first ")
+    os.close(client.in_w)
+    os.write(client.open_stdin(), b"second\n")
+    os.close(client.in_w)
+    client.in_w = -1
+    assert child.poll() is None
+    pio.close_stdin()
+    assert read_to_eof(client.out_r) == b"first second\n"
+    assert child.wait() == 0
+    pio.close()
+
+
+def test_data_written_before_start_is_delivered(client: Client) -> None:
+    pio = ProcessIO.open(client.config(), container_id="c", namespace="ns")
+    os.write(client.open_stdin(), b"early\n")
+    pio.close_stdin()
+    child = spawn(pio, "cat")
+    assert read_to_eof(client.out_r) == b"early\n"
+    assert child.wait() == 0
+    pio.close()
+
+
+def test_close_tears_down_a_running_stdin_copy(client: Client) -> None:
+    """Delete without CloseIO, while the copier waits on a child that never reads."""
+    pio = ProcessIO.open(client.config(), container_id="c", namespace="ns")
+    child = spawn(pio, "sleep 600")
+    writer = client.open_stdin()
+    os.set_blocking(writer, False)
+    with pytest.raises(BlockingIOError):  # fill the FIFO and our pipe behind it
+        while True:
+            os.write(writer, b"x" * 65536)
+    run_bounded(pio.close)
+    child.kill()
+    child.wait()
+
+
+# -- files ----------------------------------------------------------------------------
+
+
+def test_file_uri_appends_both_streams_across_runs(tmp_path: Path, fd_guard: None) -> None:
+    log = tmp_path / "new" / "dirs" / "ctr.log"
+    uri = f"file://{log}"
+    for run in ("1", "2"):
+        pio = ProcessIO.open(StdioConfig("", uri, uri), container_id="c", namespace="ns")
+        assert spawn(pio, f"echo out{run}; echo err{run} >&2").wait() == 0
+        pio.close()
+    assert log.read_text() == "out1\nerr1\nout2\nerr2\n"
+
+
+def test_a_plain_regular_file_is_appended_to(tmp_path: Path, fd_guard: None) -> None:
+    out = tmp_path / "out.txt"
+    out.write_text("kept\n")
+    pio = ProcessIO.open(StdioConfig("", str(out), ""), container_id="c", namespace="ns")
+    assert spawn(pio, "echo new; echo lost >&2").wait() == 0
+    pio.close()
+    assert out.read_text() == "kept\nnew\n"
+
+
+def test_a_missing_path_fails_naming_it_and_closes_what_was_opened(
+    client: Client,
+) -> None:
+    missing = str(client.dir / "nope" / "stderr")
+    cfg = StdioConfig(client.stdin, client.stdout, missing)
+    with pytest.raises(NotFound, match="nope/stderr"):
+        ProcessIO.open(cfg, container_id="c", namespace="ns")
+    # fd_guard checks that the stdin FIFO, the stdout ends and the copier pipe were released
+
+
+def test_stdin_must_be_a_fifo(tmp_path: Path, fd_guard: None) -> None:
+    regular = tmp_path / "in.txt"
+    regular.write_text("x")
+    with pytest.raises(InvalidArgument, match="not a FIFO"):
+        ProcessIO.open(StdioConfig(str(regular), "", ""), container_id="c", namespace="ns")
+
+
+# -- binary:// --------------------------------------------------------------------------
+
+LOGGER = """\
+#!PYTHON
+import json, os, select, signal, sys, time
+opts = dict(zip(sys.argv[1::2], sys.argv[2::2]))
+result = opts["result"]
+with open(result + ".pid", "w") as f:
+    f.write(str(os.getpid()))
+mode = opts.get("mode", "")
+if mode == "never-ready":
+    time.sleep(600)
+if mode != "no-byte":
+    os.write(5, b"r")
+os.close(5)
+if mode == "stubborn":
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    time.sleep(600)
+data = {3: b"", 4: b""}
+live = [3, 4]
+while live:
+    for fd in select.select(live, [], [])[0]:
+        chunk = os.read(fd, 4096)
+        if chunk:
+            data[fd] += chunk
+        else:
+            live.remove(fd)
+time.sleep(0.3)  # a close() that did not wait for us would find no result yet
+with open(result + ".tmp", "w") as f:
+    json.dump({
+        "argv": sys.argv[1:],
+        "env": dict(os.environ),
+        "stdout": data[3].decode(),
+        "stderr": data[4].decode(),
+        "fds": [os.readlink("/proc/self/fd/%d" % i) for i in range(3)],
+    }, f)
+os.rename(result + ".tmp", result)
+"""
+
+
+@pytest.fixture
+def logger(tmp_path: Path, fd_guard: None) -> Path:
+    script = tmp_path / "logger.py"
+    script.write_text(LOGGER.replace("PYTHON", sys.executable))
+    script.chmod(0o755)
+    return script
+
+
+def logger_pid(result: Path) -> int:
+    return int(Path(f"{result}.pid").read_text())
+
+
+def is_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def test_binary_logger_gets_both_streams_args_and_env(logger: Path, tmp_path: Path) -> None:
+    result = tmp_path / "result.json"
+    uri = f"binary://{logger}?result={result}&level=debug"
+    pio = ProcessIO.open(StdioConfig("", uri, uri), container_id="c1", namespace="k8s.io")
+    assert spawn(pio, "echo out; echo err >&2").wait() == 0
+    pio.close(timeout=HANG_GUARD)  # waits for the logger to finish on its own
+    got = json.loads(result.read_text())
+    assert got["argv"] == ["result", str(result), "level", "debug"]
+    assert got["env"]["CONTAINER_ID"] == "c1"
+    assert got["env"]["CONTAINER_NAMESPACE"] == "k8s.io"
+    assert "PATH" not in got["env"]  # nothing of the shim's environment
+    assert (got["stdout"], got["stderr"]) == ("out\n", "err\n")
+    assert got["fds"] == ["/dev/null"] * 3
+    assert is_gone(logger_pid(result))
+
+
+def test_binary_logger_that_never_gets_ready_times_out(logger: Path, tmp_path: Path) -> None:
+    result = tmp_path / "r"
+    uri = f"binary://{logger}?result={result}&mode=never-ready"
+    with pytest.raises(DeadlineExceeded, match=str(logger)):
+        ProcessIO.open(StdioConfig("", uri, ""), container_id="c", namespace="n", ready_timeout=1)
+    assert is_gone(logger_pid(result))
+
+
+def test_binary_v2_requires_the_ready_byte(logger: Path, tmp_path: Path) -> None:
+    result = tmp_path / "r"
+    uri = f"binary-v2://{logger}?result={result}&mode=no-byte"
+    with pytest.raises(FailedPrecondition, match="without signalling ready"):
+        ProcessIO.open(StdioConfig("", uri, uri), container_id="c", namespace="n")
+    assert is_gone(logger_pid(result))
+
+
+def test_binary_closing_fd5_counts_as_ready(logger: Path, tmp_path: Path) -> None:
+    result = tmp_path / "r"
+    uri = f"binary://{logger}?result={result}&mode=no-byte"
+    pio = ProcessIO.open(StdioConfig("", uri, uri), container_id="c", namespace="n")
+    assert spawn(pio, "echo out").wait() == 0
+    pio.close(timeout=HANG_GUARD)
+    assert json.loads(result.read_text())["stdout"] == "out\n"
+
+
+def test_a_logger_that_outlives_eof_is_killed(logger: Path, tmp_path: Path) -> None:
+    result = tmp_path / "r"
+    uri = f"binary://{logger}?result={result}&mode=stubborn"
+    pio = ProcessIO.open(StdioConfig("", uri, uri), container_id="c", namespace="n")
+    assert spawn(pio, "echo out").wait() == 0
+    pio.close(timeout=0.2)  # SIGTERM is ignored, so this goes all the way to SIGKILL
+    assert is_gone(logger_pid(result))
+
+
+def test_a_missing_logger_binary_is_not_found(tmp_path: Path, fd_guard: None) -> None:
+    uri = f"binary://{tmp_path}/no-logger"
+    with pytest.raises(NotFound, match="no-logger"):
+        ProcessIO.open(StdioConfig("", uri, uri), container_id="c", namespace="n")
+
+
+# -- null, refusals, the handover contract ------------------------------------------------
+
+
+def test_null_io(fd_guard: None) -> None:
+    pio = ProcessIO.null()
+    fds = pio.child_fds()
+    assert [os.readlink(f"/proc/self/fd/{fd}") for fd in fds] == ["/dev/null"] * 3
+    assert spawn(pio, "cat; echo out; echo err >&2").wait() == 0
+    pio.close()
+
+
+def test_terminal_is_refused() -> None:
+    with pytest.raises(InvalidArgument, match="terminal"):
+        ProcessIO.open(StdioConfig("", "", "", terminal=True), container_id="c", namespace="n")
+
+
+def test_an_unknown_scheme_is_refused_by_name(fd_guard: None) -> None:
+    with pytest.raises(InvalidArgument, match="'npipe'"):
+        ProcessIO.open(StdioConfig("", r"npipe:///x", ""), container_id="c", namespace="n")
+
+
+def test_handover_contract(client: Client) -> None:
+    pio = ProcessIO.open(client.config(), container_id="c", namespace="ns")
+    for fd in pio.child_fds():  # close-on-exec: the forker's dup2() makes the inheritable copy
+        assert fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC
+    child = spawn(pio, "cat")
+    with pytest.raises(FailedPrecondition):
+        pio.child_fds()
+    pio.started()  # idempotent
+    pio.close_stdin()
+    assert child.wait() == 0
+    pio.close()
+    pio.close()  # idempotent
+    pio.close_stdin()  # harmless after close
+
+
+def test_close_before_start_releases_everything(client: Client) -> None:
+    pio = ProcessIO.open(client.config(), container_id="c", namespace="ns")
+    pio.close()
+    assert read_to_eof(client.out_r) == b""  # our writers are gone
+
+
+# -- the URI table ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("uri", "target"),
+    [
+        ("", Target(Kind.NULL)),
+        ("/run/fifo/a?b#c%20", Target(Kind.PATH, "/run/fifo/a?b#c%20")),
+        ("fifo:///run/x", Target(Kind.PATH, "/run/x")),
+        ("file:///var/log/a%20b.log", Target(Kind.FILE, "/var/log/a b.log")),
+        ("file://localhost/l", Target(Kind.FILE, "/l")),
+        ("binary:///bin/log", Target(Kind.BINARY, "/bin/log")),
+        (
+            "binary:///bin/log?b=2&a=1&b=3&flag",
+            Target(Kind.BINARY, "/bin/log", ("b", "2", "a", "1", "flag", "")),
+        ),
+        ("binary-v2:///bin/log?x=y", Target(Kind.BINARY, "/bin/log", ("x", "y"), True)),
+    ],
+)
+def test_parse(uri: str, target: Target) -> None:
+    assert parse(uri, "stdout") == target
+
+
+@pytest.mark.parametrize(
+    ("uri", "message"),
+    [
+        ("relative/path", "absolute"),
+        ("npipe:///x", "unknown stdio URI scheme 'npipe'"),
+        ("file://host/x", "host"),
+        ("file:relative", "absolute path"),
+        ("binary://", "absolute path"),
+    ],
+)
+def test_parse_refuses(uri: str, message: str) -> None:
+    with pytest.raises(InvalidArgument, match=message):
+        parse(uri, "stdout")
+
+
+def test_plan_shares_a_log_uri_between_the_output_streams() -> None:
+    log = "binary:///bin/log?a=b"
+    for out, err in ((log, log), (log, ""), ("", log)):
+        p = plan("", out, err)
+        assert p.shared
+        assert p.stdout == p.stderr == parse(log, "stdout")
+    p = plan("/in", "/out", "")
+    assert (p.shared, p.stdin.kind, p.stdout.kind, p.stderr.kind) == (
+        False,
+        Kind.PATH,
+        Kind.PATH,
+        Kind.NULL,
+    )
+
+
+@pytest.mark.parametrize(
+    ("stdin", "stdout", "stderr"),
+    [
+        ("file:///x", "", ""),
+        ("", "file:///x", "/fifo"),
+        ("", "file:///x", "file:///y"),
+        ("", "/fifo", "binary:///bin/log"),
+    ],
+)
+def test_plan_refuses_what_it_cannot_serve(stdin: str, stdout: str, stderr: str) -> None:
+    with pytest.raises(InvalidArgument):
+        plan(stdin, stdout, stderr)
+
+
+def test_sigpipe_default_is_restored_for_children() -> None:
+    """Guard for the EPIPE test above: it proves something only if a child would die of it."""
+    r, w = os.pipe()
+    os.close(r)
+    child = subprocess.Popen(["/bin/sh", "-c", "echo x"], stdout=w)
+    os.close(w)
+    assert child.wait() in (-signal.SIGPIPE, 1)
