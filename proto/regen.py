@@ -32,7 +32,12 @@ OUT_DIR = ROOT / "shim" / "api"
 # Only these files get a *_pb2_grpc.py: they are containerd's gRPC services, which tests use
 # as a client. The ttrpc services (the task API, ttrpc events) are dispatched by our own ttrpc
 # layer, which needs nothing beyond the message classes and the service descriptor.
-GRPC_SERVICE_PROTOS = ("containerd/services/events/v1/events.proto",)
+GRPC_SERVICE_PROTOS = (
+    "containerd/services/containers/v1/containers.proto",
+    "containerd/services/content/v1/content.proto",
+    "containerd/services/events/v1/events.proto",
+    "containerd/services/images/v1/images.proto",
+)
 
 # What regen owns inside OUT_DIR: anything else there is left alone and not compared.
 GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
