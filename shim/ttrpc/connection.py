@@ -1,0 +1,239 @@
+"""The two ends of a ttrpc connection, sans-IO: what each side accepts and what it answers.
+
+:class:`ServerConnection` applies ttrpc's server rules to incoming frames and turns them into
+events the transport acts on: a call to dispatch, or a status to send back on one stream
+(the connection itself always survives; ttrpc has no connection-fatal frame). The rules,
+as ttrpc-go enforces them:
+
+- a frame with an even stream id           -> INVALID_ARGUMENT on that stream
+- an oversized frame (over 4 MiB)           -> RESOURCE_EXHAUSTED on that stream, bytes skipped
+- a Request whose id is not above the last  -> INVALID_ARGUMENT (ids cannot be reused)
+- a Request that does not parse             -> INVALID_ARGUMENT
+- a Data frame                              -> INVALID_ARGUMENT (no streaming calls here)
+- a Response or unknown frame type          -> ignored, for forward compatibility
+
+:class:`ClientConnection` allocates odd, increasing stream ids and matches responses to them.
+Nothing here raises on peer input; local misuse raises ProtocolError with ``remote=False``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+from shim.errors import Code
+from shim.ttrpc.frames import (
+    MAX_PAYLOAD,
+    MAX_STREAM_ID,
+    EndOfStream,
+    Frame,
+    FrameDecoder,
+    FrameType,
+    OversizedFrame,
+    ProtocolError,
+    encode_frame,
+)
+from shim.ttrpc.messages import (
+    Request,
+    Response,
+    decode_request,
+    decode_response,
+    encode_request,
+    encode_response,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestReceived:
+    """A well-formed call; the server must eventually answer it on ``stream_id``."""
+
+    stream_id: int
+    request: Request
+
+
+@dataclass(frozen=True, slots=True)
+class StreamError:
+    """A rejected frame; the server must answer ``code``/``message`` on ``stream_id``."""
+
+    stream_id: int
+    code: Code
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseReceived:
+    """The answer to one of our calls (or a locally synthesised failure for it)."""
+
+    stream_id: int
+    response: Response
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionClosed:
+    """The peer closed its side; ``truncated`` if it did so in the middle of a frame."""
+
+    truncated: bool
+
+
+ServerEvent = RequestReceived | StreamError | ConnectionClosed
+ClientEvent = ResponseReceived | ConnectionClosed
+
+
+class ServerConnection:
+    """Server-side protocol state of one connection: the last stream id and owed answers."""
+
+    def __init__(self, max_payload: int = MAX_PAYLOAD) -> None:
+        self._decoder = FrameDecoder(max_payload)
+        self._max_payload = max_payload
+        self._last_stream_id = 0
+        # Streams we owe an answer on. A Counter, because a bad client can make us owe
+        # several answers on one id (a live call plus a rejected duplicate of it).
+        self._owed: Counter[int] = Counter()
+
+    @property
+    def last_stream_id(self) -> int:
+        return self._last_stream_id
+
+    @property
+    def owed(self) -> int:
+        """How many answers are outstanding (calls in flight plus rejections not yet sent)."""
+        return sum(self._owed.values())
+
+    def receive_data(self, data: bytes) -> None:
+        """Bytes from the client; ``b""`` when it closed. See FrameDecoder.receive_data."""
+        self._decoder.receive_data(data)
+
+    def next_event(self) -> ServerEvent | None:
+        """The next thing the transport must act on, or None when more bytes are needed."""
+        while True:
+            event = self._decoder.next_event()
+            if event is None:
+                return None
+            if isinstance(event, EndOfStream):
+                return ConnectionClosed(truncated=event.truncated)
+            result = self._classify(event)
+            if result is not None:
+                if not isinstance(result, ConnectionClosed):
+                    self._owed[result.stream_id] += 1
+                return result
+
+    def _classify(self, event: Frame | OversizedFrame) -> ServerEvent | None:
+        sid = event.stream_id
+        if isinstance(event, OversizedFrame):
+            return StreamError(
+                sid,
+                Code.RESOURCE_EXHAUSTED,
+                f"message length {event.length} exceed maximum message size of {self._max_payload}",
+            )
+        if sid % 2 != 1:
+            return StreamError(
+                sid, Code.INVALID_ARGUMENT, "StreamID must be odd for client initiated streams"
+            )
+        if event.type == FrameType.DATA:
+            return StreamError(sid, Code.INVALID_ARGUMENT, "StreamID is no longer active")
+        if event.type != FrameType.REQUEST:
+            return None
+        if sid <= self._last_stream_id:
+            return StreamError(
+                sid, Code.INVALID_ARGUMENT, "StreamID cannot be re-used and must increment"
+            )
+        self._last_stream_id = sid
+        try:
+            request = decode_request(event.payload)
+        except ProtocolError as exc:
+            return StreamError(sid, Code.INVALID_ARGUMENT, exc.message)
+        return RequestReceived(sid, request)
+
+    def send_response(self, stream_id: int, response: Response) -> bytes:
+        """The bytes answering ``stream_id``.
+
+        A response too large for one frame is replaced by a RESOURCE_EXHAUSTED status, so
+        the caller still hears back. Raises ProtocolError (local) if no answer is owed on
+        that stream; the state is then unchanged.
+        """
+        if self._owed[stream_id] <= 0:
+            raise ProtocolError(f"no request to answer on stream {stream_id}", remote=False)
+        payload = encode_response(response)
+        if len(payload) > self._max_payload:
+            payload = encode_response(
+                Response(
+                    code=Code.RESOURCE_EXHAUSTED,
+                    message=f"response of {len(payload)} bytes exceeds maximum message size "
+                    f"of {self._max_payload}",
+                )
+            )
+        data = encode_frame(stream_id, FrameType.RESPONSE, payload)
+        self._owed[stream_id] -= 1
+        if self._owed[stream_id] == 0:
+            del self._owed[stream_id]
+        return data
+
+
+class ClientConnection:
+    """Client-side protocol state: stream id allocation and the set of calls awaiting answers."""
+
+    def __init__(self, max_payload: int = MAX_PAYLOAD) -> None:
+        self._decoder = FrameDecoder(max_payload)
+        self._max_payload = max_payload
+        self._next_stream_id = 1
+        self._pending: set[int] = set()
+
+    @property
+    def pending(self) -> frozenset[int]:
+        return frozenset(self._pending)
+
+    def send_request(self, request: Request) -> tuple[int, bytes]:
+        """Allocate the next odd stream id and encode ``request`` on it.
+
+        Raises ProtocolError (local): RESOURCE_EXHAUSTED when the encoded request is over the
+        size limit, UNAVAILABLE once the 32-bit id space is used up (reconnect then). No id
+        is consumed when it raises.
+        """
+        stream_id = self._next_stream_id
+        if stream_id > MAX_STREAM_ID:
+            raise ProtocolError(
+                "stream ids exhausted on this connection", remote=False, code=Code.UNAVAILABLE
+            )
+        data = encode_frame(
+            stream_id, FrameType.REQUEST, encode_request(request), max_payload=self._max_payload
+        )
+        self._next_stream_id += 2
+        self._pending.add(stream_id)
+        return stream_id, data
+
+    def forget(self, stream_id: int) -> None:
+        """Stop waiting for ``stream_id`` (timed out or cancelled); a late answer is dropped."""
+        self._pending.discard(stream_id)
+
+    def receive_data(self, data: bytes) -> None:
+        """Bytes from the server; ``b""`` when it closed. See FrameDecoder.receive_data."""
+        self._decoder.receive_data(data)
+
+    def next_event(self) -> ClientEvent | None:
+        """The next answer to a pending call, or the close; None when more bytes are needed.
+
+        Frames for streams we are not waiting on, and frames that are not Responses, are
+        dropped: nobody could use them.
+        """
+        while True:
+            event = self._decoder.next_event()
+            if event is None:
+                return None
+            if isinstance(event, EndOfStream):
+                return ConnectionClosed(truncated=event.truncated)
+            sid = event.stream_id
+            if sid not in self._pending or event.type != FrameType.RESPONSE:
+                continue
+            self._pending.discard(sid)
+            if isinstance(event, OversizedFrame):
+                response = Response(
+                    code=Code.RESOURCE_EXHAUSTED,
+                    message=f"message length {event.length} exceed maximum message size of "
+                    f"{self._max_payload}",
+                )
+            else:
+                try:
+                    response = decode_response(event.payload)
+                except ProtocolError as exc:
+                    response = Response(code=Code.INTERNAL, message=exc.message)
+            return ResponseReceived(sid, response)

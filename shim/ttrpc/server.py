@@ -1,0 +1,323 @@
+"""An asyncio ttrpc server on unix sockets: accept, check the peer, dispatch, answer.
+
+Protocol rules live in :mod:`shim.ttrpc.connection`; this module is the thin transport around
+them plus the dispatch table. Each request runs in its own task, so a Wait that blocks for
+minutes never holds up a Start on the same connection (ctr does exactly that).
+
+Error mapping happens here and only here: a handler's :class:`~shim.errors.ShimError` becomes
+its code and message; any other exception becomes UNKNOWN with its text and is logged once
+with its traceback; an expired ``timeout_nano`` cancels the handler and answers
+DEADLINE_EXCEEDED.
+
+Handlers are cancelled when their connection goes away (as ttrpc-go cancels the request
+context) and when a shutdown's grace period runs out, so they must be cancellation-safe;
+a handler that must finish a critical section should ``asyncio.shield`` it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import struct
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from google.protobuf.message import Message
+
+from shim.errors import Code, ShimError, to_status
+from shim.ttrpc.connection import ConnectionClosed, RequestReceived, ServerConnection, StreamError
+from shim.ttrpc.frames import MAX_PAYLOAD
+from shim.ttrpc.messages import NAMESPACE_KEY, Request, Response, metadata_dict
+
+log = logging.getLogger(__name__)
+
+_READ_SIZE = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class PeerCredentials:
+    """SO_PEERCRED of a connected client: who was on the other end when it connected."""
+
+    pid: int
+    uid: int
+    gid: int
+
+
+@dataclass(frozen=True, slots=True)
+class CallContext:
+    """What a handler may know about its call besides the request message.
+
+    ``deadline`` is on the event loop's clock (``loop.time()``), None when the caller set no
+    timeout. Metadata keys are lower-case; each maps to the values in arrival order.
+    """
+
+    service: str
+    method: str
+    metadata: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    deadline: float | None = None
+    peer: PeerCredentials | None = None
+
+    def get(self, key: str) -> str | None:
+        """The first value of metadata ``key`` (case-insensitive), or None."""
+        values = self.metadata.get(key.lower())
+        return values[0] if values else None
+
+    @property
+    def namespace(self) -> str | None:
+        """The containerd namespace of the call (``containerd-namespace-ttrpc``)."""
+        return self.get(NAMESPACE_KEY)
+
+    def time_remaining(self) -> float | None:
+        if self.deadline is None:
+            return None
+        return self.deadline - asyncio.get_running_loop().time()
+
+
+Handler = Callable[[Any, CallContext], Awaitable[Message]]
+
+
+@dataclass(frozen=True, slots=True)
+class Method:
+    """One dispatch-table entry. ``response_type``, when given, is checked on return."""
+
+    handler: Handler
+    request_type: type[Message]
+    response_type: type[Message] | None = None
+
+
+MethodSpec = Method | tuple[Handler, type[Message]] | tuple[Handler, type[Message], type[Message]]
+
+
+def peer_credentials(sock: socket.socket | Any) -> PeerCredentials:
+    """Read SO_PEERCRED from a connected unix socket (or asyncio's TransportSocket)."""
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, gid = struct.unpack("3i", raw)
+    return PeerCredentials(pid=pid, uid=uid, gid=gid)
+
+
+def same_user(peer: PeerCredentials) -> bool:
+    """ttrpc's UnixSocketRequireSameUser: the peer's uid AND gid must equal our effective
+    ones. There is no exception for root; containerd and its shims run as the same user."""
+    return peer.uid == os.geteuid() and peer.gid == os.getegid()
+
+
+class Server:
+    """A ttrpc server: register services, ``start`` on a path or inherited socket, ``shutdown``."""
+
+    def __init__(self, *, require_same_user: bool = True, max_payload: int = MAX_PAYLOAD) -> None:
+        self._require_same_user = require_same_user
+        self._max_payload = max_payload
+        self._methods: dict[tuple[str, str], Method] = {}
+        self._services: set[str] = set()
+        self._listeners: list[asyncio.AbstractServer] = []
+        self._connections: set[_ServerConn] = set()
+        self._shutting_down = False
+        self._closed = asyncio.Event()
+
+    def register_service(self, name: str, methods: Mapping[str, MethodSpec]) -> None:
+        """Add service ``name`` (e.g. ``containerd.task.v2.Task``) with its methods.
+
+        ``methods`` maps a bare method name to a :class:`Method` or a tuple
+        ``(async handler, RequestType[, ResponseType])``. Raises ValueError on a duplicate.
+        """
+        if name in self._services:
+            raise ValueError(f"duplicate service {name} registered")
+        entries: dict[tuple[str, str], Method] = {}
+        for method_name, spec in methods.items():
+            entries[(name, method_name)] = spec if isinstance(spec, Method) else Method(*spec)
+        self._services.add(name)
+        self._methods.update(entries)
+
+    async def start(
+        self, path: str | None = None, *, sock: socket.socket | None = None, fd: int | None = None
+    ) -> None:
+        """Begin accepting on exactly one of: a filesystem path (bound and listened here), an
+        already-listening socket object, or the number of an inherited listening socket (the
+        shim daemon gets its listener as fd 3). Returns once accepting; may be called again
+        to serve several listeners."""
+        if sum(x is not None for x in (path, sock, fd)) != 1:
+            raise ValueError("give exactly one of path, sock, fd")
+        if self._shutting_down:
+            raise RuntimeError("server is shut down")
+        if fd is not None:
+            sock = socket.socket(fileno=fd)
+        if sock is not None:
+            if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
+                raise ValueError("ttrpc needs a unix stream socket")
+            listener = await asyncio.start_unix_server(self._on_connection, sock=sock)
+        else:
+            listener = await asyncio.start_unix_server(self._on_connection, path=path)
+        self._listeners.append(listener)
+
+    async def shutdown(self, grace: float = 10.0) -> None:
+        """Stop accepting, let calls in flight finish for up to ``grace`` seconds (new calls
+        on open connections get UNAVAILABLE meanwhile), cancel the rest, close every
+        connection. Do not await this from inside a handler: it would wait for itself."""
+        if self._shutting_down:
+            await self._closed.wait()
+            return
+        self._shutting_down = True
+        for listener in self._listeners:
+            listener.close()
+        inflight = {task for conn in self._connections for task in conn.calls}
+        if inflight:
+            _, late = await asyncio.wait(inflight, timeout=grace)
+            for task in late:
+                task.cancel()
+            if late:
+                log.warning("ttrpc: cancelled %d call(s) still running at shutdown", len(late))
+                await asyncio.gather(*late, return_exceptions=True)
+        await asyncio.gather(*(conn.close() for conn in list(self._connections)))
+        self._closed.set()
+
+    async def wait_closed(self) -> None:
+        """Return once ``shutdown`` has completed."""
+        await self._closed.wait()
+
+    async def _on_connection(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        peer: PeerCredentials | None = None
+        try:
+            peer = peer_credentials(writer.get_extra_info("socket"))
+        except OSError as exc:
+            log.warning("ttrpc: cannot read peer credentials: %s", exc)
+        if self._require_same_user and (peer is None or not same_user(peer)):
+            log.error("ttrpc: refusing connection from %s: credentials differ from ours", peer)
+            writer.close()
+            return
+        if self._shutting_down:
+            writer.close()
+            return
+        conn = _ServerConn(self, reader, writer, peer)
+        self._connections.add(conn)
+        try:
+            await conn.run()
+        finally:
+            self._connections.discard(conn)
+
+    async def _dispatch(self, request: Request, peer: PeerCredentials | None) -> Response:
+        if self._shutting_down:
+            return Response(code=Code.UNAVAILABLE, message="ttrpc: server shutting down")
+        method = self._methods.get((request.service, request.method))
+        if method is None:
+            missing = (
+                f"method {request.method}"
+                if request.service in self._services
+                else f"service {request.service}"
+            )
+            return Response(code=Code.UNIMPLEMENTED, message=missing)
+        try:
+            message = method.request_type.FromString(request.payload)
+        except Exception as exc:  # protobuf's DecodeError and relatives
+            return Response(code=Code.INVALID_ARGUMENT, message=f"unmarshal argument: {exc}")
+        deadline = None
+        if request.timeout_nano > 0:
+            deadline = asyncio.get_running_loop().time() + request.timeout_nano / 1e9
+        ctx = CallContext(
+            service=request.service,
+            method=request.method,
+            metadata=metadata_dict(request.metadata),
+            deadline=deadline,
+            peer=peer,
+        )
+        timer = asyncio.timeout_at(deadline)
+        try:
+            async with timer:
+                result = await method.handler(message, ctx)
+            if method.response_type is not None and not isinstance(result, method.response_type):
+                raise TypeError(
+                    f"handler returned {type(result).__name__}, "
+                    f"expected {method.response_type.__name__}"
+                )
+            if not isinstance(result, Message):
+                raise TypeError(f"handler returned {type(result).__name__}, not a message")
+            payload = result.SerializeToString()
+        except TimeoutError as exc:
+            if timer.expired():
+                return Response(code=Code.DEADLINE_EXCEEDED, message="context deadline exceeded")
+            return self._failure(request, exc)
+        except Exception as exc:
+            return self._failure(request, exc)
+        return Response(payload=payload)
+
+    @staticmethod
+    def _failure(request: Request, exc: Exception) -> Response:
+        code, message = to_status(exc)
+        if not isinstance(exc, ShimError):
+            # The one place an unexpected failure is logged, with its traceback.
+            log.error("ttrpc: /%s/%s failed", request.service, request.method, exc_info=exc)
+        return Response(code=code, message=message)
+
+
+class _ServerConn:
+    """One accepted connection: a read loop feeding the sans-IO state, one task per call."""
+
+    def __init__(
+        self,
+        server: Server,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        peer: PeerCredentials | None,
+    ) -> None:
+        self._server = server
+        self._reader = reader
+        self._writer = writer
+        self._peer = peer
+        self._proto = ServerConnection(server._max_payload)
+        self.calls: set[asyncio.Task[None]] = set()
+        self.finished = asyncio.Event()
+
+    async def run(self) -> None:
+        try:
+            while True:
+                try:
+                    data = await self._reader.read(_READ_SIZE)
+                except (ConnectionError, OSError):
+                    data = b""
+                self._proto.receive_data(data)
+                if self._process_events():
+                    break
+        finally:
+            # The client is gone (or we are closing): like ttrpc-go, cancel what it asked for.
+            for task in list(self.calls):
+                task.cancel()
+            if self.calls:
+                await asyncio.gather(*self.calls, return_exceptions=True)
+            self._writer.close()
+            with contextlib.suppress(ConnectionError, OSError):
+                await self._writer.wait_closed()
+            self.finished.set()
+
+    def _process_events(self) -> bool:
+        """Act on every complete event; True once the peer has closed."""
+        while (event := self._proto.next_event()) is not None:
+            if isinstance(event, ConnectionClosed):
+                return True
+            if isinstance(event, StreamError):
+                self._send(event.stream_id, Response(code=event.code, message=event.message))
+            elif isinstance(event, RequestReceived):
+                task = asyncio.create_task(self._call(event.stream_id, event.request))
+                self.calls.add(task)
+                task.add_done_callback(self.calls.discard)
+        return False
+
+    async def _call(self, stream_id: int, request: Request) -> None:
+        response = await self._server._dispatch(request, self._peer)
+        self._send(stream_id, response)
+        with contextlib.suppress(ConnectionError, OSError):
+            await self._writer.drain()
+
+    def _send(self, stream_id: int, response: Response) -> None:
+        data = self._proto.send_response(stream_id, response)
+        if not self._writer.is_closing():
+            self._writer.write(data)
+
+    async def close(self) -> None:
+        """Close the transport and wait for the read loop to see EOF and finish."""
+        self._writer.close()
+        await self.finished.wait()
