@@ -80,8 +80,16 @@ class Tasks:
         if cfg.id in self.containers or cfg.id in self._creating:
             raise AlreadyExists(f"container {cfg.id} already exists")
         self._creating.add(cfg.id)
+        work = asyncio.ensure_future(
+            asyncio.to_thread(Container.prepare, cfg, self.runtime, self.cache_dir)
+        )
         try:
-            c = await asyncio.to_thread(Container.prepare, cfg, self.runtime, self.cache_dir)
+            # Shielded: if containerd hangs up mid-Create, the thread still finishes, and
+            # what it acquired is released below instead of leaking.
+            c = await asyncio.shield(work)
+        except asyncio.CancelledError:
+            work.add_done_callback(_release_abandoned)
+            raise
         finally:
             self._creating.discard(cfg.id)
         self.containers[cfg.id] = c
@@ -163,7 +171,7 @@ class Tasks:
         c = self.get(container_id, exec_id)
         c.state = next_state(c.state, Event.DELETE)
         try:
-            await asyncio.to_thread(c.release)
+            await asyncio.shield(asyncio.to_thread(c.release))
         finally:
             c.state = next_state(c.state, Event.DELETED)
             del self.containers[c.id]
@@ -212,3 +220,9 @@ class Tasks:
                     log.warning("container %s did not exit after SIGKILL", c.id)
             await asyncio.to_thread(c.release)
         self.containers.clear()
+
+
+def _release_abandoned(work: asyncio.Future[Container]) -> None:
+    """A Create whose caller went away: undo what the finished preparation acquired."""
+    if not work.cancelled() and work.exception() is None:
+        asyncio.get_running_loop().run_in_executor(None, work.result().release)
