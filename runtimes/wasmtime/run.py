@@ -1,0 +1,220 @@
+"""Linking, instantiating and running a program, and the exit status it ends with.
+
+`prepare()` does every step that can fail because of the *program* (read, compile, link,
+instantiate, find the entry function) so that Start reports the reason; `run()` only calls.
+
+Core modules (WASI preview 1) are linked with wasmtime's WASI and, for every other import,
+a stub that traps when called: a module built for another host (say, one that also imports an
+optional `env` function) still starts, and fails only if it really calls the missing import,
+with that import's name in the trap message. Components (WASI preview 2) get wasmtime's
+wasip2 only: in wasmtime-py 50 the component linker's `define_unknown_imports_as_traps`
+also replaces every wasip2 function with a trap (whatever the order of the calls), so a
+component with an import outside WASI fails at Start, naming the import.
+
+Exit status, as a native process would have it:
+- `proc_exit(n)` / `wasi:cli/exit` -> n (wasmtime only allows 0..125; a larger status is
+  itself an error, below);
+- returning from `_start` or `#func` -> 0; a component's `run` returning err -> 1;
+- any trap or other wasmtime error while running -> 134 (128 + SIGABRT, as a native `abort()`
+  and `wasmtime run` give), after "wasm trap: <reason>" and the wasm backtrace are written to
+  fd 2, the container's stderr.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import wasmtime
+import wasmtime.component
+
+from runtimes.base import Entrypoint, RunConfig
+from runtimes.wasmtime import engine as eng
+from runtimes.wasmtime.wasi import wasi_config
+from shim.errors import FailedPrecondition
+
+TRAP_EXIT = 134
+RUN_INTERFACE_PREFIX = "wasi:cli/run@0.2"
+
+
+@dataclass(slots=True)
+class PreparedModule:
+    """An instantiated core module and the function to call."""
+
+    entry: Entrypoint
+    store: wasmtime.Store
+    func: wasmtime.Func
+    initialize: wasmtime.Func | None  # a reactor's `_initialize`, called before `func`
+
+
+@dataclass(slots=True)
+class PreparedComponent:
+    """An instantiated component and the function to call (`run`, or the `#func` export)."""
+
+    entry: Entrypoint
+    store: wasmtime.Store
+    func: wasmtime.component.Func
+
+
+Prepared = PreparedModule | PreparedComponent
+
+
+def prepare(cfg: RunConfig, entry: Entrypoint) -> Prepared:
+    """Read, compile (through the cache), link and instantiate. Raises FailedPrecondition."""
+    name = entry.guest_path
+    raw = _read_entrypoint(cfg, entry)
+    src = eng.load_source(raw, entry.kind, name)
+    engine = eng.new_engine()
+    compiled = eng.compile_source(engine, src, name, cfg.cache_dir)
+    store = wasmtime.Store(engine)
+    if cfg.memory_limit is not None:
+        store.set_limits(memory_size=cfg.memory_limit)
+    store.set_wasi(wasi_config(cfg))
+    if isinstance(compiled, wasmtime.component.Component):
+        return _prepare_component(cfg, entry, engine, store, compiled)
+    return _prepare_module(cfg, entry, engine, store, compiled)
+
+
+def _read_entrypoint(cfg: RunConfig, entry: Entrypoint) -> bytes:
+    """Read the file `resolve()` found, refusing it if it has since become a symlink or moved
+    out of the rootfs (the rootfs belongs to the image, but check anyway: it is cheap)."""
+    root = os.path.realpath(cfg.rootfs)
+    real = os.path.realpath(entry.host_path)
+    if os.path.commonpath([root, real]) != root:
+        raise FailedPrecondition(f"{entry.guest_path} resolves outside the container's rootfs")
+    try:
+        fd = os.open(entry.host_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as e:
+        raise FailedPrecondition(f"cannot open {entry.guest_path}: {e.strerror}") from e
+    with os.fdopen(fd, "rb") as f:
+        return f.read()
+
+
+def _instantiate_error(
+    cfg: RunConfig, entry: Entrypoint, e: wasmtime.Trap | wasmtime.WasmtimeError
+) -> FailedPrecondition:
+    limit = "" if cfg.memory_limit is None else f" (memory limit: {cfg.memory_limit} bytes)"
+    return FailedPrecondition(f"cannot instantiate {entry.guest_path}: {eng.one_line(e)}{limit}")
+
+
+def _prepare_module(
+    cfg: RunConfig,
+    entry: Entrypoint,
+    engine: wasmtime.Engine,
+    store: wasmtime.Store,
+    module: wasmtime.Module,
+) -> PreparedModule:
+    linker = wasmtime.Linker(engine)
+    linker.define_wasi()
+    try:
+        linker.define_unknown_imports_as_traps(module)
+        instance = linker.instantiate(store, module)  # runs a start section: may trap
+    except (wasmtime.Trap, wasmtime.WasmtimeError) as e:
+        raise _instantiate_error(cfg, entry, e) from e
+    exports = instance.exports(store)
+    wanted = entry.func or "_start"
+    func = exports.get(wanted)
+    if not isinstance(func, wasmtime.Func):
+        if entry.func is None:
+            raise FailedPrecondition(
+                f"{entry.guest_path} exports no _start function (it is not a WASI command); "
+                f"name the function to call as {entry.guest_path}#<function>"
+            )
+        raise FailedPrecondition(
+            f"{entry.guest_path} exports no function {wanted!r} "
+            f"(its functions: {', '.join(_func_names(exports)) or 'none'})"
+        )
+    if func.type(store).params:
+        raise FailedPrecondition(
+            f"{entry.guest_path}#{wanted} takes parameters; an entrypoint must take none"
+        )
+    init = exports.get("_initialize") if entry.func is not None else None
+    return PreparedModule(
+        entry=entry,
+        store=store,
+        func=func,
+        initialize=init if isinstance(init, wasmtime.Func) else None,
+    )
+
+
+def _func_names(exports: Any) -> list[str]:
+    return sorted(name for name, item in exports.items() if isinstance(item, wasmtime.Func))
+
+
+def _prepare_component(
+    cfg: RunConfig,
+    entry: Entrypoint,
+    engine: wasmtime.Engine,
+    store: wasmtime.Store,
+    component: wasmtime.component.Component,
+) -> PreparedComponent:
+    linker = wasmtime.component.Linker(engine)
+    try:
+        linker.add_wasip2()
+        instance = linker.instantiate(store, component)
+    except (wasmtime.Trap, wasmtime.WasmtimeError) as e:
+        raise _instantiate_error(cfg, entry, e) from e
+    export_names = list(component.type.exports(engine))
+    if entry.func is None:
+        runs = sorted(n for n in export_names if n.startswith(RUN_INTERFACE_PREFIX))
+        if not runs:
+            raise FailedPrecondition(
+                f"{entry.guest_path} is a component without a wasi:cli/run@0.2 export "
+                f"(its exports: {', '.join(export_names) or 'none'}); "
+                f"name the function to call as {entry.guest_path}#<function>"
+            )
+        iface = instance.get_export_index(store, runs[-1])
+        index = instance.get_export_index(store, "run", iface) if iface else None
+        label = f"{runs[-1]}#run"
+    else:
+        index = instance.get_export_index(store, entry.func)
+        label = entry.func
+    func = instance.get_func(store, index) if index is not None else None
+    if func is None:
+        raise FailedPrecondition(
+            f"{entry.guest_path} exports no function {label!r} "
+            f"(its exports: {', '.join(export_names) or 'none'})"
+        )
+    if func.type(store).params:
+        raise FailedPrecondition(
+            f"{entry.guest_path}#{label} takes parameters; an entrypoint must take none"
+        )
+    return PreparedComponent(entry=entry, store=store, func=func)
+
+
+def run(prepared: Prepared) -> int:
+    """Call the entry function and turn how it ended into an exit status (module docstring)."""
+    try:
+        if isinstance(prepared, PreparedComponent):
+            result = prepared.func(prepared.store)
+            return 1 if getattr(result, "tag", None) == "err" else 0
+        if prepared.initialize is not None:
+            prepared.initialize(prepared.store)
+        prepared.func(prepared.store)
+        return 0
+    except wasmtime.ExitTrap as e:
+        return e.code & 0xFF
+    except (wasmtime.Trap, wasmtime.WasmtimeError) as e:  # Trap is not a WasmtimeError
+        report_trap(e)
+        return TRAP_EXIT
+
+
+def trap_report(e: wasmtime.Trap | wasmtime.WasmtimeError) -> str:
+    """The stderr text for a trap: "wasm trap: <root cause>" on the first line, so that the
+    reason is what a user sees first, then wasmtime's full text with the wasm backtrace."""
+    text = str(e).rstrip()
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    cause = lines[-1] if lines else type(e).__name__
+    if cause.startswith("wasm trap: "):
+        cause = cause[len("wasm trap: ") :]
+    return f"wasm trap: {cause}\n{text}\n"
+
+
+def report_trap(e: wasmtime.Trap | wasmtime.WasmtimeError) -> None:
+    """Write the trap report to fd 2. A closed stderr must not change the exit status."""
+    data = trap_report(e).encode("utf-8", "replace")
+    with contextlib.suppress(OSError):
+        while data:
+            data = data[os.write(2, data) :]

@@ -1,0 +1,402 @@
+"""WasmtimeRuntime end to end on real wasm, without containerd.
+
+Each case runs in a fresh interpreter that plays the zygote: it calls `resolve()`, `warm()`,
+then forks; the child resets every signal handler to SIG_DFL (as shim/zygote.py does), chdirs,
+calls `prepare()` and `run()` and exits with the status. The test reads the child's stdout and
+stderr from files and the verdict (exit status, prepare/resolve error, thread count after
+warm) from a JSON file. The same file is the driver: run as a script, it executes `_zygote`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from runtimes.base import Preopen, RunConfig
+from shim.errors import ShimError
+
+WAT_DIR = Path(__file__).resolve().parents[1] / "wasm" / "wat"
+LEAK = "SHIM_TEST_MUST_NOT_LEAK"
+
+
+# --------------------------------------------------------------------------- the driver
+
+
+def _zygote(spec_path: str, result_path: str) -> None:
+    """Resolve, warm, fork; in the child: reset signals, chdir, prepare, run, _exit."""
+    from runtimes.wasmtime import WasmtimeRuntime
+
+    spec = json.loads(Path(spec_path).read_text())
+    cfg_fields = dict(spec["cfg"])
+    cfg_fields["args"] = tuple(cfg_fields["args"])
+    cfg_fields["env"] = tuple(cfg_fields["env"])
+    cfg_fields["preopens"] = tuple(Preopen(**p) for p in cfg_fields["preopens"])
+    cfg = RunConfig(**cfg_fields)
+    runtime = WasmtimeRuntime()
+    result: dict[str, Any] = {}
+    try:
+        entry = runtime.resolve(cfg, spec["path_env"])
+    except ShimError as e:
+        result["error"] = {"stage": "resolve", "kind": type(e).__name__, "message": str(e)}
+        Path(result_path).write_text(json.dumps(result))
+        return
+    runtime.warm()
+    result["threads_after_warm"] = len(os.listdir("/proc/self/task"))
+    ready_r, ready_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.close(ready_r)
+            for sig in signal.valid_signals():
+                if sig not in (signal.SIGKILL, signal.SIGSTOP):
+                    with contextlib.suppress(OSError, ValueError):
+                        signal.signal(sig, signal.SIG_DFL)
+            os.chdir(spec["host_cwd"])
+            try:
+                prepared = runtime.prepare(cfg, entry)
+            except ShimError as e:
+                err = {"stage": "prepare", "kind": type(e).__name__, "message": str(e)}
+                os.write(ready_w, json.dumps(err).encode())
+                os._exit(code)
+            os.close(ready_w)
+            code = runtime.run(prepared)
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    os.close(ready_w)
+    chunks = []
+    while chunk := os.read(ready_r, 65536):
+        chunks.append(chunk)
+    _, status = os.waitpid(pid, 0)
+    if chunks:
+        result["error"] = json.loads(b"".join(chunks))
+    result["exit"] = os.waitstatus_to_exitcode(status)
+    Path(result_path).write_text(json.dumps(result))
+
+
+if __name__ == "__main__":
+    _zygote(sys.argv[1], sys.argv[2])
+    sys.exit(0)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+@dataclass
+class Outcome:
+    exit: int | None
+    stdout: bytes
+    stderr: bytes
+    error: dict[str, str] | None
+    threads_after_warm: int | None
+
+
+@dataclass
+class Container:
+    """A temp rootfs plus the RunConfig fields a test may change before `launch()`."""
+
+    root: Path
+    work: Path
+    args: list[str] = field(default_factory=list)
+    env: list[str] = field(default_factory=list)
+    cwd: str = "/"
+    mounts: list[Preopen] = field(default_factory=list)
+    memory_limit: int | None = None
+    cache_dir: str | None = None
+
+    def add(self, guest: str, wat_name: str, *, binary: bool = True) -> str:
+        """Put tests/wasm/wat/<wat_name> at `guest` in the rootfs, as .wasm (or as text)."""
+        import wasmtime  # only wat2wasm: creates no Engine in this process
+
+        text = (WAT_DIR / wat_name).read_text()
+        data = bytes(wasmtime.wat2wasm(text)) if binary else text.encode()
+        dest = self.root / guest.lstrip("/")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(data)
+        return guest
+
+    def launch(self, path_env: str | None = None) -> Outcome:
+        cfg = RunConfig(
+            container_id="c1",
+            rootfs=str(self.root),
+            args=tuple(self.args),
+            env=tuple(self.env),
+            cwd=self.cwd,
+            preopens=(Preopen(str(self.root), "/", False), *self.mounts),
+            memory_limit=self.memory_limit,
+            cache_dir=self.cache_dir,
+        )
+        spec = {"cfg": asdict(cfg), "path_env": path_env, "host_cwd": str(self.root)}
+        spec_path, result_path = self.work / "spec.json", self.work / "result.json"
+        spec_path.write_text(json.dumps(spec))
+        result_path.unlink(missing_ok=True)
+        out_path, err_path = self.work / "stdout", self.work / "stderr"
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), LEAK: "leaked"}
+        with open(out_path, "wb") as out, open(err_path, "wb") as err:
+            proc = subprocess.run(
+                [sys.executable, __file__, str(spec_path), str(result_path)],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                env=env,
+                timeout=300,  # a guard against a hang, not an assertion about speed
+            )
+        assert proc.returncode == 0, err_path.read_text()
+        result = json.loads(result_path.read_text())
+        return Outcome(
+            exit=result.get("exit"),
+            stdout=out_path.read_bytes(),
+            stderr=err_path.read_bytes(),
+            error=result.get("error"),
+            threads_after_warm=result.get("threads_after_warm"),
+        )
+
+
+@pytest.fixture
+def box(tmp_path: Path) -> Container:
+    root = tmp_path / "rootfs"
+    root.mkdir()
+    work = tmp_path / "work"
+    work.mkdir()
+    return Container(root=root, work=work)
+
+
+# --------------------------------------------------------------------------- core modules
+
+
+def test_args_env_and_proc_exit_arrive_exactly(box: Container) -> None:
+    box.add("/app/echo.wasm", "echo.wat")
+    box.args = ["/app/echo.wasm", "first arg", "--flag=x", ""]
+    box.env = ["A=1", "B=two words", "EMPTY=", "PATH=/bin"]
+    out = box.launch()
+    assert out.error is None
+    assert out.exit == 42
+    assert out.stdout == b"hello from wasm\n" + b"".join(a.encode() + b"\0" for a in box.args)
+    assert out.stderr == b"".join(e.encode() + b"\0" for e in box.env)
+    assert LEAK.encode() not in out.stderr
+    assert out.threads_after_warm == 1
+
+
+def test_wat_text_is_an_entrypoint_and_found_relative_to_cwd(box: Container) -> None:
+    box.add("/app/echo.wat", "echo.wat", binary=False)
+    box.args, box.cwd = ["echo.wat"], "/app"
+    out = box.launch()
+    assert (out.error, out.exit) == (None, 42)
+    assert out.stdout.startswith(b"hello from wasm\n")
+
+
+def test_entrypoint_found_through_spec_path(box: Container) -> None:
+    box.add("/opt/tools/echo.wasm", "echo.wat")
+    box.args, box.env = ["echo.wasm"], ["PATH=/usr/bin:/opt/tools"]
+    out = box.launch()  # path_env None: PATH comes from the spec env
+    assert (out.error, out.exit) == (None, 42)
+
+
+def test_readonly_and_readwrite_preopens(box: Container, tmp_path: Path) -> None:
+    ro, rw = tmp_path / "ro", tmp_path / "rw"
+    ro.mkdir()
+    rw.mkdir()
+    (ro / "data.txt").write_text("read-only data\n")
+    box.add("/fs.wasm", "fs.wat")
+    box.args = ["/fs.wasm"]
+    box.mounts = [Preopen(str(ro), "/ro", True), Preopen(str(rw), "/rw", False)]
+    out = box.launch()
+    assert (out.error, out.exit) == (None, 0), out.stderr
+    lines = out.stdout.decode().splitlines()
+    assert lines[0:2] == ["ro-read: 00", "read-only data"]
+    assert lines[2].startswith("ro-create: ") and lines[2] != "ro-create: 00"
+    assert lines[3].startswith("ro-write: ") and lines[3] != "ro-write: 00"
+    assert lines[4] == "rw-create: 00"
+    assert sorted(os.listdir(ro)) == ["data.txt"]
+    assert (ro / "data.txt").read_text() == "read-only data\n"
+    assert (rw / "out.txt").read_text() == "written\n"
+
+
+def test_trap_exits_134_with_reason_on_stderr(box: Container) -> None:
+    box.args = [box.add("/trap.wasm", "trap.wat")]
+    out = box.launch()
+    assert (out.error, out.exit) == (None, 134)
+    assert out.stdout == b"about to trap\n"
+    first = out.stderr.decode().splitlines()[0]
+    assert first.startswith("wasm trap: ")
+    assert "unreachable" in first
+
+
+def test_out_of_bounds_access_traps_after_fork_and_signal_reset(box: Container) -> None:
+    box.args = [box.add("/oob.wasm", "oob.wat")]
+    out = box.launch()
+    assert (out.error, out.exit) == (None, 134), out.stderr
+    assert "out of bounds memory access" in out.stderr.decode().splitlines()[0]
+
+
+@pytest.mark.parametrize("pages", [32, 64])
+def test_memory_bomb_stops_at_the_limit(box: Container, pages: int) -> None:
+    box.args = [box.add("/memgrow.wasm", "memgrow.wat")]
+    box.memory_limit = pages * 65536
+    out = box.launch()
+    assert (out.error, out.exit) == (None, pages)
+
+
+def test_memory_minimum_above_the_limit_fails_prepare(box: Container) -> None:
+    box.args = [box.add("/bigmem.wasm", "bigmem.wat")]
+    assert box.launch().exit == 0  # 64 MiB is fine without a limit
+    box.memory_limit = 1 << 20
+    out = box.launch()
+    assert out.error is not None
+    assert (out.error["stage"], out.error["kind"]) == ("prepare", "FailedPrecondition")
+    assert "/bigmem.wasm" in out.error["message"]
+    assert "memory limits" in out.error["message"]
+
+
+def test_unknown_import_traps_only_when_called(box: Container) -> None:
+    box.add("/u.wasm", "unknown_import.wat")
+    box.args = ["/u.wasm#safe"]
+    out = box.launch()
+    assert (out.error, out.exit, out.stdout) == (None, 0, b"safe\n")
+    box.args = ["/u.wasm"]
+    out = box.launch()
+    assert (out.error, out.exit) == (None, 134)
+    assert "env::mystery_host_call" in out.stderr.decode().splitlines()[0]
+
+
+def test_func_suffix_selects_the_export(box: Container) -> None:
+    box.add("/f.wasm", "funcs.wat")
+    box.args = ["/f.wasm"]
+    assert box.launch().exit == 3
+    box.args = ["/f.wasm#other"]
+    out = box.launch()
+    assert (out.error, out.exit, out.stdout) == (None, 0, b"other\n")
+
+
+@pytest.mark.parametrize(
+    ("arg0", "expect"),
+    [("/f.wasm#nope", "'nope'"), ("/f.wasm#takes_arg", "takes parameters")],
+)
+def test_unusable_func_fails_prepare(box: Container, arg0: str, expect: str) -> None:
+    box.add("/f.wasm", "funcs.wat")
+    box.args = [arg0]
+    out = box.launch()
+    assert out.error is not None and out.error["kind"] == "FailedPrecondition"
+    assert expect in out.error["message"]
+    assert out.error["stage"] == "prepare"
+
+
+def test_truncated_module_fails_prepare_with_wasmtimes_reason(box: Container) -> None:
+    box.add("/t.wasm", "echo.wat")
+    data = (box.root / "t.wasm").read_bytes()
+    (box.root / "t.wasm").write_bytes(data[: len(data) // 2])
+    box.args = ["/t.wasm"]
+    out = box.launch()
+    assert out.error is not None
+    assert (out.error["stage"], out.error["kind"]) == ("prepare", "FailedPrecondition")
+    assert "/t.wasm" in out.error["message"]
+    assert "unexpected end" in out.error["message"]
+
+
+def test_elf_is_refused_at_resolve(box: Container) -> None:
+    (box.root / "bin").mkdir()
+    shutil.copy(sys.executable, box.root / "bin" / "python")
+    box.args = ["/bin/python"]
+    out = box.launch()
+    assert out.error == {
+        "stage": "resolve",
+        "kind": "FailedPrecondition",
+        "message": "/bin/python is an ELF executable, not a wasm module",
+    }
+
+
+# --------------------------------------------------------------------------- components
+
+
+def test_component_prints_through_wasi_streams(box: Container) -> None:
+    box.args = [box.add("/hello.wasm", "hello_component.wat"), "ignored"]
+    out = box.launch()
+    assert (out.error, out.exit) == (None, 0), out.stderr
+    assert out.stdout == b"hello from a component\n"
+
+
+def test_component_wat_text_runs(box: Container) -> None:
+    box.args = [box.add("/hello.wat", "hello_component.wat", binary=False)]
+    out = box.launch()
+    assert (out.error, out.exit, out.stdout) == (None, 0, b"hello from a component\n")
+
+
+@pytest.mark.parametrize(
+    ("wat", "suffix", "status"),
+    [
+        ("fail_component.wat", "", 1),  # run returns err
+        ("fail_component.wat", "#succeed", 0),  # a top-level export returning ok
+        ("exit_component.wat", "", 1),  # wasi:cli/exit(err)
+    ],
+)
+def test_component_exit_status(box: Container, wat: str, suffix: str, status: int) -> None:
+    box.args = [box.add("/c.wasm", wat) + suffix]
+    out = box.launch()
+    assert (out.error, out.exit) == (None, status), out.stderr
+
+
+def test_component_missing_func_fails_prepare(box: Container) -> None:
+    box.args = [box.add("/c.wasm", "fail_component.wat") + "#nope"]
+    out = box.launch()
+    assert out.error is not None and out.error["stage"] == "prepare"
+    assert "'nope'" in out.error["message"]
+    assert "succeed" in out.error["message"]  # lists what there is
+
+
+# --------------------------------------------------------------------------- the compile cache
+
+
+def _cache_file(cache: Path, box: Container, guest: str) -> Path:
+    from runtimes.base import EntrypointKind
+    from runtimes.wasmtime import engine
+
+    src = engine.load_source((box.root / guest.lstrip("/")).read_bytes(), EntrypointKind.MODULE, "")
+    return Path(engine.cache_path(str(cache), src))
+
+
+def test_cache_is_written_then_used(box: Container, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    box.cache_dir = str(cache)
+    box.args = [box.add("/echo.wasm", "echo.wat")]
+    assert box.launch().exit == 42
+    echo_entry = _cache_file(cache, box, "/echo.wasm")
+    assert echo_entry.is_file()
+    assert not [p for p in cache.rglob(".tmp-*")]  # written atomically, nothing left over
+    # Prove the second run reads the cache: swap in the compiled funcs module (exit 3).
+    box.args = [box.add("/f.wasm", "funcs.wat")]
+    assert box.launch().exit == 3
+    shutil.copy(_cache_file(cache, box, "/f.wasm"), echo_entry)
+    box.args = ["/echo.wasm"]
+    assert box.launch().exit == 3
+
+
+def test_corrupt_cache_entry_is_ignored_and_replaced(box: Container, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    box.cache_dir = str(cache)
+    box.args = [box.add("/echo.wasm", "echo.wat")]
+    entry = _cache_file(cache, box, "/echo.wasm")
+    entry.parent.mkdir(parents=True)
+    entry.write_bytes(b"not a compiled artifact")
+    assert box.launch().exit == 42
+    assert entry.read_bytes() != b"not a compiled artifact"
+
+
+def test_component_with_a_non_wasi_import_fails_prepare_naming_it(box: Container) -> None:
+    box.args = [box.add("/c.wasm", "custom_import_component.wat")]
+    out = box.launch()
+    assert out.error is not None
+    assert (out.error["stage"], out.error["kind"]) == ("prepare", "FailedPrecondition")
+    assert "acme:gadgets/widget@1.0.0" in out.error["message"]
