@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 from collections.abc import Mapping, Sequence
 from typing import TypeVar
@@ -30,11 +31,12 @@ _READ_SIZE = 64 * 1024
 M = TypeVar("M", bound=Message)
 
 
-def socket_path(address: str) -> str:
+def socket_path(address: str | os.PathLike[str]) -> str:
     """A dialable path from a ttrpc address: ``unix:///p`` and ``/p`` both give ``/p``.
 
     ``TTRPC_ADDRESS`` comes without the scheme, a shim's own address with it; accept both.
     """
+    address = os.fspath(address)
     if address.startswith("unix://"):
         return address[len("unix://") :]
     if "://" in address:
@@ -59,7 +61,9 @@ class Client:
         self._reader_task = asyncio.create_task(self._read_loop())
 
     @classmethod
-    async def connect(cls, address: str, *, timeout: float | None = None) -> Client:
+    async def connect(
+        cls, address: str | os.PathLike[str], *, timeout: float | None = None
+    ) -> Client:
         """Dial a unix socket path (or ``unix://`` address).
 
         Raises Unavailable when nothing accepts there (missing socket, refused, timed out).
