@@ -1,0 +1,586 @@
+"""shim/cgroups.py: path rules and parsing (pure), then the real cgroup filesystems (root).
+
+The root tests work under a unique top-level cgroup per test in every hierarchy, and the fixture
+removes it (killing any stray child first) even when the test fails. Test children are forked
+from pytest and join by writing "0" into join_files(), as the zygote's children do; they report
+each step through a pipe, so no test waits on a clock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import select
+import signal
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from google.protobuf import any_pb2
+
+from shim import errors
+from shim.cgroups import (
+    UINT64_MAX,
+    Cgroup,
+    Layout,
+    Resources,
+    Version,
+    cgroupfs_path,
+    cpu_weight,
+    detect_layout,
+    expand_slice,
+    systemd_path,
+)
+
+MiB = 1 << 20
+_LIBC = ctypes.CDLL(None, use_errno=True)
+_PR_SET_PDEATHSIG = 1
+_HANG_GUARD_SECONDS = 60.0
+
+
+# ---- pure: paths, resources, layout detection ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ("/default/web", "/default/web"),
+        ("default/web", "/default/web"),
+        ("//a/./b/", "/a/b"),
+        ("system.slice:containerd:abc", "/system.slice/containerd-abc.scope"),
+        (":cri-containerd:abc", "/system.slice/cri-containerd-abc.scope"),
+        (
+            "kubepods-burstable-pod12.slice:cri-containerd:c0",
+            "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod12.slice"
+            "/cri-containerd-c0.scope",
+        ),
+        ("-.slice:p:n", "/p-n.scope"),
+        ("user.slice::n", "/user.slice/n.scope"),
+        ("machine.slice:x:inner.slice", "/machine.slice/inner.slice"),
+    ],
+)
+def test_cgroupfs_path(spec: str, expected: str) -> None:
+    assert cgroupfs_path(spec) == expected
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "",
+        "/",
+        "///",
+        "/a/../b",
+        "..",
+        "a/\0/b",
+        "a:b",
+        "a:b:c:d",
+        "system.slice:p:",
+        "system:p:n",
+        "a--b.slice:p:n",
+        "-a.slice:p:n",
+        "a-.slice:p:n",
+        ".slice:p:n",
+        "system.slice:p/q:n",
+        "system.slice:p:..",
+    ],
+)
+def test_malformed_paths_are_invalid_argument(spec: str) -> None:
+    with pytest.raises(errors.InvalidArgument):
+        cgroupfs_path(spec)
+
+
+def test_expand_slice_and_systemd_path() -> None:
+    assert expand_slice("a-b-c.slice") == "/a.slice/a-b.slice/a-b-c.slice"
+    assert expand_slice("-.slice") == "/"
+    assert systemd_path("", "", "x") == "/system.slice/x.scope"
+
+
+def test_resources_from_spec() -> None:
+    res = Resources.from_spec(
+        {
+            "memory": {"limit": 64 * MiB, "swap": 128 * MiB, "reservation": 0},
+            "cpu": {"shares": 512, "quota": 50000, "period": 100000, "cpus": "0-1"},
+            "pids": {"limit": 20},
+            "devices": [{"allow": False, "access": "rwm"}],
+        }
+    )
+    assert res == Resources(
+        memory_limit=64 * MiB,
+        memory_swap=128 * MiB,
+        cpu_shares=512,
+        cpu_quota=50000,
+        cpu_period=100000,
+        pids_limit=20,
+    )
+    assert Resources.from_spec(None) == Resources()
+
+
+@pytest.mark.parametrize(
+    "resources",
+    [
+        {"memory": {"limit": "64m"}},
+        {"memory": {"limit": True}},
+        {"memory": []},
+        {"memory": {"swap": 10}},  # swap without a memory limit
+        {"memory": {"limit": 100, "swap": 50}},  # swap (memory + swap) below the limit
+    ],
+)
+def test_resources_rejects_bad_values(resources: dict[str, object]) -> None:
+    with pytest.raises(errors.InvalidArgument):
+        Resources.from_spec(resources)
+
+
+def test_cpu_weight_matches_runc_mapping() -> None:
+    assert [cpu_weight(s) for s in (2, 1024, 262144, 1, 10**9)] == [1, 39, 10000, 1, 10000]
+
+
+def _mountinfo(tmp_path: Path, lines: list[str]) -> str:
+    path = tmp_path / "mountinfo"
+    path.write_text("".join(line + "\n" for line in lines))
+    return str(path)
+
+
+def test_detect_layout_hybrid_v1(tmp_path: Path) -> None:
+    info = _mountinfo(
+        tmp_path,
+        [
+            "31 23 0:28 / /sys/fs/cgroup rw - tmpfs tmpfs rw,mode=755",
+            "32 31 0:29 / /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct",
+            "35 31 0:32 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory",
+            "40 31 0:37 / /sys/fs/cgroup/systemd rw - cgroup cgroup rw,name=systemd",
+            "41 31 0:38 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw",
+            "50 23 0:40 / /mnt/other\\040dir rw - cgroup cgroup rw,pids",
+        ],
+    )
+    layout = detect_layout(info)
+    assert layout.version is Version.V1
+    assert dict(layout.mounts) == {
+        "cpu": "/sys/fs/cgroup/cpu,cpuacct",
+        "cpuacct": "/sys/fs/cgroup/cpu,cpuacct",
+        "memory": "/sys/fs/cgroup/memory",
+    }
+    # co-mounted controllers share one leaf, so one join file
+    cg = Cgroup(layout, "/a")
+    assert cg.join_files() == (
+        "/sys/fs/cgroup/cpu,cpuacct/a/cgroup.procs",
+        "/sys/fs/cgroup/memory/a/cgroup.procs",
+    )
+
+
+def test_detect_layout_pure_v2(tmp_path: Path) -> None:
+    info = _mountinfo(tmp_path, ["29 23 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw,nsdelegate"])
+    assert detect_layout(info) == Layout(Version.V2, {"": "/sys/fs/cgroup"})
+    with pytest.raises(errors.FailedPrecondition):
+        detect_layout(_mountinfo(tmp_path, ["1 0 0:1 / / rw - ext4 /dev/sda rw"]))
+
+
+def test_v2_metrics_from_files(tmp_path: Path) -> None:
+    """The v2 parsing, on files laid out as the kernel writes them (this host may lack them)."""
+    leaf = tmp_path / "c"
+    leaf.mkdir()
+    files = {
+        "pids.current": "3\n",
+        "pids.max": "max\n",
+        "cpu.stat": "usage_usec 900\nuser_usec 600\nsystem_usec 300\nnr_periods 4\n"
+        "nr_throttled 1\nthrottled_usec 70\ncore_sched.force_idle_usec 0\n",
+        "memory.stat": "anon 4096\nfile 8192\nworkingset_refault_anon 2\n"
+        "workingset_refault_file 3\npgfault 11\nnew_kernel_key 5\n",
+        "memory.current": "12288\n",
+        "memory.max": "max\n",
+        "memory.swap.current": "0\n",
+        "memory.swap.max": "1048576\n",
+        "memory.events": "low 0\nhigh 0\nmax 7\noom 2\noom_kill 1\noom_group_kill 0\n",
+        "io.stat": "8:0 rbytes=10 wbytes=20 rios=1 wios=2 dbytes=0 dios=0\n",
+    }
+    for name, text in files.items():
+        (leaf / name).write_text(text)
+    cg = Cgroup(Layout(Version.V2, {"": str(tmp_path)}), "/c")
+    m = cg.metrics()
+    assert m.DESCRIPTOR.full_name == "io.containerd.cgroups.v2.Metrics"
+    assert (m.pids.current, m.pids.limit) == (3, UINT64_MAX)
+    assert (m.cpu.usage_usec, m.cpu.user_usec, m.cpu.system_usec) == (900, 600, 300)
+    assert (m.cpu.nr_periods, m.cpu.nr_throttled, m.cpu.throttled_usec) == (4, 1, 70)
+    assert (m.memory.anon, m.memory.file, m.memory.pgfault) == (4096, 8192, 11)
+    assert m.memory.workingset_refault == 5
+    assert (m.memory.usage, m.memory.usage_limit) == (12288, UINT64_MAX)
+    assert (m.memory.swap_usage, m.memory.swap_limit) == (0, 1048576)
+    assert (m.memory_events.max, m.memory_events.oom, m.memory_events.oom_kill) == (7, 2, 1)
+    assert [(e.major, e.minor, e.rbytes, e.wbytes, e.rios, e.wios) for e in m.io.usage] == [
+        (8, 0, 10, 20, 1, 2)
+    ]
+    assert cg.oom_killed_count() == 1
+
+
+def test_v1_metrics_from_files(tmp_path: Path) -> None:
+    mounts = {}
+    for ctl, files in {
+        "pids": {"pids.current": "2\n", "pids.max": "max\n"},
+        "cpuacct": {
+            "cpuacct.usage": "5000\n",
+            "cpuacct.usage_percpu": "3000 2000 \n",
+            "cpuacct.stat": "user 3\nsystem 1\n",
+        },
+        "cpu": {"cpu.stat": "nr_periods 9\nnr_throttled 4\nthrottled_time 123\n"},
+        "memory": {
+            "memory.stat": "cache 10\nrss 20\npgpgin 30\ntotal_pgmajfault 40\n"
+            "hierarchical_memsw_limit 50\n",
+            "memory.usage_in_bytes": "4096\n",
+            "memory.limit_in_bytes": "8192\n",
+            "memory.max_usage_in_bytes": "6000\n",
+            "memory.failcnt": "3\n",
+            "memory.oom_control": "oom_kill_disable 0\nunder_oom 1\noom_kill 2\n",
+        },
+        "blkio": {"blkio.throttle.io_service_bytes_recursive": "7:1 Read 512\nTotal 512\n"},
+    }.items():
+        (tmp_path / ctl / "c").mkdir(parents=True)
+        for name, text in files.items():
+            (tmp_path / ctl / "c" / name).write_text(text)
+        mounts[ctl] = str(tmp_path / ctl)
+    cg = Cgroup(Layout(Version.V1, mounts), "/c")
+    m = cg.metrics()
+    assert m.DESCRIPTOR.full_name == "io.containerd.cgroups.v1.Metrics"
+    assert (m.pids.current, m.pids.limit) == (2, 0)
+    tick = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+    usage = m.cpu.usage
+    assert (usage.total, list(usage.per_cpu)) == (5000, [3000, 2000])
+    assert (usage.user, usage.kernel) == (3 * tick, 1 * tick)
+    thr = m.cpu.throttling
+    assert (thr.periods, thr.throttled_periods, thr.throttled_time) == (9, 4, 123)
+    mem = m.memory
+    assert (mem.cache, mem.rss, mem.pg_pg_in, mem.total_pg_maj_fault) == (10, 20, 30, 40)
+    assert mem.hierarchical_swap_limit == 50
+    entry = mem.usage
+    assert (entry.usage, entry.limit, entry.max, entry.failcnt) == (4096, 8192, 6000, 3)
+    assert not mem.HasField("swap")  # no memsw files: left unset, not zero-filled
+    assert (m.memory_oom_control.under_oom, m.memory_oom_control.oom_kill) == (1, 2)
+    [io] = m.blkio.io_service_bytes_recursive
+    assert (io.op, io.major, io.minor, io.value) == ("Read", 7, 1, 512)
+    assert cg.oom_killed_count() == 2
+
+
+def test_metrics_of_a_missing_cgroup_is_not_found(tmp_path: Path) -> None:
+    cg = Cgroup(Layout(Version.V2, {"": str(tmp_path)}), "/gone")
+    with pytest.raises(errors.NotFound):
+        cg.metrics()
+    with pytest.raises(errors.NotFound):
+        cg.pids()
+    cg.remove()  # nothing owned, nothing there: a no-op
+    assert Cgroup.load("/gone", layout=cg.layout) is None
+
+
+# ---- root: the machine's real cgroup filesystems ------------------------------------------
+
+root = pytest.mark.root
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create cgroups")
+
+
+def _layouts() -> list[Layout]:
+    """The host's own layout; on a hybrid host also its v2 ``unified`` mount (few controllers)."""
+    try:
+        main = detect_layout()
+    except errors.FailedPrecondition:
+        return []
+    found = [main]
+    unified = "/sys/fs/cgroup/unified"
+    if main.version is Version.V1 and os.path.exists(os.path.join(unified, "cgroup.procs")):
+        found.append(Layout(Version.V2, {"": unified}))
+    return found
+
+
+def _has_memory(layout: Layout) -> bool:
+    if layout.version is Version.V1:
+        return "memory" in layout.mounts
+    with open(os.path.join(layout.mounts[""], "cgroup.controllers")) as f:
+        return "memory" in f.read().split()
+
+
+class Env:
+    """One test's scratch area: a unique top cgroup, and the children forked into it."""
+
+    def __init__(self, layout: Layout) -> None:
+        self.layout = layout
+        self.base = f"/shim-wasmtime-test-{uuid.uuid4().hex[:12]}"
+        self.children: list[int] = []
+
+    def path(self, name: str = "c") -> str:
+        return f"{self.base}/{name}"
+
+    def dirs(self, name: str = "c") -> list[str]:
+        return sorted({mount + self.path(name) for mount in self.layout.mounts.values()})
+
+    def fork(self, cg: Cgroup, then: Callable[[int], None]) -> int:
+        """Fork a child that joins ``cg`` by file writes alone, writes one byte, runs ``then``."""
+        rfd, wfd = os.pipe()
+        parent = os.getpid()
+        pid = os.fork()
+        if pid == 0:  # child: never return into pytest
+            code = 0
+            try:
+                os.close(rfd)
+                # Die with pytest: a spinning orphan must not outlive a crashed or killed run.
+                _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+                if os.getppid() != parent:
+                    os._exit(112)
+                for path in cg.join_files():
+                    fd = os.open(path, os.O_WRONLY)
+                    os.write(fd, b"0")
+                    os.close(fd)
+                then(wfd)
+            except BaseException:
+                code = 111
+            os._exit(code)
+        os.close(wfd)
+        self.children.append(pid)
+        with os.fdopen(rfd, "rb") as ready:
+            assert ready.read(1) == b"r", "child failed before joining"
+        return pid
+
+    def reap(self, pid: int) -> int:
+        """The child's wait status. The deadline is only a guard against hanging the whole run
+        when the code under test fails to kill; it asserts nothing about speed."""
+        pidfd = os.pidfd_open(pid)
+        try:
+            exited = select.select([pidfd], [], [], _HANG_GUARD_SECONDS)[0]
+        finally:
+            os.close(pidfd)
+        if not exited:
+            os.kill(pid, signal.SIGKILL)
+        _, status = os.waitpid(pid, 0)
+        self.children.remove(pid)
+        if not exited:
+            pytest.fail(f"child {pid} was still alive after {_HANG_GUARD_SECONDS}s")
+        return status
+
+    def cleanup(self) -> None:
+        """Independent of the code under test: kill, reap, rmdir bottom-up in every hierarchy."""
+        for pid in self.children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+        for mount in set(self.layout.mounts.values()):
+            top = mount + self.base
+            if not os.path.isdir(top):
+                continue
+            for dirpath, _dirs, _files in sorted(os.walk(top), key=lambda w: -len(w[0])):
+                for freeze in ("freezer.state", "cgroup.freeze"):
+                    with contextlib.suppress(OSError):
+                        Path(dirpath, freeze).write_text("THAWED" if freeze[0] == "f" else "0")
+                with contextlib.suppress(OSError):
+                    for pid in Path(dirpath, "cgroup.procs").read_text().split():
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(int(pid), signal.SIGKILL)
+                for _ in range(500):
+                    try:
+                        os.rmdir(dirpath)
+                        break
+                    except FileNotFoundError:
+                        break
+                    except OSError:
+                        time.sleep(0.01)
+
+
+@pytest.fixture(
+    params=_layouts(), ids=lambda lay: f"{lay.version.value}:{min(lay.mounts.values())}"
+)
+def env(request: pytest.FixtureRequest) -> Iterator[Env]:
+    e = Env(request.param)
+    try:
+        yield e
+    finally:
+        e.cleanup()
+        leftovers = [m + e.base for m in e.layout.mounts.values() if os.path.exists(m + e.base)]
+        assert not leftovers, f"test cgroups left behind: {leftovers}"
+
+
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read().strip()
+
+
+def _busy(wfd: int) -> None:
+    """Use some CPU and touch 8 MiB inside the cgroup, report ready, then spin until killed."""
+    sum(range(3_000_000))
+    ballast = bytearray(8 * MiB)
+    os.write(wfd, b"r")
+    while ballast:
+        pass
+
+
+def _idle(wfd: int) -> None:
+    os.write(wfd, b"r")
+    while True:
+        signal.pause()
+
+
+def _allocate_forever(wfd: int) -> None:
+    os.write(wfd, b"r")
+    hoard = []
+    for _ in range(256):  # 1 GiB in all, far past the test's limit
+        hoard.append(bytearray(4 * MiB))
+    os._exit(3)  # not OOM-killed: the test sees exit status 3
+
+
+@root
+@needs_root
+def test_create_applies_limits(env: Env) -> None:
+    if not _has_memory(env.layout):
+        pytest.skip("no memory controller in this hierarchy")
+    resources = {
+        "memory": {"limit": 64 * MiB},
+        "cpu": {"shares": 512, "quota": 50000, "period": 100000},
+        "pids": {"limit": 20},
+    }
+    cg = Cgroup.create(env.path(), resources, layout=env.layout)
+    assert cg.owned == frozenset(env.dirs())
+    if env.layout.version is Version.V1:
+        m = env.layout.mounts
+        leaf = env.path()
+        assert int(_read(m["memory"] + leaf + "/memory.limit_in_bytes")) == 64 * MiB
+        assert _read(m["cpu"] + leaf + "/cpu.shares") == "512"
+        assert _read(m["cpu"] + leaf + "/cpu.cfs_quota_us") == "50000"
+        assert _read(m["cpu"] + leaf + "/cpu.cfs_period_us") == "100000"
+        assert _read(m["pids"] + leaf + "/pids.max") == "20"
+    else:
+        [leaf] = env.dirs()
+        assert int(_read(leaf + "/memory.max")) == 64 * MiB
+        assert _read(leaf + "/cpu.max") == "50000 100000"
+        assert _read(leaf + "/cpu.weight") == str(cpu_weight(512))
+        assert _read(leaf + "/pids.max") == "20"
+
+
+@root
+@needs_root
+def test_join_pids_and_metrics(env: Env) -> None:
+    memory = _has_memory(env.layout)
+    cg = Cgroup.create(env.path(), None, layout=env.layout)
+    pid = env.fork(cg, _busy)
+    assert cg.pids() == [pid]
+    m = cg.metrics()
+    if env.layout.version is Version.V1:
+        assert m.cpu.usage.total > 0
+        assert sum(m.cpu.usage.per_cpu) > 0
+        assert m.memory.usage.usage > 0
+        assert m.pids.current == 1
+    else:
+        assert m.cpu.usage_usec > 0
+        if memory:
+            assert m.memory.usage > 0
+            assert m.pids.current == 1
+    packed = any_pb2.Any()
+    packed.Pack(m)
+    assert packed.type_url.endswith(
+        "/io.containerd.cgroups." + env.layout.version.value + ".Metrics"
+    )
+    back = type(m)()
+    assert packed.Unpack(back)
+    assert back == m
+    cg.kill_all(signal.SIGKILL)
+    assert os.WTERMSIG(env.reap(pid)) == signal.SIGKILL
+
+
+@root
+@needs_root
+def test_oom_kill_is_counted(env: Env) -> None:
+    if not _has_memory(env.layout):
+        pytest.skip("no memory controller in this hierarchy")
+    limit = 32 * MiB
+    swap_file = env.layout.mounts.get("memory", "") + "/memory.memsw.limit_in_bytes"
+    memory = {"limit": limit, "swap": limit} if os.path.exists(swap_file) else {"limit": limit}
+    if env.layout.version is Version.V2:
+        memory["swap"] = limit  # no swap at all for the child
+    cg = Cgroup.create(env.path(), {"memory": memory}, layout=env.layout)
+    assert cg.oom_killed_count() == 0
+    pid = env.fork(cg, _allocate_forever)
+    status = env.reap(pid)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+    assert cg.oom_killed_count() >= 1
+
+
+@root
+@needs_root
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_kill_all(env: Env, sig: int) -> None:
+    cg = Cgroup.create(env.path(), None, layout=env.layout)
+    pids = [env.fork(cg, _idle), env.fork(cg, _idle)]
+    assert cg.pids() == sorted(pids)
+    cg.kill_all(sig)
+    for pid in pids:
+        assert os.WTERMSIG(env.reap(pid)) == sig
+    assert not cg.frozen()
+
+
+@root
+@needs_root
+def test_freeze_and_thaw(env: Env) -> None:
+    cg = Cgroup.create(env.path(), None, layout=env.layout)
+    pid = env.fork(cg, _idle)
+    cg.freeze()
+    assert cg.frozen()
+    cg.kill_all(signal.SIGTERM)  # a paused container stays paused
+    if env.layout.version is Version.V1:
+        assert cg.frozen()  # v1: the signal waits for the thaw
+        assert os.waitpid(pid, os.WNOHANG) == (0, 0)
+    else:  # v2 delivers fatal signals to frozen tasks; the freeze request stays
+        assert _read(env.dirs()[0] + "/cgroup.freeze") == "1"
+    cg.thaw()
+    assert not cg.frozen()
+    assert os.WTERMSIG(env.reap(pid)) == signal.SIGTERM
+
+
+@root
+@needs_root
+def test_remove_leaves_nothing_and_keeps_parents(env: Env) -> None:
+    cg = Cgroup.create(env.path(), None, layout=env.layout)
+    pid = env.fork(cg, _idle)
+    os.kill(pid, signal.SIGKILL)
+    env.reap(pid)
+    # a sub-cgroup made inside the container's cgroup goes too
+    os.mkdir(env.dirs()[0] + "/nested")
+    cg.remove()
+    assert not [d for d in env.dirs() if os.path.exists(d)]
+    assert all(os.path.isdir(m + env.base) for m in env.layout.mounts.values())
+    cg.remove()  # idempotent
+    assert Cgroup.load(env.path(), layout=env.layout) is None
+    with pytest.raises(errors.NotFound):
+        cg.metrics()
+
+
+@root
+@needs_root
+def test_load_finds_an_existing_cgroup(env: Env) -> None:
+    Cgroup.create(env.path(), None, layout=env.layout)
+    loaded = Cgroup.load(env.path(), layout=env.layout)
+    assert loaded is not None
+    assert loaded.path == env.path()
+    assert loaded.owned == frozenset(env.dirs())
+    pid = env.fork(loaded, _idle)
+    assert loaded.pids() == [pid]
+    loaded.kill_all(signal.SIGKILL)
+    env.reap(pid)
+    loaded.remove()
+    assert not [d for d in env.dirs() if os.path.exists(d)]
+
+
+@root
+@needs_root
+def test_a_leaf_that_existed_before_create_is_not_removed(env: Env) -> None:
+    for d in env.dirs():
+        os.makedirs(d)
+    cg = Cgroup.create(env.path(), None, layout=env.layout)
+    assert cg.owned == frozenset()
+    cg.remove()
+    assert all(os.path.isdir(d) for d in env.dirs())
+
+
+@root
+@needs_root
+def test_kernel_refusal_names_the_file_and_undoes_create(env: Env) -> None:
+    # A 1 us quota is below the kernel's minimum (or, without a cpu controller, cpu.max is
+    # missing): either way the write fails and the error says which file.
+    with pytest.raises(errors.Internal, match=r"cpu\.(cfs_quota_us|max)"):
+        Cgroup.create(env.path(), {"cpu": {"quota": 1, "period": 100000}}, layout=env.layout)
+    assert not [d for d in env.dirs() if os.path.exists(d)]
