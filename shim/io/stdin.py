@@ -63,29 +63,31 @@ class StdinCopier:
     def start(self) -> None:
         """Start the copier thread (idempotent)."""
         with self._lock:
-            if self._thread is not None or self._stopping:
-                return
-            self._thread = threading.Thread(
-                target=self._run, name=f"stdin-copier {self._path}", daemon=True
-            )
-            self._thread.start()
+            self._start_locked()
+
+    def _start_locked(self) -> None:
+        if self._thread is not None or self._stopping:
+            return
+        self._thread = threading.Thread(
+            target=self._run, name=f"stdin-copier {self._path}", daemon=True
+        )
+        self._thread.start()
 
     def close_stdin(self) -> None:
         """Deliver what the client has already written, then EOF. Returns at once."""
         with self._lock:
             self._closing = True
-            started = self._thread is not None
-        if started:
-            self._wake()
-        else:
-            self.start()  # the thread sees the flag, delivers what is buffered, then EOF
+            if self._thread is None:
+                self._start_locked()  # it sees the flag: delivers what is buffered, then EOF
+            else:
+                self._wake_locked()
 
     def stop(self, timeout: float) -> None:
         """Stop copying, join the thread (bounded) and release every descriptor."""
         with self._lock:
             self._stopping = True
             thread = self._thread
-        self._wake()
+            self._wake_locked()
         if thread is not None:
             thread.join(timeout)
             if thread.is_alive():  # pragma: no cover - the thread only blocks in poll()
@@ -94,22 +96,26 @@ class StdinCopier:
 
     def release_child_fd(self) -> None:
         """Close our copy of the pipe's read end once the child holds its own."""
-        fd, self.child_fd = self.child_fd, -1
-        close_quietly(fd)
+        with self._lock:
+            fd, self.child_fd = self.child_fd, -1
+            close_quietly(fd)
 
     # -- the copier thread --------------------------------------------------------------
 
-    def _wake(self) -> None:
-        with contextlib.suppress(OSError):  # full (already woken) or closed: both fine
-            os.write(self._wake_w, b"x")
+    def _wake_locked(self) -> None:
+        # Under the lock, so the descriptor cannot be closed (and its number reused) meanwhile.
+        if self._wake_w >= 0:
+            with contextlib.suppress(BlockingIOError):  # full: a wake-up is already pending
+                os.write(self._wake_w, b"x")
 
     def _run(self) -> None:
         try:
             self._copy()
         finally:
             # EOF for the guest: only our write end keeps the pipe open.
-            fd, self._pipe_w = self._pipe_w, -1
-            close_quietly(fd)
+            with self._lock:
+                fd, self._pipe_w = self._pipe_w, -1
+                close_quietly(fd)
 
     def _copy(self) -> None:
         pending = b""
@@ -161,6 +167,10 @@ class StdinCopier:
             raise os_error(exc, "read stdin FIFO", self._path) from exc
 
     def _close_all(self) -> None:
+        with self._lock:
+            self._close_all_locked()
+
+    def _close_all_locked(self) -> None:
         for name in ("_fifo_r", "_fifo_w", "child_fd", "_pipe_w", "_wake_r", "_wake_w"):
             fd = getattr(self, name)
             setattr(self, name, -1)

@@ -33,7 +33,7 @@ from shim.errors import (
 from shim.io import ProcessIO, StdioConfig
 from shim.io.uri import Kind, Target, parse, plan
 
-HANG_GUARD = 30.0  # seconds; only ever reached when the code under test is broken
+HANG_GUARD = 20.0  # seconds; only ever reached when the code under test is broken
 
 
 def open_fds() -> set[str]:
@@ -128,6 +128,16 @@ def spawn(pio: ProcessIO, script: str) -> subprocess.Popen[bytes]:
     return child
 
 
+def exit_code(child: subprocess.Popen[bytes]) -> int:
+    """The child's exit status; a child that never exits is a failure (and is killed)."""
+    try:
+        return child.wait(HANG_GUARD)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()
+        pytest.fail("the child did not exit (no EOF on its stdin?)")
+
+
 def run_bounded(fn: object) -> object:
     """Call ``fn`` in a thread; fail instead of hanging if it never returns."""
     result: list[object] = []
@@ -146,7 +156,7 @@ def test_output_reaches_the_client_and_eof_follows_the_exit(client: Client) -> N
     child = spawn(pio, "echo out; echo err >&2")
     assert read_to_eof(client.out_r) == b"out\n"
     assert read_to_eof(client.err_r) == b"err\n"
-    assert child.wait() == 0
+    assert exit_code(child) == 0
     pio.close()
 
 
@@ -155,7 +165,7 @@ def test_no_eof_while_our_copies_are_open(client: Client) -> None:
     pio = ProcessIO.open(client.config(stdin=False), container_id="c", namespace="ns")
     fds = pio.child_fds()
     child = subprocess.Popen(["/bin/sh", "-c", "echo out"], stdout=fds[1], stderr=fds[2])
-    assert child.wait() == 0
+    assert exit_code(child) == 0
     assert os.read(client.out_r, 100) == b"out\n"
     with pytest.raises(BlockingIOError):  # a writer (ours) is still there: no EOF
         os.read(client.out_r, 100)
@@ -169,7 +179,7 @@ def test_a_departed_client_does_not_break_the_guests_writes(client: Client) -> N
     client.close()  # ctr killed: nobody reads any more
     marker = client.dir / "survived"
     child = spawn(pio, f"echo out && echo err >&2 && echo again && touch {marker}")
-    assert child.wait() == 0  # a SIGPIPE death would be -13, an EPIPE failure 1
+    assert exit_code(child) == 0  # a SIGPIPE death would be -13, an EPIPE failure 1
     assert marker.exists()
     pio.close()
 
@@ -180,7 +190,7 @@ def test_stdin_reaches_the_child_and_close_stdin_gives_eof(client: Client) -> No
     os.write(client.open_stdin(), b"hello\n")
     pio.close_stdin()  # the client still holds its write end
     assert read_to_eof(client.out_r) == b"hello\n"
-    assert child.wait() == 0
+    assert exit_code(child) == 0
     pio.close()
 
 
@@ -193,7 +203,7 @@ def test_create_does_not_wait_for_the_client(tmp_path: Path, fd_guard: None) -> 
     assert isinstance(pio, ProcessIO)
     child = spawn(pio, "cat; echo done")
     pio.close_stdin()
-    assert child.wait() == 0  # the output went into our read ends without EPIPE
+    assert exit_code(child) == 0  # the output went into our read ends without EPIPE
     pio.close()
 
 
@@ -209,7 +219,7 @@ def test_a_client_may_detach_and_reattach_stdin(client: Client) -> None:
     assert child.poll() is None
     pio.close_stdin()
     assert read_to_eof(client.out_r) == b"first second\n"
-    assert child.wait() == 0
+    assert exit_code(child) == 0
     pio.close()
 
 
@@ -219,7 +229,7 @@ def test_data_written_before_start_is_delivered(client: Client) -> None:
     pio.close_stdin()
     child = spawn(pio, "cat")
     assert read_to_eof(client.out_r) == b"early\n"
-    assert child.wait() == 0
+    assert exit_code(child) == 0
     pio.close()
 
 
@@ -245,7 +255,7 @@ def test_file_uri_appends_both_streams_across_runs(tmp_path: Path, fd_guard: Non
     uri = f"file://{log}"
     for run in ("1", "2"):
         pio = ProcessIO.open(StdioConfig("", uri, uri), container_id="c", namespace="ns")
-        assert spawn(pio, f"echo out{run}; echo err{run} >&2").wait() == 0
+        assert exit_code(spawn(pio, f"echo out{run}; echo err{run} >&2")) == 0
         pio.close()
     assert log.read_text() == "out1\nerr1\nout2\nerr2\n"
 
@@ -254,7 +264,7 @@ def test_a_plain_regular_file_is_appended_to(tmp_path: Path, fd_guard: None) -> 
     out = tmp_path / "out.txt"
     out.write_text("kept\n")
     pio = ProcessIO.open(StdioConfig("", str(out), ""), container_id="c", namespace="ns")
-    assert spawn(pio, "echo new; echo lost >&2").wait() == 0
+    assert exit_code(spawn(pio, "echo new; echo lost >&2")) == 0
     pio.close()
     assert out.read_text() == "kept\nnew\n"
 
@@ -328,6 +338,14 @@ def logger_pid(result: Path) -> int:
     return int(Path(f"{result}.pid").read_text())
 
 
+def children() -> set[int]:
+    """This process's children, zombies included."""
+    pids: set[int] = set()
+    for task in Path("/proc/self/task").iterdir():
+        pids.update(int(pid) for pid in (task / "children").read_text().split())
+    return pids
+
+
 def is_gone(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -340,7 +358,7 @@ def test_binary_logger_gets_both_streams_args_and_env(logger: Path, tmp_path: Pa
     result = tmp_path / "result.json"
     uri = f"binary://{logger}?result={result}&level=debug"
     pio = ProcessIO.open(StdioConfig("", uri, uri), container_id="c1", namespace="k8s.io")
-    assert spawn(pio, "echo out; echo err >&2").wait() == 0
+    assert exit_code(spawn(pio, "echo out; echo err >&2")) == 0
     pio.close(timeout=HANG_GUARD)  # waits for the logger to finish on its own
     got = json.loads(result.read_text())
     assert got["argv"] == ["result", str(result), "level", "debug"]
@@ -355,9 +373,10 @@ def test_binary_logger_gets_both_streams_args_and_env(logger: Path, tmp_path: Pa
 def test_binary_logger_that_never_gets_ready_times_out(logger: Path, tmp_path: Path) -> None:
     result = tmp_path / "r"
     uri = f"binary://{logger}?result={result}&mode=never-ready"
+    before = children()
     with pytest.raises(DeadlineExceeded, match=str(logger)):
         ProcessIO.open(StdioConfig("", uri, ""), container_id="c", namespace="n", ready_timeout=1)
-    assert is_gone(logger_pid(result))
+    assert children() == before  # killed and reaped, whether or not it got far
 
 
 def test_binary_v2_requires_the_ready_byte(logger: Path, tmp_path: Path) -> None:
@@ -372,7 +391,7 @@ def test_binary_closing_fd5_counts_as_ready(logger: Path, tmp_path: Path) -> Non
     result = tmp_path / "r"
     uri = f"binary://{logger}?result={result}&mode=no-byte"
     pio = ProcessIO.open(StdioConfig("", uri, uri), container_id="c", namespace="n")
-    assert spawn(pio, "echo out").wait() == 0
+    assert exit_code(spawn(pio, "echo out")) == 0
     pio.close(timeout=HANG_GUARD)
     assert json.loads(result.read_text())["stdout"] == "out\n"
 
@@ -381,7 +400,7 @@ def test_a_logger_that_outlives_eof_is_killed(logger: Path, tmp_path: Path) -> N
     result = tmp_path / "r"
     uri = f"binary://{logger}?result={result}&mode=stubborn"
     pio = ProcessIO.open(StdioConfig("", uri, uri), container_id="c", namespace="n")
-    assert spawn(pio, "echo out").wait() == 0
+    assert exit_code(spawn(pio, "echo out")) == 0
     pio.close(timeout=0.2)  # SIGTERM is ignored, so this goes all the way to SIGKILL
     assert is_gone(logger_pid(result))
 
@@ -399,7 +418,7 @@ def test_null_io(fd_guard: None) -> None:
     pio = ProcessIO.null()
     fds = pio.child_fds()
     assert [os.readlink(f"/proc/self/fd/{fd}") for fd in fds] == ["/dev/null"] * 3
-    assert spawn(pio, "cat; echo out; echo err >&2").wait() == 0
+    assert exit_code(spawn(pio, "cat; echo out; echo err >&2")) == 0
     pio.close()
 
 
@@ -422,7 +441,7 @@ def test_handover_contract(client: Client) -> None:
         pio.child_fds()
     pio.started()  # idempotent
     pio.close_stdin()
-    assert child.wait() == 0
+    assert exit_code(child) == 0
     pio.close()
     pio.close()  # idempotent
     pio.close_stdin()  # harmless after close
@@ -507,4 +526,4 @@ def test_sigpipe_default_is_restored_for_children() -> None:
     os.close(r)
     child = subprocess.Popen(["/bin/sh", "-c", "echo x"], stdout=w)
     os.close(w)
-    assert child.wait() in (-signal.SIGPIPE, 1)
+    assert exit_code(child) in (-signal.SIGPIPE, 1)
