@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from runtimes.wasmtime import WasmtimeRuntime
 from shim import logs
-from shim.events import EventPublisher
+from shim.events import Publisher
 from shim.task.service import SERVICE, ProtoEvents, TaskService
 from shim.task.tasks import Tasks
 from shim.ttrpc.server import Server
@@ -71,7 +71,7 @@ async def _serve(
     done = asyncio.Event()
     socket_path = listener.getsockname()
 
-    publisher = EventPublisher(opts.ttrpc_address, opts.namespace)
+    publisher = Publisher(opts.ttrpc_address, opts.namespace)
     publisher.start()
     tasks: Tasks | None = None
 
