@@ -1,0 +1,56 @@
+# Set-up and entry points. `make test` and `make demo` work on a fresh Debian 12 machine (as
+# root): they install only the missing Debian packages, build the venv when pyproject.toml
+# changed, and never touch the machine's own containerd (tests/containerd.py runs a private one).
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := test
+
+PYTHON ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed
+DEB_PACKAGES := containerd runc clang lld wasi-libc libclang-rt-14-dev-wasm32 \
+	golang-github-containerd-containerd-dev python3-venv
+
+.PHONY: deps venv test lint demo clean distclean
+
+# Install only what is missing; `apt-get update` only when something is.
+deps:
+	@missing=""; \
+	for pkg in $(DEB_PACKAGES); do \
+		dpkg-query -W -f='$${Status}' "$$pkg" 2>/dev/null | grep -q "ok installed" \
+			|| missing="$$missing $$pkg"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" != 0 ]; then echo "missing Debian packages:$$missing (run make deps as root)" >&2; exit 1; fi; \
+		echo "installing:$$missing"; \
+		DEBIAN_FRONTEND=noninteractive apt-get update -qq; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q -e '.[dev]'
+	@touch $@
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+# pytest's own exit status is the result: 5 (no tests collected) fails like any other.
+test: deps venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/pytest -q
+
+demo: deps venv
+	$(VENV)/bin/python -m tests.demo
+
+# --one-file-system: never descend into a mount a crashed run may have left under .cache.
+clean:
+	rm -rf --one-file-system .cache .pytest_cache .ruff_cache .hypothesis
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV)

@@ -1,0 +1,588 @@
+"""A private containerd for tests and the demo: its own root, state, sockets and PATH.
+
+``PrivateContainerd`` runs Debian's ``/usr/bin/containerd`` with a config.toml it writes under
+a fresh base directory (``<repo>/.cache/containerd/c-XXXX``), so several test runs (and the
+machine's own containerd, if any) never share anything but ``/run/containerd/s`` and
+``/run/containerd/fifo``, whose entries are named by hashes and random names. containerd's PATH
+is a private bin dir holding ``containerd-shim-wasmtime-v1`` (a symlink to the venv's console
+script) followed by the system dirs, so ``runc`` and ``containerd-shim-runc-v2`` are found too.
+
+Leaks are what a run must not leave behind: shim processes (found by ``-address <our socket>``
+in their command line, or ``TTRPC_ADDRESS=<our ttrpc socket>`` in their environment, which
+also catches the processes a shim forks), mounts under our root/state, shim sockets in
+``/run/containerd/s`` and task bundles. A shim's socket path is
+``/run/containerd/s/<sha256(address/namespace/id)>``; to know which ids to hash, a ``ctr
+events`` subscriber records every container ever created.
+
+Usable without pytest::
+
+    with PrivateContainerd() as c:
+        print(c.ctr("version").stdout)
+    # c.stop() ran: c.stop_report lists what had to be cleaned
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import enum
+import hashlib
+import itertools
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CONTAINERD = Path("/usr/bin/containerd")
+CTR = Path("/usr/bin/ctr")
+SHIM_NAME = "containerd-shim-wasmtime-v1"
+RUNTIME = "io.containerd.wasmtime.v1"
+SHIM_SOCKET_DIR = Path("/run/containerd/s")
+CRI_PLUGIN = "io.containerd.grpc.v1.cri"
+TASK_PLUGIN_DIR = "io.containerd.runtime.v2.task"
+SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+# Linux's sun_path is 108 bytes; Go rejects >= 107 and shims keep a margin: stay well under.
+MAX_SOCKET_PATH = 100
+MNT_DETACH = 2
+_CONFIG_TEMPLATE = """\
+version = 2
+root = {root}
+state = {state}
+disabled_plugins = {disabled}
+
+[grpc]
+  address = {address}
+
+[ttrpc]
+  address = {ttrpc}
+
+[debug]
+  level = {level}
+
+[metrics]
+  address = ""
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = {opt}
+"""
+
+
+class LeakKind(enum.Enum):
+    PROCESS = "process"
+    MOUNT = "mount"
+    SOCKET = "socket"
+    BUNDLE = "bundle"
+
+
+@dataclass(frozen=True, slots=True)
+class Leak:
+    """One thing left behind. ``namespace`` is None when it cannot be attributed to one."""
+
+    kind: LeakKind
+    what: str
+    namespace: str | None = None
+
+    def __str__(self) -> str:
+        where = f" [ns {self.namespace}]" if self.namespace else ""
+        return f"{self.kind.value}: {self.what}{where}"
+
+
+class ContainerdError(RuntimeError):
+    """containerd or ctr misbehaved; the message carries ctr's output and containerd's log."""
+
+
+def default_shim() -> Path:
+    """The project's console script in the running venv (``<venv>/bin/containerd-shim-...``)."""
+    return Path(sys.prefix) / "bin" / SHIM_NAME
+
+
+def shim_socket_path(address: str | Path, namespace: str, container_id: str) -> Path:
+    """Where a shim started by containerd at ``address`` listens for (namespace, id).
+
+    containerd 1.6 hashes ``filepath.Join(address, namespace, id)``: the joined, cleaned path.
+    """
+    joined = os.path.normpath(os.path.join(str(address), namespace, container_id))
+    return SHIM_SOCKET_DIR / hashlib.sha256(joined.encode()).hexdigest()
+
+
+class PrivateContainerd:
+    """One containerd process and everything it owns; see the module docstring."""
+
+    def __init__(
+        self,
+        base: Path | None = None,
+        *,
+        cri: bool = False,
+        shim: Path | None = None,
+        log_level: str = "debug",
+        keep: bool = False,
+        start_timeout: float = 30.0,
+    ) -> None:
+        """Prepare (not start) a containerd.
+
+        ``base``: the private directory (default: a fresh ``<repo>/.cache/containerd/c-XXXX``,
+        or one under /tmp when the repo path would make socket paths too long). ``cri``: leave
+        the CRI plugin enabled. ``shim``: the shim executable to expose on PATH. ``keep``: do
+        not delete ``base`` on stop (for post-mortems).
+        """
+        self.base = base or _fresh_base()
+        self.root = self.base / "root"
+        self.state = self.base / "state"
+        self.bin_dir = self.base / "bin"
+        self.config_path = self.base / "config.toml"
+        self.log_path = self.base / "containerd.log"
+        self.events_path = self.base / "events.log"
+        self.address = self.base / "c.sock"
+        self.ttrpc_address = Path(f"{self.address}.ttrpc")
+        self.cri = cri
+        self.shim = shim or default_shim()
+        self.log_level = log_level
+        self.keep = keep
+        self.start_timeout = start_timeout
+        self.stop_report: list[Leak] = []
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._events: subprocess.Popen[bytes] | None = None
+        if len(str(self.ttrpc_address)) > MAX_SOCKET_PATH:
+            raise ContainerdError(f"socket path {self.ttrpc_address} is too long for AF_UNIX")
+
+    # ----------------------------------------------------------------- lifecycle
+
+    def __enter__(self) -> PrivateContainerd:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self) -> PrivateContainerd:
+        """Write the config, start containerd, wait until ``ctr version`` answers."""
+        if self._proc is not None:
+            raise ContainerdError("this containerd was already started")
+        if not self.shim.exists():
+            raise ContainerdError(f"shim {self.shim} does not exist (is the project installed?)")
+        for path in (self.root, self.state, self.bin_dir):
+            path.mkdir(parents=True, exist_ok=True)
+        link = self.bin_dir / SHIM_NAME
+        link.unlink(missing_ok=True)
+        link.symlink_to(self.shim)
+        self.config_path.write_text(self.config_toml())
+        env = {"PATH": f"{self.bin_dir}:{SYSTEM_PATH}", "HOME": "/root", "LANG": "C.UTF-8"}
+        with self.log_path.open("ab") as log:
+            self._proc = subprocess.Popen(
+                [str(CONTAINERD), "--config", str(self.config_path)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                env=env,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
+        try:
+            self._wait_ready()
+            self._start_event_recorder()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def config_toml(self) -> str:
+        """containerd's config.toml (version 2) for this instance; ``opt`` stays private too."""
+        disabled = [] if self.cri else [CRI_PLUGIN]
+        return _CONFIG_TEMPLATE.format(
+            root=_toml(self.root),
+            state=_toml(self.state),
+            disabled=json.dumps(disabled),
+            address=_toml(self.address),
+            ttrpc=_toml(self.ttrpc_address),
+            level=_toml(self.log_level),
+            opt=_toml(self.base / "opt"),
+        )
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.start_timeout
+        last = ""
+        while time.monotonic() < deadline:
+            if self._proc is not None and self._proc.poll() is not None:
+                raise ContainerdError(
+                    f"containerd exited with {self._proc.returncode} while starting\n"
+                    + self.log_tail()
+                )
+            if self.address.exists():
+                result = self._run_ctr(["version"], namespace="default", timeout=5, input=None)
+                if result.returncode == 0:
+                    return
+                last = result.stderr
+            time.sleep(0.05)
+        raise ContainerdError(
+            f"containerd did not answer `ctr version` within {self.start_timeout}s: {last}\n"
+            + self.log_tail()
+        )
+
+    def _start_event_recorder(self) -> None:
+        """Record every event (mainly /containers/create) so stop() knows which ids to hash."""
+        with self.events_path.open("ab") as out:
+            self._events = subprocess.Popen(
+                [str(CTR), "--address", str(self.address), "events"],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
+
+    def stop(self) -> list[Leak]:
+        """Stop containerd and clean up whatever it left; return (and print) what was cleaned.
+
+        The list is also kept in ``stop_report``. Idempotent.
+        """
+        if self._proc is None:
+            return self.stop_report
+        known = self._known_containers()
+        if self._events is not None:
+            _terminate(self._events, timeout=5)
+            self._events = None
+        if self._proc.poll() is None:
+            _terminate(self._proc, timeout=15)
+        report = self.clean(known=known)
+        self.stop_report = report
+        if report:
+            print(f"PrivateContainerd({self.base}) cleaned up after stop:", file=sys.stderr)
+            for leak in report:
+                print(f"  {leak}", file=sys.stderr)
+        if not self.keep and not _mounts_under([self.base]):
+            shutil.rmtree(self.base, ignore_errors=True)
+        return report
+
+    # ----------------------------------------------------------------- ctr
+
+    def ctr(
+        self,
+        *args: str,
+        namespace: str = "default",
+        check: bool = True,
+        timeout: float = 60.0,
+        input: str | bytes | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run ``/usr/bin/ctr --address <ours> --namespace <namespace> *args``.
+
+        Output is returned as text. With ``check``, a non-zero exit raises ContainerdError
+        carrying stdout, stderr and the tail of containerd's log; a timeout always raises.
+        """
+        result = self._run_ctr(list(args), namespace=namespace, timeout=timeout, input=input)
+        if check and result.returncode != 0:
+            raise ContainerdError(
+                f"ctr {' '.join(args)} failed with exit {result.returncode}\n"
+                f"stdout: {result.stdout}\nstderr: {result.stderr}\n" + self.log_tail()
+            )
+        return result
+
+    def _run_ctr(
+        self, args: list[str], *, namespace: str, timeout: float, input: str | bytes | None
+    ) -> subprocess.CompletedProcess[str]:
+        cmd = [str(CTR), "--address", str(self.address), "--namespace", namespace, *args]
+        data = input.encode() if isinstance(input, str) else input
+        try:
+            raw = subprocess.run(
+                cmd,
+                input=data,
+                stdin=subprocess.DEVNULL if data is None else None,
+                capture_output=True,
+                timeout=timeout,
+                check=False,
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise ContainerdError(
+                f"ctr {' '.join(args)} did not finish within {timeout}s\n"
+                f"stdout so far: {_text(exc.stdout)}\nstderr so far: {_text(exc.stderr)}\n"
+                + self.log_tail()
+            ) from exc
+        return subprocess.CompletedProcess(
+            cmd, raw.returncode, _text(raw.stdout), _text(raw.stderr)
+        )
+
+    def import_image(self, archive: Path, *, namespace: str = "default") -> str:
+        """``ctr image import`` an archive written by shim/oci/image.py; returns ctr's output."""
+        from shim.oci.image import CTR_IMPORT_FLAGS
+
+        return self.ctr(
+            "image", "import", *CTR_IMPORT_FLAGS, str(archive), namespace=namespace
+        ).stdout
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The last lines of containerd's log, headed, for error messages."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError as exc:
+            return f"(no containerd log: {exc})"
+        tail = "\n".join(text.splitlines()[-lines:])
+        return f"--- last {lines} lines of {self.log_path} ---\n{tail}"
+
+    def shim_socket(self, namespace: str, container_id: str) -> Path:
+        return shim_socket_path(self.address, namespace, container_id)
+
+    # ----------------------------------------------------------------- leaks
+
+    def leaks(self, namespace: str | None = None) -> list[Leak]:
+        """Everything currently left behind (optionally: attributable to ``namespace``).
+
+        Mounts under the snapshotter's root belong to no namespace and are only listed when
+        ``namespace`` is None; so are processes whose namespace cannot be read.
+        """
+        return self._find_leaks(self._known_containers(), namespace)
+
+    def wait_for_no_leaks(self, namespace: str | None = None, timeout: float = 10.0) -> list[Leak]:
+        """Give shims time to exit after their last task; return what is still left after."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self.leaks(namespace)
+            if not found or time.monotonic() >= deadline:
+                return found
+            time.sleep(0.1)
+
+    def clean(
+        self,
+        namespace: str | None = None,
+        known: set[tuple[str, str]] | None = None,
+    ) -> list[Leak]:
+        """Kill leftover shims, unmount, remove sockets and bundles; return what was found."""
+        found = self._find_leaks(
+            known if known is not None else self._known_containers(), namespace
+        )
+        for leak in found:
+            if leak.kind is LeakKind.PROCESS:
+                _kill(int(leak.what.split()[0]))
+        for leak in sorted(
+            (leak for leak in found if leak.kind is LeakKind.MOUNT),
+            key=lambda leak: leak.what.count("/"),
+            reverse=True,
+        ):
+            _umount(leak.what)
+        for leak in found:
+            if leak.kind is LeakKind.SOCKET:
+                Path(leak.what).unlink(missing_ok=True)
+            elif leak.kind is LeakKind.BUNDLE and not _mounts_under([Path(leak.what)]):
+                shutil.rmtree(leak.what, ignore_errors=True)
+        return found
+
+    def _find_leaks(self, known: set[tuple[str, str]], namespace: str | None) -> list[Leak]:
+        leaks: list[Leak] = []
+        processes = self._shim_processes()
+        for pid, ns, cmdline in processes:
+            if namespace is None or ns == namespace:
+                leaks.append(Leak(LeakKind.PROCESS, f"{pid} {cmdline}", ns))
+
+        bundles = self.state / TASK_PLUGIN_DIR
+        if namespace is None:
+            for mount in _mounts_under([self.root, self.state]):
+                leaks.append(Leak(LeakKind.MOUNT, str(mount), _namespace_of(mount, bundles)))
+        else:
+            for mount in _mounts_under([bundles / namespace]):
+                leaks.append(Leak(LeakKind.MOUNT, str(mount), namespace))
+
+        for bundle in _bundles(bundles):
+            ns = bundle.parent.name
+            if namespace is None or ns == namespace:
+                leaks.append(Leak(LeakKind.BUNDLE, str(bundle), ns))
+
+        candidates = set(known)
+        candidates |= {(b.parent.name, b.name) for b in _bundles(bundles)}
+        for _pid, ns, cmdline in processes:
+            match = re.search(r"(?:^|\s)-id (\S+)", cmdline)
+            if ns and match:
+                candidates.add((ns, match.group(1)))
+        for ns, container_id in sorted(candidates):
+            if namespace is not None and ns != namespace:
+                continue
+            sock = self.shim_socket(ns, container_id)
+            if sock.exists() or sock.is_symlink():
+                leaks.append(Leak(LeakKind.SOCKET, str(sock), ns))
+        return leaks
+
+    def _shim_processes(self) -> list[tuple[int, str | None, str]]:
+        """(pid, namespace or None, cmdline) of every process serving our containerd."""
+        address = str(self.address)
+        ttrpc_env = f"TTRPC_ADDRESS={self.ttrpc_address}".encode()
+        found = []
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit() or int(proc.name) == os.getpid():
+                continue
+            try:
+                argv = (proc / "cmdline").read_bytes().split(b"\0")
+                environ = (proc / "environ").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            args = [arg.decode(errors="replace") for arg in argv if arg]
+            pairs = list(itertools.pairwise(args))
+            if ("-address", address) in pairs or ttrpc_env in environ:
+                ns = next((b for a, b in pairs if a == "-namespace"), None)
+                found.append((int(proc.name), ns, " ".join(args)))
+        return found
+
+    def _known_containers(self) -> set[tuple[str, str]]:
+        """(namespace, id) of every container the event recorder saw, plus current ones."""
+        known: set[tuple[str, str]] = set()
+        with contextlib.suppress(OSError):
+            for line in self.events_path.read_text(errors="replace").splitlines():
+                match = re.search(r" (\S+) /containers/create (\{.*\})\s*$", line)
+                if not match:
+                    continue
+                with contextlib.suppress(ValueError):
+                    container_id = json.loads(match.group(2)).get("id")
+                    if container_id:
+                        known.add((match.group(1), container_id))
+        if self.running:
+            with contextlib.suppress(ContainerdError):
+                for ns in self.ctr("namespaces", "ls", "-q", timeout=10).stdout.split():
+                    ids = self.ctr("containers", "ls", "-q", namespace=ns, timeout=10).stdout
+                    known |= {(ns, cid) for cid in ids.split()}
+        return known
+
+
+# --------------------------------------------------------------------- helpers
+
+
+def sweep_stale(min_age: float = 60.0) -> list[Leak]:
+    """Clean the leftovers of instances whose test run died (e.g. killed by a timeout).
+
+    A base dir under ``<repo>/.cache/containerd`` older than ``min_age`` seconds whose
+    containerd is no longer running gets its shims killed, mounts unmounted, sockets and the
+    dir removed. A containerd still running is left alone, even an orphaned one (reported on
+    stderr): it may belong to a concurrent run. Returns what was cleaned.
+    """
+    parent = REPO / ".cache" / "containerd"
+    cleaned: list[Leak] = []
+    live = _live_containerd_configs()
+    for base in sorted(parent.glob("c-*")) if parent.is_dir() else []:
+        config = base / "config.toml"
+        if time.time() - base.stat().st_mtime < min_age:
+            continue
+        if str(config) in live:
+            if live[str(config)] == 1:
+                print(f"orphaned containerd still running for {base}", file=sys.stderr)
+            continue
+        found = PrivateContainerd(base).clean()
+        cleaned += found
+        if not _mounts_under([base]):
+            shutil.rmtree(base, ignore_errors=True)
+    return cleaned
+
+
+def _live_containerd_configs() -> dict[str, int]:
+    """{config path: parent pid} of every running containerd started with ``--config``."""
+    live: dict[str, int] = {}
+    for proc in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            args = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
+            if args[0] == str(CONTAINERD) and "--config" in args:
+                stat = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+                live[args[args.index("--config") + 1]] = int(stat[1])
+    return live
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGTERM when the Python process that started us dies."""
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _fresh_base() -> Path:
+    parent = REPO / ".cache" / "containerd"
+    # "<parent>/c-xxxxxxxx/c.sock.ttrpc" must fit; fall back to /tmp for deep checkouts.
+    if len(str(parent)) + len("/c-xxxxxxxx/c.sock.ttrpc") > MAX_SOCKET_PATH:
+        parent = Path(tempfile.gettempdir())
+    parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix="c-", dir=parent))
+
+
+def _toml(value: object) -> str:
+    # A JSON string is a valid TOML basic string for the paths and words we write.
+    return json.dumps(str(value))
+
+
+def _text(data: bytes | str | None) -> str:
+    if data is None:
+        return ""
+    return data if isinstance(data, str) else data.decode(errors="replace")
+
+
+def _terminate(proc: subprocess.Popen[bytes], timeout: float) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _kill(pid: int, timeout: float = 10.0) -> None:
+    """SIGKILL ``pid`` and wait until it is gone (reaped by its parent or by init)."""
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        # A zombie counts as gone: reaping is its parent's business (maybe our caller's Popen).
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return
+        if state in ("Z", "X"):
+            return
+        time.sleep(0.05)
+
+
+def _unescape(field: str) -> str:
+    """mountinfo escapes space, tab, newline and backslash as octal ``\\NNN``."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def _mounts_under(dirs: Iterable[Path]) -> list[Path]:
+    """Mount points at or below any of ``dirs``, deepest first."""
+    prefixes = [str(d).rstrip("/") for d in dirs]
+    found: list[Path] = []
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return found
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 5:
+            continue
+        point = _unescape(fields[4])
+        if any(point == p or point.startswith(p + "/") for p in prefixes):
+            found.append(Path(point))
+    return sorted(set(found), key=lambda p: len(p.parts), reverse=True)
+
+
+def _umount(path: str) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.umount2(path.encode(), MNT_DETACH) != 0:
+        err = ctypes.get_errno()
+        print(f"umount {path}: {os.strerror(err)}", file=sys.stderr)
+
+
+def _bundles(task_dir: Path) -> list[Path]:
+    try:
+        return sorted(b for ns in task_dir.iterdir() if ns.is_dir() for b in ns.iterdir())
+    except OSError:
+        return []
+
+
+def _namespace_of(mount: Path, bundles: Path) -> str | None:
+    try:
+        return mount.relative_to(bundles).parts[0]
+    except (ValueError, IndexError):
+        return None
