@@ -97,6 +97,14 @@ class Runtime(Protocol):
         """
         ...
 
+    def limit_memory(self, prepared: Prepared, max_bytes: int) -> None:
+        """In the forked container process, between prepare() and run(): cap each linear
+        memory at `max_bytes` (never below its current size). The shim calls it with what the
+        cgroup's memory limit leaves once the engine's own overhead is paid, so that a guest
+        that allocates without bound sees memory.grow fail (and traps or exits cleanly)
+        instead of being OOM-killed."""
+        ...
+
     def run(self, prepared: Prepared) -> int:
         """In the forked container process: run the guest; return its exit status (0-255)."""
         ...

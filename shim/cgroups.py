@@ -279,6 +279,19 @@ class Cgroup:
         """The cgroup.procs files a process writes "0" (itself) or a pid into to join."""
         return tuple(os.path.join(d, "cgroup.procs") for d in self._leaves())
 
+    def memory_usage_file(self) -> str | None:
+        """The file holding the cgroup's current memory charge in bytes, if memory is managed.
+
+        A container process reads it after its engine is ready, to leave the guest's linear
+        memory only the room its cgroup limit has left (see shim/zygote.py)."""
+        if self.layout.version is Version.V2:
+            name = os.path.join(self.layout.mounts[""] + self.path, "memory.current")
+        elif "memory" in self.layout.mounts:
+            name = os.path.join(self.layout.mounts["memory"] + self.path, "memory.usage_in_bytes")
+        else:
+            return None
+        return name if os.path.exists(name) else None
+
     def join(self, pid: int) -> None:
         for path in self.join_files():
             _write(path, str(pid))

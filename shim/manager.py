@@ -53,6 +53,16 @@ def socket_address(containerd_address: str, namespace: str, group: str) -> str:
     return f"unix://{SOCKET_ROOT}/s/{digest.hexdigest()}"
 
 
+def group_address(opts: ShimOptions, bundle: str) -> str:
+    """The socket of the shim serving this container's group (its pod, else itself)."""
+    try:
+        annotations = oci_spec.read_document(bundle).get("annotations") or {}
+    except Exception:  # no readable config.json: the container is its own group
+        annotations = {}
+    group = oci_spec.group_id(annotations, opts.id)
+    return socket_address(opts.address, opts.namespace, group)
+
+
 def _accepts(path: str) -> bool:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
         probe.settimeout(2.0)
@@ -107,12 +117,7 @@ def _self_command() -> list[str]:
 def start(opts: ShimOptions) -> str:
     """Ensure a daemon serves this container's group; return the address to print."""
     bundle = os.getcwd()
-    try:
-        annotations = oci_spec.read_document(bundle).get("annotations") or {}
-    except Exception:
-        annotations = {}
-    group = oci_spec.group_id(annotations, opts.id)
-    address = socket_address(opts.address, opts.namespace, group)
+    address = group_address(opts, bundle)
     path = address[len("unix://") :]
     listener = _listen(path)
     if listener is not None:
@@ -193,6 +198,15 @@ def read_pid_file(bundle: str) -> tuple[int, bool]:
     return pid, bool(started) and _start_time(pid) == started
 
 
+def _remove_dead_socket(opts: ShimOptions, bundle: str) -> None:
+    """A shim that died (SIGKILL, OOM) could not remove its socket: do it for it, but only
+    when nothing accepts there any more, since the rest of the pod may still be served."""
+    path = group_address(opts, bundle)[len("unix://") :]
+    if os.path.exists(path) and not _accepts(path):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
 def delete(opts: ShimOptions) -> bytes:
     """Clean up one container after its task is gone (or its shim died); the DeleteResponse."""
     from shim.api.containerd.task.v2 import shim_pb2
@@ -213,6 +227,7 @@ def delete(opts: ShimOptions) -> bytes:
             cg.kill_all(signal.SIGKILL)
             cg.remove()
     mounts.unmount_all(os.path.join(bundle, "rootfs"))
+    _remove_dead_socket(opts, bundle)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(os.path.join(bundle, PID_FILE))
     response = shim_pb2.DeleteResponse(pid=pid, exit_status=DELETE_EXIT_STATUS)

@@ -64,6 +64,7 @@ class ProcessSetup:
     gid: int = 0
     additional_gids: tuple[int, ...] = ()
     hostname: str = ""
+    memory_usage_file: str = ""  # the cgroup's memory charge, for the linear-memory cap
 
 
 @dataclass(slots=True)
@@ -107,6 +108,18 @@ def _decode_spawn(msg: dict[str, Any]) -> tuple[RunConfig, Entrypoint, ProcessSe
 
 
 # --------------------------------------------------------------------------- the child
+
+
+def memory_headroom(limit: int, setup: ProcessSetup) -> int:
+    """How large the guest's linear memory may grow: the cgroup limit, less what the process
+    is already charged once the engine is ready (compiled code, the interpreter's pages it
+    has touched since fork), less a margin for what running costs besides linear memory.
+    Without this the guest's memory alone could reach the limit and the kernel would
+    OOM-kill the process (status 137) instead of memory.grow failing inside the guest."""
+    with open(setup.memory_usage_file) as f:
+        used = int(f.read().strip() or 0)
+    margin = max(4 << 20, limit // 16)
+    return max(0, limit - used - margin)
 
 
 def _child(
@@ -156,6 +169,8 @@ def _child(
         if setup.uid:
             os.setuid(setup.uid)
         prepared = runtime.prepare(cfg, entry)
+        if cfg.memory_limit and setup.memory_usage_file:
+            runtime.limit_memory(prepared, memory_headroom(cfg.memory_limit, setup))
     except BaseException as e:  # every failure must reach the daemon, then exit
         kind = type(e).__name__ if isinstance(e, errors.ShimError) else "FailedPrecondition"
         text = str(e) if isinstance(e, errors.ShimError) else f"{type(e).__name__}: {e}"
@@ -333,6 +348,11 @@ class ZygoteClient:
         self.on_exit = on_exit
         self._next = 0
         self._waiting: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        # pid -> exit status (None: still running) for processes spawned but not yet
+        # claimed: the exit of a guest that ends at once can arrive before spawn()'s caller
+        # has resumed and recorded the pid, and must not be delivered before that.
+        self._unclaimed: dict[int, int | None] = {}
+        self._failed: set[int] = set()  # spawned, but setup failed: their exits are no news
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def start(self) -> None:
@@ -353,11 +373,31 @@ class ZygoteClient:
                 return
             msg = json.loads(data)
             if "exit" in msg:
-                self.on_exit(msg["exit"], msg["status"])
+                self._exit(msg["exit"], msg["status"])
                 continue
+            if "pid" in msg:
+                if "error" in msg:
+                    self._failed.add(msg["pid"])
+                else:
+                    self._unclaimed[msg["pid"]] = None
             fut = self._waiting.pop(msg["req"], None)
             if fut is not None and not fut.done():
                 fut.set_result(msg)
+
+    def _exit(self, pid: int, status: int) -> None:
+        if pid in self._failed:
+            self._failed.discard(pid)
+        elif pid in self._unclaimed:
+            self._unclaimed[pid] = status
+        else:
+            self.on_exit(pid, status)
+
+    def claim(self, pid: int) -> None:
+        """The caller of spawn() has recorded `pid`: deliver its exit from now on (at once,
+        if it has already happened)."""
+        status = self._unclaimed.pop(pid, None)
+        if status is not None:
+            self.on_exit(pid, status)
 
     def _lost(self) -> None:
         assert self._loop is not None

@@ -36,6 +36,13 @@ class WasmtimeRuntime:
 
         return run.prepare(cfg, entry)
 
+    def limit_memory(self, prepared: Prepared, max_bytes: int) -> None:
+        from runtimes.wasmtime import run
+
+        if not isinstance(prepared, run.PreparedModule | run.PreparedComponent):
+            raise TypeError(f"not prepared by WasmtimeRuntime: {type(prepared).__name__}")
+        prepared.store.set_limits(memory_size=max(0, max_bytes))
+
     def run(self, prepared: Prepared) -> int:
         from runtimes.wasmtime import run
 

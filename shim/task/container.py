@@ -136,6 +136,7 @@ class Container:
             gid=user.gid,
             additional_gids=user.additional_gids,
             hostname=self.spec.hostname,
+            memory_usage_file=(self.cgroup.memory_usage_file() or "") if self.cgroup else "",
         )
 
     def _host_cwd(self) -> str:

@@ -100,6 +100,11 @@ class Tasks:
     async def start(self, container_id: str, exec_id: str = "") -> int:
         c = self.get(container_id, exec_id)
         c.state = next_state(c.state, Event.START)
+        # Shielded: once the process exists, its bookkeeping must complete even if
+        # containerd hangs up on this call, or the container would stay STARTING forever.
+        return await asyncio.shield(self._start(c))
+
+    async def _start(self, c: Container) -> int:
         assert c.io is not None and c.run_config is not None and c.entry is not None
         try:
             pid = await self.zygote.spawn(
@@ -114,6 +119,7 @@ class Tasks:
             raise
         c.pid = pid
         self._by_pid[pid] = c
+        self.zygote.claim(pid)  # an exit that already happened is held as pending_exit
         c.io.started()
         await asyncio.to_thread(c.write_pid_file)
         c.state = next_state(c.state, Event.STARTED)
