@@ -1,0 +1,1 @@
+"""`wasmtime-shim`: the user-facing command around the shim (containerd runs the shim itself)."""
