@@ -15,6 +15,7 @@ import io
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
@@ -38,7 +39,8 @@ STREAM_TIMEOUT = 60.0
 
 
 @pytest.fixture(scope="module")
-def image(tmp_path_factory: pytest.TempPathFactory) -> TestImage:
+def image(tmp_path_factory: pytest.TempPathFactory, build_wasm: Callable[[str], Path]) -> TestImage:
+    """The C tools and a file; ``build_wasm`` makes a missing toolchain skip (CI: fail)."""
     files = tool_files("/bin") | {"/etc/motd": b"from the image\n"}
     return make_image(
         tmp_path_factory.mktemp("io"),
