@@ -14,6 +14,8 @@ import enum
 from dataclasses import dataclass
 from typing import Protocol
 
+from shim.errors import FailedPrecondition
+
 
 @dataclass(frozen=True, slots=True)
 class Preopen:
@@ -57,6 +59,17 @@ class Entrypoint:
     guest_path: str  # as the guest sees it
     func: str | None  # from "module.wasm#func"; None = default (_start / wasi:cli/run)
     kind: EntrypointKind
+
+
+class NotWasm(FailedPrecondition):
+    """The entrypoint exists but is not wasm (an ELF, a script, anything else).
+
+    A distinct class, not a message to match: inside a Kubernetes pod the shim runs such a
+    container natively (sidecars, the pause sandbox) instead of refusing it."""
+
+    def __init__(self, message: str, entry: Entrypoint) -> None:
+        super().__init__(message)
+        self.entry = entry
 
 
 class Prepared(Protocol):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import signal
@@ -29,6 +30,8 @@ from shim.zygote import ZygoteClient, fork_zygote
 log = logging.getLogger(__name__)
 
 LISTENER_FD = 3
+PR_SET_CHILD_SUBREAPER = 36
+_libc = ctypes.CDLL(None, use_errno=True)
 DEFAULT_CACHE_DIR = "/var/lib/containerd-shim-wasmtime/cache"
 
 
@@ -51,6 +54,10 @@ def run(opts: DaemonOptions) -> int:
     except OSError:
         log.error("no listening socket on fd %d: the daemon is started by `start`", LISTENER_FD)
         return 1
+    # Native containers' init processes (runc double-forks them) must come back to us, so
+    # that we can reap them and learn their exit status.
+    if _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        log.warning("cannot become a child subreaper; native containers' exits will be unknown")
     runtime = WasmtimeRuntime()
     zygote_pid, zygote_sock = fork_zygote(runtime)
     try:

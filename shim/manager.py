@@ -214,6 +214,11 @@ def delete(opts: ShimOptions) -> bytes:
     from shim.oci import mounts
 
     bundle = opts.bundle or os.getcwd()
+    from shim.task import native
+
+    runc = native.from_bundle(bundle, opts.namespace)
+    if runc is not None:
+        runc.delete(opts.id, bundle)
     pid, alive = read_pid_file(bundle)
     if alive:
         with contextlib.suppress(ProcessLookupError):

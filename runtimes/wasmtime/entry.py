@@ -24,7 +24,7 @@ import posixpath
 import stat
 from collections import deque
 
-from runtimes.base import Entrypoint, EntrypointKind, RunConfig
+from runtimes.base import Entrypoint, EntrypointKind, NotWasm, RunConfig
 from shim.errors import FailedPrecondition, InvalidArgument, NotFound
 
 WASM_MAGIC = b"\0asm"
@@ -156,7 +156,8 @@ def _looks_like_wat(head: bytes) -> bool:
     return False
 
 
-def _refuse(guest: str, kind: EntrypointKind, head: bytes) -> FailedPrecondition:
+def _refuse(entry: Entrypoint, head: bytes) -> NotWasm:
+    guest, kind = entry.guest_path, entry.kind
     if kind is EntrypointKind.ELF:
         what = "an ELF executable"
     elif kind is EntrypointKind.SCRIPT:
@@ -166,7 +167,7 @@ def _refuse(guest: str, kind: EntrypointKind, head: bytes) -> FailedPrecondition
         what = "an empty file"
     else:
         what = f"neither wasm nor WAT (it starts with {head[:8]!r})"
-    return FailedPrecondition(f"{guest} is {what}, not a wasm module")
+    return NotWasm(f"{guest} is {what}, not a wasm module", entry)
 
 
 def resolve(cfg: RunConfig, path_env: str | None) -> Entrypoint:
@@ -200,10 +201,10 @@ def resolve(cfg: RunConfig, path_env: str | None) -> Entrypoint:
                 head = f.read(SNIFF_BYTES)
         except OSError as e:
             raise FailedPrecondition(f"cannot read {guest}: {e.strerror}") from e
-        kind = sniff(head)
-        if kind in (EntrypointKind.ELF, EntrypointKind.SCRIPT, EntrypointKind.OTHER):
-            raise _refuse(guest, kind, head)
-        return Entrypoint(host_path=host, guest_path=guest_resolved, func=func, kind=kind)
+        found = Entrypoint(host_path=host, guest_path=guest_resolved, func=func, kind=sniff(head))
+        if found.kind in (EntrypointKind.ELF, EntrypointKind.SCRIPT, EntrypointKind.OTHER):
+            raise _refuse(found, head)
+        return found
     if "/" in path:
         raise NotFound(f"entrypoint {path} not found in the container's rootfs")
     where = f"PATH ({path_env}) or " if path_env else ""

@@ -23,7 +23,10 @@ from shim.errors import FailedPrecondition, InvalidArgument
 from shim.io.stdio import ProcessIO, StdioConfig
 from shim.oci import mounts
 from shim.oci.spec import Spec, load
+from shim.task import workload
+from shim.task.native import NativeOptions, Runc
 from shim.task.states import State
+from shim.task.workload import Kind
 from shim.zygote import JOINABLE_NAMESPACES, ProcessSetup
 
 log = logging.getLogger(__name__)
@@ -38,6 +41,7 @@ class CreateConfig:
     rootfs: tuple[mounts.MountRequest, ...]
     stdio: StdioConfig
     namespace: str
+    native: NativeOptions = field(default_factory=NativeOptions)
 
 
 @dataclass(eq=False)
@@ -54,6 +58,8 @@ class Container:
     cgroup: Cgroup | None = None
     entry: Entrypoint | None = None
     run_config: RunConfig | None = None
+    kind: Kind = Kind.WASM
+    runc: Runc | None = None  # for native containers only
     state: State = State.CREATED
     pid: int = 0
     exit_status: int = 0
@@ -67,8 +73,6 @@ class Container:
     @classmethod
     def prepare(cls, cfg: CreateConfig, runtime: Runtime, cache_dir: str | None) -> Container:
         """Do everything Create needs, blocking (run it in a thread). Undone on failure."""
-        if cfg.stdio.terminal:
-            raise InvalidArgument("terminal (tty) is not supported by the wasmtime shim yet")
         spec = load(cfg.bundle)
         if spec.process.terminal:
             raise InvalidArgument("process.terminal is not supported by the wasmtime shim yet")
@@ -76,8 +80,15 @@ class Container:
         try:
             c._mount_rootfs(cfg.rootfs)
             c.run_config = c._run_config(cache_dir)
-            c.entry = runtime.resolve(c.run_config, spec.process.getenv("PATH"))
-            if spec.cgroups_path:
+            run_config = c.run_config
+            c.kind, c.entry = workload.choose(
+                spec.annotations,
+                spec.process.args[0],
+                lambda: runtime.resolve(run_config, spec.process.getenv("PATH")),
+            )
+            if c.kind is Kind.NATIVE:
+                c.runc = Runc(cfg.native, cfg.namespace)  # runc makes the cgroup itself
+            elif spec.cgroups_path:
                 c.cgroup = Cgroup.create(spec.cgroups_path, spec.resources)
             c.io = ProcessIO.open(cfg.stdio, container_id=cfg.id, namespace=cfg.namespace)
         except BaseException:
@@ -161,6 +172,11 @@ class Container:
 
     def release(self) -> None:
         """Release everything this container holds; safe to call more than once."""
+        if self.runc is not None:
+            try:
+                self.runc.delete(self.id, self.bundle)
+            except Exception:
+                log.exception("deleting the native container %s", self.id)
         if self.io is not None:
             try:
                 self.io.close()

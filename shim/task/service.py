@@ -27,6 +27,7 @@ from shim.io.stdio import StdioConfig
 from shim.logs import current_container
 from shim.oci.mounts import MountRequest
 from shim.task.container import Container, CreateConfig
+from shim.task.native import parse_options
 from shim.task.states import State
 from shim.task.tasks import Tasks
 
@@ -101,6 +102,7 @@ class TaskService:
             ),
             stdio=StdioConfig(stdin=r.stdin, stdout=r.stdout, stderr=r.stderr, terminal=r.terminal),
             namespace=self.namespace,
+            native=parse_options(r.options.type_url, r.options.value),
         )
         c = await self.tasks.create(cfg)
         return pb.CreateTaskResponse(pid=c.pid)

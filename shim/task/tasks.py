@@ -20,10 +20,13 @@ from typing import Protocol
 from google.protobuf.message import Message
 
 from runtimes.base import Runtime
+from shim.cgroups import Cgroup
 from shim.errors import AlreadyExists, NotFound, ShimError
 from shim.logs import current_container
 from shim.task.container import Container, CreateConfig
+from shim.task.native import watch_exit
 from shim.task.states import Event, State, next_state
+from shim.task.workload import Kind
 from shim.zygote import ZygoteClient
 
 log = logging.getLogger(__name__)
@@ -105,11 +108,9 @@ class Tasks:
         return await asyncio.shield(self._start(c))
 
     async def _start(self, c: Container) -> int:
-        assert c.io is not None and c.run_config is not None and c.entry is not None
+        assert c.io is not None
         try:
-            pid = await self.zygote.spawn(
-                c.run_config, c.entry, c.process_setup(), c.io.child_fds()
-            )
+            pid = await (self._start_native(c) if c.kind is Kind.NATIVE else self._start_wasm(c))
         except ShimError as e:
             c.state = next_state(c.state, Event.START_FAILED)
             c.set_exited(1)
@@ -117,9 +118,6 @@ class Tasks:
             await asyncio.to_thread(c.io.close)
             log.warning("start failed: %s", e)
             raise
-        c.pid = pid
-        self._by_pid[pid] = c
-        self.zygote.claim(pid)  # an exit that already happened is held as pending_exit
         c.io.started()
         await asyncio.to_thread(c.write_pid_file)
         c.state = next_state(c.state, Event.STARTED)
@@ -128,6 +126,29 @@ class Tasks:
         log.info("started pid %d", pid)
         if c.pending_exit is not None:
             self._exited(c, c.pending_exit)
+        return pid
+
+    async def _start_wasm(self, c: Container) -> int:
+        """Fork the container process from the zygote (shim/zygote.py)."""
+        assert c.io is not None and c.run_config is not None and c.entry is not None
+        pid = await self.zygote.spawn(c.run_config, c.entry, c.process_setup(), c.io.child_fds())
+        c.pid = pid
+        self._by_pid[pid] = c
+        self.zygote.claim(pid)  # an exit that already happened is held as pending_exit
+        return pid
+
+    async def _start_native(self, c: Container) -> int:
+        """`runc create` + `runc start`; the init is reparented to us and watched by pidfd."""
+        assert c.io is not None and c.runc is not None
+        systemd = c.spec.cgroups_path.count(":") == 2  # "slice:prefix:name"
+        pid = await asyncio.to_thread(
+            c.runc.create_and_start, c.id, c.bundle, c.io.child_fds(), systemd
+        )
+        c.pid = pid
+        self._by_pid[pid] = c
+        watch_exit(pid, self.on_process_exit)
+        if c.spec.cgroups_path:
+            c.cgroup = await asyncio.to_thread(Cgroup.load, c.spec.cgroups_path)
         return pid
 
     # ------------------------------------------------------------------ exits
@@ -169,6 +190,9 @@ class Tasks:
         if c.state is State.STARTING:
             await c.started.wait()
             next_state(c.state, Event.KILL)
+        if c.runc is not None:
+            await asyncio.to_thread(c.runc.kill, c.id, c.bundle, sig, all_)
+            return
         await self.zygote.kill(c.pid, sig)
         if all_ and c.cgroup is not None:
             await asyncio.to_thread(c.cgroup.kill_all, sig)
@@ -217,7 +241,7 @@ class Tasks:
         for c in list(self.containers.values()):
             if c.state is State.RUNNING:
                 with contextlib.suppress(ShimError):
-                    await self.zygote.kill(c.pid, signal.SIGKILL)
+                    await self.kill(c.id, "", signal.SIGKILL, True)
         for c in list(self.containers.values()):
             if c.state is State.RUNNING:
                 try:
