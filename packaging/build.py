@@ -1,0 +1,128 @@
+#!/usr/bin/env python3
+"""Build the self-contained shim binary with PyInstaller, cached by a hash of its inputs.
+
+    .venv/bin/python packaging/build.py [--mode onedir|onefile] [--force]
+
+prints the path of the built binary (onedir: `<dist>/containerd-shim-wasmtime-v1/
+containerd-shim-wasmtime-v1`, beside its `_internal/`; onefile: the single file). The build
+lands in `.cache/pyinstaller/<key>/<mode>/`, where the key hashes every input that changes the
+output (the sources of shim/ and runtimes/, this directory, pyproject.toml, and the versions of
+Python, PyInstaller and wasmtime), so a test session builds at most once and a source edit
+rebuilds. Concurrent builders serialize on a lock file; the result is renamed into place only
+when complete, so a half-built tree is never used.
+
+This is a plain script, not a package: a `packaging` package would shadow the PyPI library
+of that name, which PyInstaller and setuptools import.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import hashlib
+import importlib.metadata
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SPEC = REPO / "packaging" / "shim.spec"
+CACHE = REPO / ".cache" / "pyinstaller"
+NAME = "containerd-shim-wasmtime-v1"
+MODES = ("onedir", "onefile")
+SOURCE_DIRS = ("shim", "runtimes", "packaging")
+SOURCE_SUFFIXES = (".py", ".spec", ".pyi")
+
+
+def _version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "absent"
+
+
+def cache_key() -> str:
+    """A hash of everything the frozen binary is made from."""
+    h = hashlib.sha256()
+    files = [REPO / "pyproject.toml"]
+    for top in SOURCE_DIRS:
+        files += sorted(
+            p
+            for p in (REPO / top).rglob("*")
+            if p.is_file() and p.suffix in SOURCE_SUFFIXES and "__pycache__" not in p.parts
+        )
+    for path in files:
+        h.update(str(path.relative_to(REPO)).encode() + b"\0")
+        h.update(path.read_bytes() + b"\0")
+    for dist in ("pyinstaller", "wasmtime", "protobuf", "tomlkit"):
+        h.update(f"{dist}={_version(dist)}\0".encode())
+    h.update(sys.version.encode())
+    return h.hexdigest()[:16]
+
+
+def binary_path(dist_dir: Path, mode: str) -> Path:
+    return dist_dir / NAME / NAME if mode == "onedir" else dist_dir / NAME
+
+
+def build(mode: str = "onedir", *, force: bool = False, quiet: bool = True) -> Path:
+    """Build (or reuse) the binary for `mode`; return its path."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
+    target = CACHE / cache_key() / mode
+    done = binary_path(target / "dist", mode)
+    if done.exists() and not force:
+        return done
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f"{mode}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if done.exists() and not force:  # another builder finished while we waited
+            return done
+        work = Path(tempfile.mkdtemp(prefix=f"{mode}-", dir=target.parent))
+        try:
+            cmd = [
+                sys.executable,
+                "-m",
+                "PyInstaller",
+                "--noconfirm",
+                "--clean",
+                "--log-level",
+                "WARN",
+                "--distpath",
+                str(work / "dist"),
+                "--workpath",
+                str(work / "build"),
+                str(SPEC),
+            ]
+            env = {**os.environ, "WASMTIME_SHIM_MODE": mode, "PYTHONDONTWRITEBYTECODE": "1"}
+            result = subprocess.run(
+                cmd, cwd=REPO, env=env, capture_output=quiet, text=True, check=False
+            )
+            if result.returncode != 0:
+                raise RuntimeError(
+                    f"PyInstaller failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+                )
+            shutil.rmtree(work / "build", ignore_errors=True)
+            if target.exists():
+                shutil.rmtree(target)
+            work.rename(target)
+        finally:
+            if work.exists():
+                shutil.rmtree(work, ignore_errors=True)
+    return done
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="Build the self-contained shim binary.")
+    p.add_argument("--mode", choices=MODES, default="onedir")
+    p.add_argument("--force", action="store_true", help="rebuild even if cached")
+    p.add_argument("--verbose", action="store_true", help="show PyInstaller's output")
+    args = p.parse_args(argv)
+    print(build(args.mode, force=args.force, quiet=not args.verbose))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

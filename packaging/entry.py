@@ -1,0 +1,27 @@
+"""The frozen binary's entry point: one binary, two commands, chosen by the name it runs as.
+
+containerd runs `containerd-shim-wasmtime-v1`; a node installer (the DaemonSet) runs
+`wasmtime-shim install ...` from the same bundle, so the tool needs no Python on the node
+either. Anything not named `wasmtime-shim*` is the shim, because `start` re-executes
+`sys.executable` (the real binary name) as the daemon. Imports stay inside the branches:
+`start` runs on every container start and must not pay for the tool's modules.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+
+def main() -> int:
+    if os.path.basename(sys.argv[0]).startswith("wasmtime-shim"):
+        from shim.tool.main import main as tool_main
+
+        return tool_main()
+    from shim.cli import main as shim_main
+
+    return shim_main()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
