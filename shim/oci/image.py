@@ -56,7 +56,8 @@ ANNOTATION_CONTAINERD_NAME = "io.containerd.image.name"
 ANNOTATION_WASM_VARIANT = "module.wasm.image/variant"
 
 WASM_ARCHITECTURE = "wasm"
-WASM_OS = "wasip1"
+WASM_OS = "wasip1"  # core modules (WASI preview 1)
+WASM_OS_P2 = "wasip2"  # components (WASI preview 2)
 
 # The flags `ctr image import` needs for these archives; see the module docstring.
 CTR_IMPORT_FLAGS: tuple[str, ...] = ("--all-platforms",)
@@ -83,8 +84,13 @@ class ImageConfig:
     cmd: tuple[str, ...] = ()
     env: tuple[str, ...] = ()
     working_dir: str = "/"
+    labels: tuple[tuple[str, str], ...] = ()  # config.Labels, sorted by name
 
     def __post_init__(self) -> None:
+        labels = self.labels.items() if isinstance(self.labels, Mapping) else self.labels
+        object.__setattr__(self, "labels", tuple(sorted((str(k), str(v)) for k, v in labels)))
+        if len({name for name, _ in self.labels}) != len(self.labels):
+            raise InvalidArgument("image label given twice")
         for name in ("entrypoint", "cmd", "env"):
             value = getattr(self, name)
             if isinstance(value, str):
@@ -130,7 +136,7 @@ class OciImage:
     manifest_digest: str
     config_digest: str
     layer_digest: str
-    diff_id: str
+    diff_id: str  # for a wasm artifact: the layer digest (its layer is not compressed)
     archive: bytes = field(repr=False)
 
     def write(self, dest: Path) -> Path:
@@ -141,6 +147,19 @@ class OciImage:
         tmp.replace(dest)
         return dest
 
+    def write_dir(self, dest: Path) -> Path:
+        """Write the layout as a directory (``oci-layout``, ``index.json``, ``blobs/``).
+
+        ``dest`` must not exist or be empty: a layout directory holds one image here, and
+        merging into someone else's index is a job for ``ctr``/``skopeo``, not for us.
+        """
+        if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+            raise InvalidArgument(f"layout directory {dest} exists and is not empty")
+        dest.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(fileobj=io.BytesIO(self.archive)) as tar:
+            tar.extractall(dest, filter="data")  # our own archive: plain files and dirs
+        return dest
+
 
 def build_image(
     files: Mapping[str, FileSource],
@@ -149,14 +168,16 @@ def build_image(
     config: ImageConfig | None = None,
     compression: Compression = Compression.GZIP,
     annotations: Mapping[str, str] | None = None,
+    os_name: str = WASM_OS,
 ) -> OciImage:
     """Build a one-layer wasm image from ``{path in image: content}``.
 
     ``ref`` is the full reference the image is imported as (for example
     ``docker.io/library/hello-wasm:latest``). ``annotations`` are added to the manifest's (the
-    wasm variant annotation is always present). Raises InvalidArgument for a bad path or ref.
+    wasm variant annotation is always present). ``os_name`` is the platform os: ``wasip1`` for
+    a core module, ``wasip2`` for a component. Raises InvalidArgument for a bad path or ref.
     """
-    _check_ref(ref)
+    check_ref(ref)
     config = config or ImageConfig()
     layer_tar = build_layer(files)
     diff_id = "sha256:" + hashlib.sha256(layer_tar).hexdigest()
@@ -165,39 +186,64 @@ def build_image(
     else:
         layer = Blob(MEDIA_TYPE_LAYER, layer_tar)
 
-    config_blob = Blob(MEDIA_TYPE_CONFIG, _json(_image_config(config, diff_id)))
+    config_blob = Blob(MEDIA_TYPE_CONFIG, canonical_json(_image_config(config, diff_id, os_name)))
     manifest_annotations = {ANNOTATION_WASM_VARIANT: "compat", **(annotations or {})}
+    return assemble(
+        ref=ref,
+        config=config_blob,
+        layer=layer,
+        diff_id=diff_id,
+        os_name=os_name,
+        annotations=manifest_annotations,
+    )
+
+
+def assemble(
+    *,
+    ref: str,
+    config: Blob,
+    layer: Blob,
+    diff_id: str,
+    os_name: str,
+    annotations: Mapping[str, str],
+    layer_annotations: Mapping[str, str] | None = None,
+) -> OciImage:
+    """Manifest + index around one config and one layer, as an archive (both formats)."""
+    layer_desc = (
+        layer.descriptor(annotations=dict(layer_annotations))
+        if layer_annotations
+        else (layer.descriptor())
+    )
     manifest = Blob(
         MEDIA_TYPE_MANIFEST,
-        _json(
+        canonical_json(
             {
                 "schemaVersion": 2,
                 "mediaType": MEDIA_TYPE_MANIFEST,
-                "config": config_blob.descriptor(),
-                "layers": [layer.descriptor()],
-                "annotations": manifest_annotations,
+                "config": config.descriptor(),
+                "layers": [layer_desc],
+                "annotations": dict(annotations),
             }
         ),
     )
+    entry_annotations = {ANNOTATION_CONTAINERD_NAME: ref, ANNOTATION_REF_NAME: _tag_of(ref)}
+    if ANNOTATION_WASM_VARIANT in annotations:
+        entry_annotations[ANNOTATION_WASM_VARIANT] = annotations[ANNOTATION_WASM_VARIANT]
     index = {
         "schemaVersion": 2,
         "mediaType": MEDIA_TYPE_INDEX,
         "manifests": [
             manifest.descriptor(
-                platform={"architecture": WASM_ARCHITECTURE, "os": WASM_OS},
-                annotations={
-                    ANNOTATION_CONTAINERD_NAME: ref,
-                    ANNOTATION_REF_NAME: _tag_of(ref),
-                    ANNOTATION_WASM_VARIANT: "compat",
-                },
+                platform={"architecture": WASM_ARCHITECTURE, "os": os_name},
+                annotations=entry_annotations,
             )
         ],
     }
-    archive = _layout_tar(_json(index), (layer, config_blob, manifest))
+    archive = _layout_tar(canonical_json(index), (layer, config, manifest))
     return OciImage(
         ref=ref,
         manifest_digest=manifest.digest,
-        config_digest=config_blob.digest,
+        config_digest=config.digest,
         layer_digest=layer.digest,
         diff_id=diff_id,
         archive=archive,
@@ -228,7 +274,8 @@ def build_layer(files: Mapping[str, FileSource]) -> bytes:
     return _tar((str(path), data, mode) for path, data, mode in members)
 
 
-def _image_config(config: ImageConfig, diff_id: str) -> dict[str, object]:
+def runtime_config(config: ImageConfig) -> dict[str, object]:
+    """The OCI image config's ``config`` object (Entrypoint, Cmd, Env, WorkingDir, Labels)."""
     runtime: dict[str, object] = {"WorkingDir": config.working_dir}
     if config.entrypoint:
         runtime["Entrypoint"] = list(config.entrypoint)
@@ -236,10 +283,16 @@ def _image_config(config: ImageConfig, diff_id: str) -> dict[str, object]:
         runtime["Cmd"] = list(config.cmd)
     if config.env:
         runtime["Env"] = list(config.env)
+    if config.labels:
+        runtime["Labels"] = dict(config.labels)
+    return runtime
+
+
+def _image_config(config: ImageConfig, diff_id: str, os_name: str) -> dict[str, object]:
     return {
         "architecture": WASM_ARCHITECTURE,
-        "os": WASM_OS,
-        "config": runtime,
+        "os": os_name,
+        "config": runtime_config(config),
         "rootfs": {"type": "layers", "diff_ids": [diff_id]},
     }
 
@@ -247,7 +300,7 @@ def _image_config(config: ImageConfig, diff_id: str) -> dict[str, object]:
 def _layout_tar(index_json: bytes, blobs: Sequence[Blob]) -> bytes:
     """The OCI layout as a tar: oci-layout, index.json, then the blobs sorted by digest."""
     members: list[tuple[str, bytes | None, int]] = [
-        ("oci-layout", _json({"imageLayoutVersion": "1.0.0"}), 0o644),
+        ("oci-layout", canonical_json({"imageLayoutVersion": "1.0.0"}), 0o644),
         ("index.json", index_json, 0o644),
         ("blobs", None, 0o755),
         ("blobs/sha256", None, 0o755),
@@ -283,7 +336,8 @@ def _gzip(data: bytes) -> bytes:
     return gzip.compress(data, compresslevel=9, mtime=0)
 
 
-def _json(value: object) -> bytes:
+def canonical_json(value: object) -> bytes:
+    """Sorted keys, no spaces: the same value always serialises to the same bytes."""
     return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
 
 
@@ -313,7 +367,7 @@ def _read_source(raw_path: str, source: FileSource) -> tuple[bytes, int]:
     raise InvalidArgument(f"image file {raw_path!r}: content must be bytes or a Path")
 
 
-def _check_ref(ref: str) -> None:
+def check_ref(ref: str) -> None:
     if not ref or any(ch.isspace() for ch in ref) or ref != ref.strip("/:@"):
         raise InvalidArgument(f"image reference {ref!r} is not a valid name")
 

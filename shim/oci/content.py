@@ -1,0 +1,235 @@
+"""Loading a wasm OCI artifact's module straight from containerd's content store.
+
+For a container whose image is a wasm artifact (image config says architecture ``wasm`` and
+every layer is a wasm media type: ``application/wasm``, ``...content.layer.v1+wasm``,
+``...component.layer.v0+wasm``), the program is not a file in the rootfs: it is layer 0 in
+the content store. This module walks containerd's gRPC API the way runwasi does, container ->
+image -> (index ->) manifest -> config + layers, and writes layer 0 to a directory the shim
+chooses, checking its digest and size.
+
+The difference from runwasi is what happens on a read error: runwasi logs it and falls back
+to the rootfs; here ``load_wasm_from_content_store`` raises (FailedPrecondition / NotFound,
+the message naming the container, image and blob), and the caller decides whether a rootfs
+entrypoint exists to fall back to (and says so in its log). ``None`` means only "this image is
+not a wasm artifact" (or the container names no image): use the rootfs as usual.
+
+Everything here is blocking grpcio (a unix socket, small blobs); the daemon calls it from a
+thread at Create, like the other host work.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from shim.api.containerd.services.containers.v1 import containers_pb2, containers_pb2_grpc
+from shim.api.containerd.services.content.v1 import content_pb2, content_pb2_grpc
+from shim.api.containerd.services.images.v1 import images_pb2, images_pb2_grpc
+from shim.errors import FailedPrecondition, NotFound, ShimError, Unavailable
+from shim.oci.artifact import ANNOTATION_TITLE, WASM_LAYER_MEDIA_TYPES
+from shim.oci.image import WASM_ARCHITECTURE
+from shim.oci.layout import INDEX_TYPES, MAX_JSON_BLOB
+
+NAMESPACE_METADATA = "containerd-namespace"
+DEFAULT_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class WasmArtifact:
+    """A wasm module read from the content store and written to the host."""
+
+    path: str  # host file holding the module (layer 0), digest-checked
+    media_type: str  # the layer's media type
+    digest: str  # the layer's digest
+    image: str  # the image reference the container names
+    manifest_digest: str
+    title: str | None  # the layer's org.opencontainers.image.title, if any
+    args: tuple[str, ...]  # config Entrypoint + Cmd (our artifact config extension), or ()
+    env: tuple[str, ...]  # config Env, or ()
+    working_dir: str | None
+
+
+def load_wasm_from_content_store(
+    grpc_address: str,
+    namespace: str,
+    container_id: str,
+    dest_dir: str,
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> WasmArtifact | None:
+    """Write the wasm module of ``container_id``'s image to ``dest_dir`` if it is an artifact.
+
+    ``grpc_address`` is containerd's gRPC socket (``/run/containerd/containerd.sock`` or
+    ``unix://...``). Returns None when the container names no image or the image is not a wasm
+    artifact. Raises NotFound (container or image gone), FailedPrecondition (a blob missing,
+    corrupt or malformed: the message names it) or Unavailable (containerd unreachable).
+    """
+    target = grpc_address if grpc_address.startswith("unix:") else f"unix://{grpc_address}"
+    with grpc.insecure_channel(target) as channel:
+        store = _Store(channel, namespace, timeout)
+        container = store.call(
+            "container " + container_id,
+            containers_pb2_grpc.ContainersStub(channel).Get,
+            containers_pb2.GetContainerRequest(id=container_id),
+        ).container
+        ref = container.image
+        if not ref:
+            return None
+        image = store.call(
+            "image " + ref,
+            images_pb2_grpc.ImagesStub(channel).Get,
+            images_pb2.GetImageRequest(name=ref),
+        ).image
+        what = f"image {ref} of container {container_id}"
+        desc: dict[str, Any] = {
+            "mediaType": image.target.media_type,
+            "digest": image.target.digest,
+            "size": image.target.size,
+        }
+        manifest = store.read_json(desc, f"{what}: manifest")
+        for _ in range(4):
+            if manifest.get("mediaType") not in INDEX_TYPES and "manifests" not in manifest:
+                break
+            desc = _pick_wasm(manifest.get("manifests"), what)
+            if desc is None:
+                return None
+            manifest = store.read_json(desc, f"{what}: manifest")
+        else:
+            raise FailedPrecondition(f"{what}: indexes nested too deeply")
+        layers = manifest.get("layers") or []
+        if not layers or not all(
+            isinstance(layer, dict) and layer.get("mediaType") in WASM_LAYER_MEDIA_TYPES
+            for layer in layers
+        ):
+            return None
+        config = store.read_json(manifest.get("config") or {}, f"{what}: config")
+        if config.get("architecture") != WASM_ARCHITECTURE:
+            return None
+        layer = layers[0]
+        title = (layer.get("annotations") or {}).get(ANNOTATION_TITLE)
+        path = store.write_blob(layer, f"{what}: wasm layer 0", dest_dir)
+    runtime = config.get("config") if isinstance(config.get("config"), dict) else {}
+    return WasmArtifact(
+        path=path,
+        media_type=str(layer["mediaType"]),
+        digest=str(layer.get("digest")),
+        image=ref,
+        manifest_digest=str(desc["digest"]),
+        title=str(title) if title else None,
+        args=_strings(runtime.get("Entrypoint")) + _strings(runtime.get("Cmd")),
+        env=_strings(runtime.get("Env")),
+        working_dir=str(runtime["WorkingDir"]) if runtime.get("WorkingDir") else None,
+    )
+
+
+class _Store:
+    """The calls, with the namespace header, a deadline and errors turned into ShimErrors."""
+
+    def __init__(self, channel: grpc.Channel, namespace: str, timeout: float) -> None:
+        self.content = content_pb2_grpc.ContentStub(channel)
+        self.metadata = ((NAMESPACE_METADATA, namespace),)
+        self.timeout = timeout
+
+    def call(self, what: str, method: Any, request: Any) -> Any:
+        try:
+            return method(request, metadata=self.metadata, timeout=self.timeout)
+        except grpc.RpcError as e:
+            raise _error(what, e) from e
+
+    def chunks(self, desc: dict[str, Any], what: str) -> Iterable[bytes]:
+        digest = _digest(desc, what)
+        request = content_pb2.ReadContentRequest(digest=digest)
+        try:
+            stream = self.content.Read(request, metadata=self.metadata, timeout=self.timeout)
+            for response in stream:
+                yield response.data
+        except grpc.RpcError as e:
+            raise _error(f"{what} {digest}", e) from e
+
+    def read_json(self, desc: dict[str, Any], what: str) -> dict[str, Any]:
+        size = desc.get("size")
+        if not isinstance(size, int) or size < 0 or size > MAX_JSON_BLOB:
+            raise FailedPrecondition(f"{what}: unusable size {size!r}")
+        data = b"".join(self.chunks(desc, what))
+        _check(desc, hashlib.sha256(data).hexdigest(), len(data), what)
+        try:
+            value = json.loads(data)
+        except ValueError as e:
+            raise FailedPrecondition(f"{what} {desc['digest']}: invalid JSON: {e}") from e
+        if not isinstance(value, dict):
+            raise FailedPrecondition(f"{what} {desc['digest']}: not a JSON object")
+        return value
+
+    def write_blob(self, desc: dict[str, Any], what: str, dest_dir: str) -> str:
+        """Stream a blob to ``dest_dir/<hex>.wasm`` (tmp + rename, only once verified)."""
+        digest = _digest(desc, what)
+        os.makedirs(dest_dir, exist_ok=True)
+        final = os.path.join(dest_dir, digest.removeprefix("sha256:") + ".wasm")
+        tmp = f"{final}.{os.getpid()}.tmp"
+        hasher = hashlib.sha256()
+        size = 0
+        try:
+            with open(tmp, "wb") as out:
+                for chunk in self.chunks(desc, what):
+                    hasher.update(chunk)
+                    size += len(chunk)
+                    out.write(chunk)
+            _check(desc, hasher.hexdigest(), size, what)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, final)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        return final
+
+
+def _pick_wasm(manifests: Any, what: str) -> dict[str, Any] | None:
+    """The wasm-platform manifest of an index (the only one, if the index has one entry)."""
+    if not isinstance(manifests, list) or not manifests:
+        raise FailedPrecondition(f"{what}: index lists no manifests")
+    if len(manifests) == 1 and isinstance(manifests[0], dict):
+        return manifests[0]
+    for entry in manifests:
+        if isinstance(entry, dict):
+            platform = entry.get("platform") or {}
+            if platform.get("architecture") == WASM_ARCHITECTURE:
+                return entry
+    return None
+
+
+def _digest(desc: dict[str, Any], what: str) -> str:
+    digest = desc.get("digest")
+    if not isinstance(digest, str) or not digest.startswith("sha256:"):
+        raise FailedPrecondition(f"{what}: unsupported or missing digest {digest!r}")
+    return digest
+
+
+def _check(desc: dict[str, Any], hexdigest: str, size: int, what: str) -> None:
+    if size != desc.get("size") or "sha256:" + hexdigest != desc.get("digest"):
+        raise FailedPrecondition(
+            f"{what} {desc.get('digest')}: content store returned {size} bytes hashing to "
+            f"sha256:{hexdigest}; the blob is corrupt"
+        )
+
+
+def _error(what: str, e: grpc.RpcError) -> ShimError:
+    code = e.code() if isinstance(e, grpc.Call) else None
+    detail = e.details() if isinstance(e, grpc.Call) else str(e)
+    if code == grpc.StatusCode.NOT_FOUND:
+        return NotFound(f"{what}: not found in containerd ({detail})")
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        return Unavailable(f"{what}: containerd did not answer ({detail})")
+    return FailedPrecondition(f"{what}: containerd said {code}: {detail}")
+
+
+def _strings(value: Any) -> tuple[str, ...]:
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    return ()

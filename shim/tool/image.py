@@ -1,0 +1,202 @@
+"""`wasmtime-shim build | unpack | inspect`: wasm OCI images from the command line.
+
+`build` turns a `.wasm` (core module or component) or `.wat` into an image archive that
+`ctr image import` and `nerdctl load` accept, in one of two formats:
+
+- `rootfs` (default): an ordinary one-layer image, the module at `/app.wasm` (or `--path`),
+  the entrypoint set, platform `wasip1/wasm` (`wasip2/wasm` for a component) and the
+  annotation `module.wasm.image/variant=compat`. Extra files and dirs go in with `--file`.
+- `artifact`: a CNCF wasm OCI artifact (config `application/vnd.wasm.config.v0+json`, layer
+  `application/wasm`); no filesystem, so `--file` is refused.
+
+The same inputs always give the same bytes (and so the same digests).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from shim.errors import InvalidArgument
+from shim.oci.artifact import build_artifact, platform_os, wasm_kind
+from shim.oci.image import CTR_IMPORT_FLAGS, FileSource, ImageConfig, build_image
+from shim.oci.layout import ImageSource
+from shim.oci.unpack import unpack_image
+
+DEFAULT_PATH = "/app.wasm"
+CTR_IMPORT_FLAGS_ARTIFACT = (*CTR_IMPORT_FLAGS, "--no-unpack")
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    b = sub.add_parser(
+        "build",
+        help="build a wasm OCI image from a .wasm or .wat",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    b.add_argument("module", type=Path, help="the program: .wasm (module or component) or .wat")
+    b.add_argument("-o", "--output", type=Path, help="write the image archive (tar) here")
+    b.add_argument("--layout-dir", type=Path, help="also (or only) write an OCI layout dir")
+    b.add_argument(
+        "--name",
+        default=None,
+        help="image reference (default: docker.io/library/<module name>:latest)",
+    )
+    b.add_argument("--format", choices=("rootfs", "artifact"), default="rootfs")
+    b.add_argument(
+        "--path",
+        default=DEFAULT_PATH,
+        help=f"where the module goes in the image (rootfs format; default {DEFAULT_PATH})",
+    )
+    b.add_argument(
+        "--file",
+        action="append",
+        default=[],
+        metavar="SRC:DEST",
+        help="add a host file or directory at DEST in the image (repeatable)",
+    )
+    b.add_argument(
+        "--arg",
+        action="append",
+        default=[],
+        help="an argument after the module (the image's Cmd; repeatable)",
+    )
+    b.add_argument("--env", action="append", default=[], metavar="K=V", help="image env")
+    b.add_argument("--label", action="append", default=[], metavar="K=V", help="image label")
+    b.add_argument("--workdir", default="/", help="the image's working directory")
+    b.set_defaults(func=build_command)
+
+    u = sub.add_parser(
+        "unpack",
+        help="unpack an image (OCI layout dir/tar, docker archive) into a rootfs directory",
+    )
+    u.add_argument("image", type=Path)
+    u.add_argument("rootfs", type=Path, help="target directory (must not exist, or be empty)")
+    u.add_argument("--ref", default=None, help="which image, when the layout holds several")
+    u.set_defaults(func=unpack_command)
+
+    i = sub.add_parser("inspect", help="print an image's manifest digest, config and layers")
+    i.add_argument("image", type=Path)
+    i.add_argument("--ref", default=None)
+    i.set_defaults(func=inspect_command)
+
+
+def build_command(args: argparse.Namespace) -> int:
+    if args.output is None and args.layout_dir is None:
+        raise InvalidArgument("say where to write the image: -o IMAGE.tar and/or --layout-dir")
+    wasm = _load_module(args.module)
+    kind = wasm_kind(wasm)
+    ref = args.name or f"docker.io/library/{_default_name(args.module)}:latest"
+    env = tuple(args.env)
+    labels = dict(_pair(item, "--label") for item in args.label)
+    if args.format == "artifact":
+        if args.file:
+            raise InvalidArgument("--file needs --format rootfs: an artifact has no filesystem")
+        config = ImageConfig(
+            cmd=tuple(args.arg), env=env, working_dir=args.workdir, labels=tuple(labels.items())
+        )
+        image = build_artifact(wasm, ref=ref, config=config, title=Path(args.path).name)
+        import_flags = CTR_IMPORT_FLAGS_ARTIFACT
+    else:
+        files: dict[str, FileSource] = {args.path: wasm}
+        for item in args.file:
+            src, _, dest = item.rpartition(":")
+            if not src or not dest:
+                raise InvalidArgument(f"--file {item!r} is not SRC:DEST")
+            files.update(_host_files(Path(src), dest, files))
+        config = ImageConfig(
+            entrypoint=(args.path,),
+            cmd=tuple(args.arg),
+            env=env,
+            working_dir=args.workdir,
+            labels=tuple(labels.items()),
+        )
+        image = build_image(files, ref=ref, config=config, os_name=platform_os(kind))
+        import_flags = CTR_IMPORT_FLAGS
+    if args.output is not None:
+        image.write(args.output)
+    if args.layout_dir is not None:
+        image.write_dir(args.layout_dir)
+    print(f"{ref} {args.format} {kind.value} manifest {image.manifest_digest}")
+    if args.output is not None:
+        print(f"import with: ctr image import {' '.join(import_flags)} {args.output}")
+    return 0
+
+
+def unpack_command(args: argparse.Namespace) -> int:
+    result = unpack_image(args.image, args.rootfs, ref=args.ref)
+    kind = "wasm artifact" if result.artifact else "image"
+    print(f"unpacked {kind} {result.manifest_digest} into {result.rootfs}")
+    return 0
+
+
+def inspect_command(args: argparse.Namespace) -> int:
+    with ImageSource(args.image) as source:
+        image = source.resolve(args.ref)
+    out = {
+        "manifest": image.manifest_digest,
+        "configMediaType": image.config_media_type,
+        "config": image.config,
+        "layers": [
+            {"mediaType": d.media_type, "digest": d.digest, "size": d.size} for d in image.layers
+        ],
+    }
+    json.dump(out, sys.stdout, indent=2, sort_keys=True)
+    print()
+    return 0
+
+
+def _load_module(path: Path) -> bytes:
+    """The module's binary; `.wat` text (or any file that is not binary wasm) is translated."""
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise InvalidArgument(f"cannot read {path}: {e.strerror}") from e
+    if raw[:4] == b"\0asm":
+        return raw
+    import wasmtime
+
+    try:
+        return bytes(wasmtime.wat2wasm(raw.decode("utf-8")))
+    except (UnicodeDecodeError, wasmtime.WasmtimeError) as e:
+        raise InvalidArgument(f"{path} is neither binary wasm nor valid WAT: {e}") from e
+
+
+def _host_files(src: Path, dest: str, taken: dict[str, FileSource]) -> dict[str, FileSource]:
+    """A host file, or every regular file under a host dir (sorted; symlinks refused)."""
+    if src.is_symlink():
+        raise InvalidArgument(f"--file {src}: symlinks are not copied; name the target")
+    if src.is_file():
+        return {dest: src}
+    if not src.is_dir():
+        raise InvalidArgument(f"--file {src}: no such file or directory")
+    out: dict[str, FileSource] = {}
+    for root, dirs, names in os.walk(src):
+        dirs.sort()
+        for name in sorted(names):
+            host = Path(root, name)
+            if host.is_symlink() or not host.is_file():
+                raise InvalidArgument(f"--file {src}: {host} is not a regular file")
+            rel = host.relative_to(src).as_posix()
+            out[f"{dest.rstrip('/')}/{rel}"] = host
+    if not out:
+        raise InvalidArgument(f"--file {src}: the directory holds no files")
+    clash = out.keys() & taken.keys()
+    if clash:
+        raise InvalidArgument(f"--file {src}: {sorted(clash)[0]} is given twice")
+    return out
+
+
+def _pair(item: str, flag: str) -> tuple[str, str]:
+    name, sep, value = item.partition("=")
+    if not sep or not name:
+        raise InvalidArgument(f"{flag} {item!r} is not NAME=value")
+    return name, value
+
+
+def _default_name(module: Path) -> str:
+    stem = "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in module.stem.lower())
+    return stem.strip("-._") or "wasm"
