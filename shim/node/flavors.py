@@ -1,0 +1,93 @@
+"""Where each Kubernetes distribution keeps containerd's config, and how it restarts it.
+
+Plain containerd reads /etc/containerd/config.toml. k3s and RKE2 regenerate their config.toml
+on every start, so the durable place is the Go template `config.toml.tmpl` beside it (seeded
+from the generated file when it does not exist yet). MicroK8s renders containerd-template.toml.
+k0s merges every file in /etc/k0s/containerd.d/, so we own a whole drop-in file there.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from shim.errors import InvalidArgument
+
+
+class Kind(enum.Enum):
+    EDIT = "edit"  # add our table to the distribution's file
+    DROP_IN = "drop-in"  # write (and on uninstall delete) a whole file of our own
+
+
+@dataclass(frozen=True, slots=True)
+class Flavor:
+    name: str
+    config: str  # absolute path on the node
+    kind: Kind
+    template: bool  # Go template: `{{ }}` lines are not TOML
+    seed_from: str | None  # the generated file a missing template starts from
+    units: tuple[str, ...]  # systemd units to restart; the first active one wins
+    socket: str  # containerd's gRPC socket, to check it came back
+    version: int | None = None  # config version when the flavor dictates it
+
+
+FLAVORS: dict[str, Flavor] = {
+    f.name: f
+    for f in (
+        Flavor(
+            "containerd",
+            "/etc/containerd/config.toml",
+            Kind.EDIT,
+            False,
+            None,
+            ("containerd",),
+            "/run/containerd/containerd.sock",
+        ),
+        Flavor(
+            "k3s",
+            "/var/lib/rancher/k3s/agent/etc/containerd/config.toml.tmpl",
+            Kind.EDIT,
+            True,
+            "/var/lib/rancher/k3s/agent/etc/containerd/config.toml",
+            ("k3s", "k3s-agent"),
+            "/run/k3s/containerd/containerd.sock",
+        ),
+        Flavor(
+            "rke2",
+            "/var/lib/rancher/rke2/agent/etc/containerd/config.toml.tmpl",
+            Kind.EDIT,
+            True,
+            "/var/lib/rancher/rke2/agent/etc/containerd/config.toml",
+            ("rke2-server", "rke2-agent"),
+            "/run/k3s/containerd/containerd.sock",
+        ),
+        Flavor(
+            "microk8s",
+            "/var/snap/microk8s/current/args/containerd-template.toml",
+            Kind.EDIT,
+            False,
+            None,
+            ("snap.microk8s.daemon-containerd",),
+            "/var/snap/microk8s/common/run/containerd.sock",
+        ),
+        Flavor(
+            "k0s",
+            "/etc/k0s/containerd.d/wasmtime-shim.toml",
+            Kind.DROP_IN,
+            False,
+            None,
+            ("k0sworker", "k0scontroller"),
+            "/run/k0s/containerd.sock",
+            version=2,
+        ),
+    )
+}
+
+
+def flavor(name: str) -> Flavor:
+    try:
+        return FLAVORS[name]
+    except KeyError:
+        raise InvalidArgument(
+            f"unknown flavor {name!r}; choose one of {', '.join(FLAVORS)}"
+        ) from None

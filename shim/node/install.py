@@ -1,0 +1,235 @@
+"""`wasmtime-shim install` / `uninstall`: binary in place, runtime in containerd's config.
+
+Both are idempotent and non-interactive, for node images and DaemonSet installers. install
+records what it did in a receipt (JSON) so uninstall takes back exactly that: the files it
+placed, and the config edit. When the config is byte-identical to what install wrote, the
+original bytes come back from the backup (or the file is deleted if install created it);
+when someone edited it since, only our table is removed, with the same round-trip editor.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from shim.errors import InvalidArgument
+from shim.node import config as cfg
+from shim.node import files
+from shim.node.flavors import Flavor, Kind
+
+DEFAULT_BIN_DIR = "/usr/local/bin"
+DEFAULT_LIB_DIR = "/usr/local/lib/containerd-shim-wasmtime"
+RECEIPT = "/var/lib/containerd-shim-wasmtime/install.json"
+BACKUP_SUFFIX = ".wasmtime-shim.bak"
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where things go on the node (host paths) and how the runtime is registered."""
+
+    flavor: Flavor
+    root: Path = Path("/")
+    bin_dir: str = DEFAULT_BIN_DIR
+    lib_dir: str = DEFAULT_LIB_DIR
+    config: str | None = None  # overrides the flavor's path
+    entry: cfg.RuntimeEntry = field(default_factory=cfg.RuntimeEntry)
+    config_version: int | None = None  # for a config we must create; None: ask containerd
+    receipt: str = RECEIPT
+
+    @property
+    def config_path(self) -> str:
+        return self.config or self.flavor.config
+
+    @property
+    def shim_path(self) -> str:
+        return f"{self.bin_dir.rstrip('/')}/{files.SHIM_NAME}"
+
+    def on_node(self, path: str) -> Path:
+        return files.host(self.root, path)
+
+
+@dataclass(slots=True)
+class Receipt:
+    """What install did, in host paths: read by uninstall."""
+
+    config: str
+    handler: str
+    config_created: bool = False
+    backup: str | None = None
+    installed_sha256: str | None = None
+    files: list[str] = field(default_factory=list)  # files and symlinks we placed
+    dirs: list[str] = field(default_factory=list)  # directories we placed whole
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def load(cls, path: Path) -> Receipt | None:
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            return None
+        except ValueError as e:
+            raise InvalidArgument(f"{path}: unreadable install receipt: {e}") from None
+        return cls(**data)
+
+
+def install(target: Target, binary: Path | None, *, force: bool = False) -> list[str]:
+    """Place the binary and register the runtime; returns one line per thing done/kept."""
+    bundle = files.find_bundle(binary)
+    path = target.on_node(target.config_path)
+    if path.exists():  # refuse a malformed or conflicting config before writing anything
+        cfg.add_runtime(
+            path.read_text(),
+            target.entry,
+            target.config_path,
+            template=target.flavor.template,
+            force=force,
+        )
+    receipt_path = target.on_node(target.receipt)
+    receipt = Receipt.load(receipt_path) or Receipt(target.config_path, target.entry.handler)
+    done = _place_binary(target, bundle, receipt)
+    done.append(_register(target, receipt, force=force))
+    files.write_atomic(receipt_path, receipt.to_json().encode())
+    return done
+
+
+def _place_binary(target: Target, bundle: files.Bundle, receipt: Receipt) -> list[str]:
+    done: list[str] = []
+    shim_link = target.on_node(target.shim_path)
+    tool_link = target.on_node(f"{target.bin_dir.rstrip('/')}/{files.TOOL_NAME}")
+    if bundle.directory is not None:
+        lib = target.on_node(target.lib_dir)
+        if lib.is_dir() and files.tree_digest(lib) == files.tree_digest(bundle.directory):
+            done.append(f"kept {target.lib_dir} (identical)")
+        else:
+            files.copy_tree_atomic(bundle.directory, lib)
+            done.append(f"installed {target.lib_dir}")
+        real = f"{target.lib_dir.rstrip('/')}/{files.SHIM_NAME}"
+        _remember(receipt.dirs, target.lib_dir)
+        for link in (shim_link, tool_link):
+            if link.is_symlink() and os.readlink(link) == real:
+                done.append(f"kept {link.name} -> {real}")
+            else:
+                files.symlink_atomic(real, link)
+                done.append(f"linked {_host_str(target, link)} -> {real}")
+            _remember(receipt.files, _host_str(target, link))
+        return done
+    if files.sha256_file(shim_link) == files.sha256_file(bundle.binary):
+        done.append(f"kept {target.shim_path} (identical)")
+    else:
+        files.copy_file_atomic(bundle.binary, shim_link)
+        done.append(f"installed {target.shim_path}")
+    _remember(receipt.files, target.shim_path)
+    if not (tool_link.is_symlink() and os.readlink(tool_link) == files.SHIM_NAME):
+        files.symlink_atomic(files.SHIM_NAME, tool_link)
+    _remember(receipt.files, _host_str(target, tool_link))
+    return done
+
+
+def _register(target: Target, receipt: Receipt, *, force: bool) -> str:
+    path = target.on_node(target.config_path)
+    flavor = target.flavor
+    source = target.config_path
+    existed = path.exists()
+    if existed:
+        original = path.read_text()
+    elif flavor.kind is Kind.DROP_IN:
+        original = cfg.minimal_config(flavor.version or 2)
+    else:
+        original = _initial_config(target)
+    edit = cfg.add_runtime(original, target.entry, source, template=flavor.template, force=force)
+    where = f"[{cfg.section_name(edit.version, target.entry.handler)}]"
+    if existed and not edit.changed:
+        return f"kept {where} in {source} (already registered)"
+    if existed and receipt.backup is None:
+        backup = target.config_path + BACKUP_SUFFIX
+        files.write_atomic(target.on_node(backup), original.encode(), like=path)
+        receipt.backup = backup
+    receipt.config = target.config_path
+    receipt.handler = target.entry.handler
+    receipt.config_created = receipt.config_created or not existed
+    files.write_atomic(path, edit.text.encode(), like=path if existed else None)
+    receipt.installed_sha256 = files.sha256_file(path)
+    verb = "created" if not existed else "updated"
+    return f"{verb} {source}: {where} runtime_type = {target.entry.runtime_type!r}"
+
+
+def _initial_config(target: Target) -> str:
+    """A config for a node without one: the k3s template's seed, containerd's default, or
+    the minimal file of the requested version."""
+    flavor = target.flavor
+    if flavor.seed_from and target.on_node(flavor.seed_from).is_file():
+        return target.on_node(flavor.seed_from).read_text()
+    if target.config_version is not None:
+        return cfg.minimal_config(target.config_version)
+    containerd = shutil.which("containerd") if target.root == Path("/") else None
+    if containerd:
+        out = subprocess.run(
+            [containerd, "config", "default"], capture_output=True, text=True, check=False
+        )
+        if out.returncode == 0 and out.stdout.strip():
+            return out.stdout
+    return cfg.minimal_config(2)
+
+
+def uninstall(target: Target) -> list[str]:
+    """Reverse install: the receipt's files and config edit; without one, the defaults."""
+    receipt_path = target.on_node(target.receipt)
+    receipt = Receipt.load(receipt_path)
+    done: list[str] = []
+    if receipt is None:
+        receipt = Receipt(target.config_path, target.entry.handler)
+        receipt.files = [target.shim_path, f"{target.bin_dir.rstrip('/')}/{files.TOOL_NAME}"]
+        receipt.dirs = [target.lib_dir]
+        done.append(f"no receipt at {target.receipt}: removing the default locations")
+    done.append(_unregister(target, receipt))
+    for name in receipt.files:
+        p = target.on_node(name)
+        if p.is_symlink() or p.exists():
+            p.unlink()
+            done.append(f"removed {name}")
+    for name in receipt.dirs:
+        p = target.on_node(name)
+        if p.is_dir():
+            shutil.rmtree(p)
+            done.append(f"removed {name}")
+    receipt_path.unlink(missing_ok=True)
+    return done
+
+
+def _unregister(target: Target, receipt: Receipt) -> str:
+    path = target.on_node(receipt.config)
+    if not path.exists():
+        return f"{receipt.config}: absent, nothing to unregister"
+    untouched = receipt.installed_sha256 == files.sha256_file(path)
+    backup = target.on_node(receipt.backup) if receipt.backup else None
+    if untouched and receipt.config_created:
+        path.unlink()
+        return f"removed {receipt.config} (install created it)"
+    if untouched and backup is not None and backup.is_file():
+        files.write_atomic(path, backup.read_bytes(), like=path)
+        backup.unlink()
+        return f"restored {receipt.config} from {receipt.backup}"
+    edit = cfg.remove_runtime(
+        path.read_text(), receipt.handler, receipt.config, template=target.flavor.template
+    )
+    if edit.changed:
+        files.write_atomic(path, edit.text.encode(), like=path)
+    if backup is not None:
+        backup.unlink(missing_ok=True)
+    what = "removed" if edit.changed else "found no"
+    return f"{what} [{cfg.section_name(edit.version, receipt.handler)}] in {receipt.config}"
+
+
+def _remember(items: list[str], item: str) -> None:
+    if item not in items:
+        items.append(item)
+
+
+def _host_str(target: Target, path: Path) -> str:
+    return "/" + str(path.relative_to(target.root)).lstrip("/")

@@ -1,0 +1,164 @@
+"""`wasmtime-shim install | uninstall | doctor | manifests`: the node side, as subcommands.
+
+Argument parsing only; the work is in shim/node/. Every command is non-interactive and
+idempotent, for node images and DaemonSet installers; user errors raise shim.errors classes,
+which shim/tool/main.py turns into one line and exit status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from shim.node import config as cfg
+from shim.node import doctor, install, manifests
+from shim.node.flavors import FLAVORS, flavor
+from shim.node.restart import Restarter
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = subparsers.add_parser(
+        "install",
+        help="install the shim binary and register it in containerd's config",
+        description="Copy the shim into a bin dir on containerd's PATH and add "
+        "runtimes.<handler> (runtime_type io.containerd.wasmtime.v1) to containerd's config, "
+        "keeping every other byte. Running it again changes nothing.",
+    )
+    _target_args(p)
+    p.add_argument("--binary", type=Path, help="the built binary (default: the running one)")
+    p.add_argument(
+        "--runtime-path", action="store_true", help="also write runtime_path = <bin-dir>/<shim>"
+    )
+    p.add_argument(
+        "--wasm-annotations",
+        action="store_true",
+        help=f"pass the pod annotations {', '.join(cfg.WASM_POD_ANNOTATIONS)} to the shim",
+    )
+    p.add_argument(
+        "--config-version",
+        type=int,
+        choices=(2, 3),
+        help="version of a config we must create (2: containerd 1.x, 3: 2.x; default: ask "
+        "`containerd config default`)",
+    )
+    p.add_argument("--force", action="store_true", help="overwrite a different registration")
+    p.add_argument("--restart", action="store_true", help="restart containerd and check it")
+    p.set_defaults(func=_install)
+
+    p = subparsers.add_parser("uninstall", help="reverse install exactly")
+    _target_args(p)
+    p.set_defaults(func=_uninstall)
+
+    p = subparsers.add_parser("doctor", help="check that this node can run the shim")
+    _target_args(p)
+    p.set_defaults(func=_doctor)
+
+    p = subparsers.add_parser(
+        "manifests", help="print the RuntimeClass, examples and installer DaemonSet (YAML)"
+    )
+    p.add_argument("--handler", default=cfg.DEFAULT_HANDLER)
+    p.add_argument("--name", help="RuntimeClass name (default: the handler)")
+    p.add_argument(
+        "--node-label",
+        action="append",
+        metavar="KEY=VALUE",
+        help=f"label of prepared nodes (repeatable; default {'='.join(manifests.DEFAULT_LABEL)})",
+    )
+    p.add_argument(
+        "--taint",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE:EFFECT",
+        help="taint of prepared nodes, e.g. kubernetes.io/arch=wasm32-wasi:NoSchedule",
+    )
+    p.add_argument("--image", default=manifests.Options.image, help="image of the examples")
+    p.add_argument("--installer-image", default=manifests.DEFAULT_INSTALLER_IMAGE)
+    p.add_argument("--namespace", default="kube-system", help="namespace of the DaemonSet")
+    p.add_argument("--flavor", choices=sorted(FLAVORS), default="containerd")
+    p.add_argument("--only", choices=manifests.KINDS, action="append", help="only these kinds")
+    p.add_argument("-o", "--output", type=Path, help="write here instead of stdout")
+    p.set_defaults(func=_manifests)
+
+
+def _target_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--flavor", choices=sorted(FLAVORS), default="containerd")
+    p.add_argument("--config", help="containerd's config file (default: the flavor's)")
+    p.add_argument("--root", type=Path, default=Path("/"), help="the node's / (DaemonSet: /host)")
+    p.add_argument("--prefix", help="bin dir PREFIX/bin, lib dir PREFIX/lib/...")
+    p.add_argument("--bin-dir", help=f"where the binary goes (default {install.DEFAULT_BIN_DIR})")
+    p.add_argument("--lib-dir", help=f"the bundle's dir (default {install.DEFAULT_LIB_DIR})")
+    p.add_argument("--handler", default=cfg.DEFAULT_HANDLER, help="runtimes.<handler>")
+
+
+def target(args: argparse.Namespace) -> install.Target:
+    """The install Target the flags describe (paths absolute, as on the node)."""
+    prefix = args.prefix.rstrip("/") if args.prefix else None
+    bin_dir = args.bin_dir or (f"{prefix}/bin" if prefix else install.DEFAULT_BIN_DIR)
+    lib_dir = args.lib_dir or (
+        f"{prefix}/lib/containerd-shim-wasmtime" if prefix else install.DEFAULT_LIB_DIR
+    )
+    config = os.path.abspath(args.config) if args.config else None
+    shim_path = f"{os.path.abspath(bin_dir)}/containerd-shim-wasmtime-v1"
+    entry = cfg.RuntimeEntry(
+        handler=args.handler,
+        runtime_path=shim_path if getattr(args, "runtime_path", False) else None,
+        pod_annotations=cfg.WASM_POD_ANNOTATIONS
+        if getattr(args, "wasm_annotations", False)
+        else (),
+    )
+    return install.Target(
+        flavor=flavor(args.flavor),
+        root=args.root,
+        bin_dir=os.path.abspath(bin_dir),
+        lib_dir=os.path.abspath(lib_dir),
+        config=config,
+        entry=entry,
+        config_version=getattr(args, "config_version", None),
+    )
+
+
+def _install(args: argparse.Namespace) -> int:
+    t = target(args)
+    for line in install.install(t, args.binary, force=args.force):
+        print(line)
+    if args.restart:
+        for line in Restarter(t.flavor, t.root, t.shim_path).restart():
+            print(line)
+    return 0
+
+
+def _uninstall(args: argparse.Namespace) -> int:
+    for line in install.uninstall(target(args)):
+        print(line)
+    return 0
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    t = target(args)
+    checks = doctor.diagnose(doctor.Node(t.flavor, t.root, t.config_path, args.handler))
+    for check in checks:
+        print(check.line())
+    return 1 if any(c.status is doctor.Status.FAIL for c in checks) else 0
+
+
+def _manifests(args: argparse.Namespace) -> int:
+    options = manifests.Options(
+        handler=args.handler,
+        name=args.name or args.handler,
+        labels=tuple(map(manifests.parse_label, args.node_label))
+        if args.node_label
+        else (manifests.DEFAULT_LABEL,),
+        taints=tuple(map(manifests.Taint.parse, args.taint)),
+        image=args.image,
+        installer_image=args.installer_image,
+        namespace=args.namespace,
+        flavor=args.flavor,
+    )
+    text = manifests.render(options, tuple(args.only) if args.only else manifests.KINDS)
+    if args.output:
+        args.output.write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0
