@@ -29,14 +29,16 @@ ROOT = Path(__file__).resolve().parent.parent
 PROTO_DIR = ROOT / "proto"
 OUT_DIR = ROOT / "shim" / "api"
 
-# Only these files get a *_pb2_grpc.py: they are containerd's gRPC services, which tests use
-# as a client. The ttrpc services (the task API, ttrpc events) are dispatched by our own ttrpc
-# layer, which needs nothing beyond the message classes and the service descriptor.
+# Only these files get a *_pb2_grpc.py: they are gRPC services which tests use as a client
+# (containerd's own services, and the CRI RuntimeService/ImageService that the tests drive the
+# way kubelet does). The ttrpc services (the task API, ttrpc events) are dispatched by our own
+# ttrpc layer, which needs nothing beyond the message classes and the service descriptor.
 GRPC_SERVICE_PROTOS = (
     "containerd/services/containers/v1/containers.proto",
     "containerd/services/content/v1/content.proto",
     "containerd/services/events/v1/events.proto",
     "containerd/services/images/v1/images.proto",
+    "k8s/cri/v1/api.proto",
 )
 
 # What regen owns inside OUT_DIR: anything else there is left alone and not compared.

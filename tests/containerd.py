@@ -14,6 +14,13 @@ also catches the processes a shim forks), mounts under our root/state, shim sock
 ``/run/containerd/s/<sha256(address/namespace/id)>``; to know which ids to hash, a ``ctr
 events`` subscriber records every container ever created.
 
+With ``cri=True`` the CRI plugin is configured for the kubelet-like tests (``tests/cri.py``):
+the sandbox image is a locally built pause image (``sandbox_image``), the default handler is
+runc with its state under our ``state``, a ``wasmtime`` handler points at this shim with the
+crun-style annotations passed through, and CNI looks only in empty private directories, so
+only host-network pods can start and nothing ever reads the machine's CNI config. CRI keeps
+its own root and state inside ours, so nothing of a CRI run lands in the system's dirs.
+
 Usable without pytest::
 
     with PrivateContainerd() as c:
@@ -48,6 +55,13 @@ SHIM_NAME = "containerd-shim-wasmtime-v1"
 RUNTIME = "io.containerd.wasmtime.v1"
 SHIM_SOCKET_DIR = Path("/run/containerd/s")
 CRI_PLUGIN = "io.containerd.grpc.v1.cri"
+CRI_NAMESPACE = "k8s.io"
+WASMTIME_HANDLER = "wasmtime"
+# On the localhost registry: a pull of it (image not imported yet) can only reach loopback.
+DEFAULT_SANDBOX_IMAGE = "localhost/cri-testbed/pause:1"
+# Annotations containerd copies from a pod's (and a container's) config into the OCI spec of
+# wasmtime-handled containers: the crun-compatible wasm selectors.
+WASM_ANNOTATIONS = ("module.wasm.image/*", "run.oci.handler")
 TASK_PLUGIN_DIR = "io.containerd.runtime.v2.task"
 SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 # Linux's sun_path is 108 bytes; Go rejects >= 107 and shims keep a margin: stay well under.
@@ -73,6 +87,39 @@ disabled_plugins = {disabled}
 
 [plugins."io.containerd.internal.v1.opt"]
   path = {opt}
+"""
+_CRI_TEMPLATE = """
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = {sandbox_image}
+  disable_apparmor = true
+  # Never below containerd's own oom_score_adj: the sandbox's -998 needs CAP_SYS_RESOURCE,
+  # which a containerised test machine may lack (runc init then dies with "Permission denied").
+  restrict_oom_score_adj = true
+  enable_tls_streaming = false
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = {cni_bin}
+    conf_dir = {cni_conf}
+
+  [plugins."io.containerd.grpc.v1.cri".registry]
+    config_path = {registry}
+
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        Root = {runc_root}
+
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.{handler}]
+      runtime_type = {runtime}
+      pod_annotations = {annotations}
+      container_annotations = {annotations}
 """
 
 
@@ -122,6 +169,8 @@ class PrivateContainerd:
         base: Path | None = None,
         *,
         cri: bool = False,
+        sandbox_image: str = DEFAULT_SANDBOX_IMAGE,
+        cri_extra_toml: str = "",
         shim: Path | None = None,
         log_level: str = "debug",
         keep: bool = False,
@@ -131,8 +180,11 @@ class PrivateContainerd:
 
         ``base``: the private directory (default: a fresh ``<repo>/.cache/containerd/c-XXXX``,
         or one under /tmp when the repo path would make socket paths too long). ``cri``: leave
-        the CRI plugin enabled. ``shim``: the shim executable to expose on PATH. ``keep``: do
-        not delete ``base`` on stop (for post-mortems).
+        the CRI plugin enabled and configure it (see the module docstring); ``sandbox_image``
+        is the pause image it uses, which must be imported into ``CRI_NAMESPACE`` before the
+        first RunPodSandbox; ``cri_extra_toml`` is appended to the config verbatim (e.g. the
+        options table of a runtime handler). ``shim``: the shim executable to expose on PATH.
+        ``keep``: do not delete ``base`` on stop (for post-mortems).
         """
         self.base = base or _fresh_base()
         self.root = self.base / "root"
@@ -144,6 +196,9 @@ class PrivateContainerd:
         self.address = self.base / "c.sock"
         self.ttrpc_address = Path(f"{self.address}.ttrpc")
         self.cri = cri
+        self.sandbox_image = sandbox_image
+        self.cri_extra_toml = cri_extra_toml
+        self.cri_dir = self.base / "cri"  # empty CNI dirs and registry hosts dir
         self.shim = shim or default_shim()
         self.log_level = log_level
         self.keep = keep
@@ -172,7 +227,10 @@ class PrivateContainerd:
             raise ContainerdError("this containerd was already started")
         if not self.shim.exists():
             raise ContainerdError(f"shim {self.shim} does not exist (is the project installed?)")
-        for path in (self.root, self.state, self.bin_dir):
+        dirs = [self.root, self.state, self.bin_dir]
+        if self.cri:
+            dirs += [self.cri_dir / "cni-bin", self.cri_dir / "cni-conf", self.cri_dir / "certs.d"]
+        for path in dirs:
             path.mkdir(parents=True, exist_ok=True)
         link = self.bin_dir / SHIM_NAME
         link.unlink(missing_ok=True)
@@ -200,7 +258,7 @@ class PrivateContainerd:
     def config_toml(self) -> str:
         """containerd's config.toml (version 2) for this instance; ``opt`` stays private too."""
         disabled = [] if self.cri else [CRI_PLUGIN]
-        return _CONFIG_TEMPLATE.format(
+        text = _CONFIG_TEMPLATE.format(
             root=_toml(self.root),
             state=_toml(self.state),
             disabled=json.dumps(disabled),
@@ -209,6 +267,19 @@ class PrivateContainerd:
             level=_toml(self.log_level),
             opt=_toml(self.base / "opt"),
         )
+        if not self.cri:
+            return text
+        text += _CRI_TEMPLATE.format(
+            sandbox_image=_toml(self.sandbox_image),
+            cni_bin=_toml(self.cri_dir / "cni-bin"),
+            cni_conf=_toml(self.cri_dir / "cni-conf"),
+            registry=_toml(self.cri_dir / "certs.d"),
+            runc_root=_toml(self.state / "runc"),
+            handler=WASMTIME_HANDLER,
+            runtime=_toml(RUNTIME),
+            annotations=json.dumps(list(WASM_ANNOTATIONS)),
+        )
+        return text + self.cri_extra_toml
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.start_timeout
