@@ -38,6 +38,7 @@ import grpc
 from shim.api.k8s.cri.v1 import api_pb2 as cri
 from shim.api.k8s.cri.v1 import api_pb2_grpc as cri_grpc
 from tests.containerd import CRI_NAMESPACE, PrivateContainerd
+from tests.cri_log import LogLine, join_lines, parse_cri_log
 
 CRI_API_VERSION = "v1"
 DEFAULT_RPC_TIMEOUT = 60.0
@@ -45,6 +46,18 @@ DEFAULT_WAIT_TIMEOUT = 30.0
 POLL_INTERVAL = 0.05
 
 T = TypeVar("T")
+
+# The log-format helpers live in tests/cri_log.py and are re-exported here for convenience.
+__all__ = [
+    "CriClient",
+    "CriError",
+    "CriTimeout",
+    "LogLine",
+    "Pod",
+    "cri_testbed",
+    "join_lines",
+    "parse_cri_log",
+]
 
 # Re-exported so tests need not import the generated module for states.
 CONTAINER_CREATED = cri.CONTAINER_CREATED
@@ -77,52 +90,6 @@ class Pod:
     config: cri.PodSandboxConfig
     runtime_handler: str
     log_directory: Path
-
-
-@dataclass(frozen=True, slots=True)
-class LogLine:
-    """One entry of a CRI log file: ``<time> <stream> <P|F> <content>``.
-
-    ``partial`` is True for a ``P`` entry (the runtime split a long line; the next entries
-    continue it); ``content`` excludes the newline.
-    """
-
-    time: str
-    stream: str
-    partial: bool
-    content: str
-
-
-def parse_cri_log(text: str) -> list[LogLine]:
-    """Parse the CRI log format that containerd writes and ``kubectl logs`` reads.
-
-    Raises ValueError naming the line when a line is not in that format, so a test fails on a
-    runtime that writes raw output instead.
-    """
-    entries: list[LogLine] = []
-    for number, line in enumerate(text.splitlines(), 1):
-        parts = line.split(" ", 3)
-        if len(parts) < 3 or parts[1] not in ("stdout", "stderr") or parts[2] not in ("P", "F"):
-            raise ValueError(f"line {number} is not in the CRI log format: {line!r}")
-        content = parts[3] if len(parts) == 4 else ""
-        entries.append(LogLine(parts[0], parts[1], parts[2] == "P", content))
-    return entries
-
-
-def join_lines(entries: Iterable[LogLine], stream: str | None = None) -> list[str]:
-    """The logical lines of ``entries`` (partials joined), optionally of one stream only."""
-    lines: list[str] = []
-    pending: dict[str, str] = {}
-    for entry in entries:
-        if stream is not None and entry.stream != stream:
-            continue
-        text = pending.pop(entry.stream, "") + entry.content
-        if entry.partial:
-            pending[entry.stream] = text
-        else:
-            lines.append(text)
-    lines += [text for text in pending.values() if text]
-    return lines
 
 
 class CriClient:
