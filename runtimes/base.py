@@ -38,6 +38,7 @@ class RunConfig:
     preopens: tuple[Preopen, ...]  # the rootfs at "/" first, then the spec's directory mounts
     memory_limit: int | None = None  # bytes; cap on each wasm linear memory
     cache_dir: str | None = None  # where compiled artifacts may be cached (None = no cache)
+    artifact_dir: str | None = None  # outside the rootfs: holds a wasm OCI artifact's layer
 
 
 class EntrypointKind(enum.Enum):

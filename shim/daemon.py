@@ -96,7 +96,7 @@ async def _serve(
         kill_first = kill_first or now
         loop.call_soon(done.set)  # after the Shutdown answer has been queued
 
-    service = TaskService(tasks, opts.namespace, request_shutdown)
+    service = TaskService(tasks, opts.namespace, request_shutdown, opts.address)
     server = Server()
     server.register_service(SERVICE, service.handlers())
     await server.start(sock=listener)

@@ -80,9 +80,9 @@ def prepare(cfg: RunConfig, entry: Entrypoint) -> Prepared:
 def _read_entrypoint(cfg: RunConfig, entry: Entrypoint) -> bytes:
     """Read the file `resolve()` found, refusing it if it has since become a symlink or moved
     out of the rootfs (the rootfs belongs to the image, but check anyway: it is cheap)."""
-    root = os.path.realpath(cfg.rootfs)
     real = os.path.realpath(entry.host_path)
-    if os.path.commonpath([root, real]) != root:
+    roots = [os.path.realpath(d) for d in (cfg.rootfs, cfg.artifact_dir) if d]
+    if not any(os.path.commonpath([root, real]) == root for root in roots):
         raise FailedPrecondition(f"{entry.guest_path} resolves outside the container's rootfs")
     try:
         fd = os.open(entry.host_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)

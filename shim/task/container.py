@@ -13,13 +13,14 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from runtimes.base import Entrypoint, Preopen, RunConfig, Runtime
 from shim import manager
 from shim.cgroups import Cgroup
-from shim.errors import FailedPrecondition, InvalidArgument
+from shim.errors import FailedPrecondition, InvalidArgument, NotFound
 from shim.io.stdio import ProcessIO, StdioConfig
 from shim.oci import mounts
 from shim.oci.spec import Spec, load
@@ -30,6 +31,8 @@ from shim.task.workload import Kind
 from shim.zygote import JOINABLE_NAMESPACES, ProcessSetup
 
 log = logging.getLogger(__name__)
+
+ARTIFACT_DIR = "wasm-artifact"  # in the bundle: a wasm OCI artifact's layer 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +45,7 @@ class CreateConfig:
     stdio: StdioConfig
     namespace: str
     native: NativeOptions = field(default_factory=NativeOptions)
+    grpc_address: str = ""  # containerd's API, for images whose wasm is in the content store
 
 
 @dataclass(eq=False)
@@ -80,11 +84,10 @@ class Container:
         try:
             c._mount_rootfs(cfg.rootfs)
             c.run_config = c._run_config(cache_dir)
-            run_config = c.run_config
             c.kind, c.entry = workload.choose(
                 spec.annotations,
                 spec.process.args[0],
-                lambda: runtime.resolve(run_config, spec.process.getenv("PATH")),
+                lambda: c._resolve(runtime, cfg.grpc_address),
             )
             if c.kind is Kind.NATIVE:
                 c.runc = Runc(cfg.native, cfg.namespace)  # runc makes the cgroup itself
@@ -95,6 +98,43 @@ class Container:
             c.release()
             raise
         return c
+
+    def _resolve(self, runtime: Runtime, grpc_address: str) -> Entrypoint:
+        """The entrypoint in the rootfs; when the rootfs has none, layer 0 of a wasm OCI
+        artifact, read from containerd's content store.
+
+        The rootfs comes first so that ordinary images cost no API round trip; an artifact
+        image unpacks to an empty rootfs, so the two never compete. A failure to read the
+        artifact is reported as such, never hidden behind "not found"."""
+        assert self.run_config is not None
+        path_env = self.spec.process.getenv("PATH")
+        try:
+            return runtime.resolve(self.run_config, path_env)
+        except NotFound:
+            if not grpc_address:
+                raise
+            from shim.oci.content import load_wasm_from_content_store
+
+            art_dir = os.path.join(self.bundle, ARTIFACT_DIR)
+            art = load_wasm_from_content_store(grpc_address, self.namespace, self.id, art_dir)
+            if art is None:
+                raise
+        log.info("entrypoint is layer %s of %s (content store)", art.digest, art.image)
+        _, func = self.spec.process.args[0].partition("#")[::2]
+        name = "/" + os.path.basename(art.path)
+        probe = replace(
+            self.run_config,
+            rootfs=art_dir,
+            args=(f"{name}#{func}" if func else name,),
+            cwd="/",
+        )
+        found = runtime.resolve(probe, None)
+        self.run_config = replace(
+            self.run_config,
+            artifact_dir=art_dir,
+            env=self.run_config.env or art.env,
+        )
+        return replace(found, guest_path=self.spec.process.args[0].split("#", 1)[0])
 
     def _mount_rootfs(self, requests: tuple[mounts.MountRequest, ...]) -> None:
         self.rootfs_mounts = requests
@@ -193,3 +233,4 @@ class Container:
             self.mounted = False
         with contextlib.suppress(FileNotFoundError):
             os.unlink(os.path.join(self.bundle, manager.PID_FILE))
+        shutil.rmtree(os.path.join(self.bundle, ARTIFACT_DIR), ignore_errors=True)

@@ -67,9 +67,16 @@ Handler = Callable[[Any, Any], Awaitable[Message]]
 class TaskService:
     """Adapts ttrpc requests to `Tasks`. `handlers()` is the server's dispatch table."""
 
-    def __init__(self, tasks: Tasks, namespace: str, request_shutdown: Callable[[bool], None]):
+    def __init__(
+        self,
+        tasks: Tasks,
+        namespace: str,
+        request_shutdown: Callable[[bool], None],
+        grpc_address: str = "",
+    ) -> None:
         self.tasks = tasks
         self.namespace = namespace
+        self.grpc_address = grpc_address
         self.request_shutdown = request_shutdown
 
     def handlers(self) -> dict[str, tuple[Handler, type[Message]]]:
@@ -103,6 +110,7 @@ class TaskService:
             stdio=StdioConfig(stdin=r.stdin, stdout=r.stdout, stderr=r.stderr, terminal=r.terminal),
             namespace=self.namespace,
             native=parse_options(r.options.type_url, r.options.value),
+            grpc_address=self.grpc_address,
         )
         c = await self.tasks.create(cfg)
         return pb.CreateTaskResponse(pid=c.pid)
