@@ -10,7 +10,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 DEB_PACKAGES := containerd runc clang lld wasi-libc libclang-rt-14-dev-wasm32 \
-	golang-github-containerd-containerd-dev python3-venv
+	golang-github-containerd-containerd-dev python3-venv gcc libc6-dev iproute2
 
 .PHONY: deps venv test lint demo clean distclean
 
@@ -42,6 +42,7 @@ lint: venv
 # pytest's own exit status is the result: 5 (no tests collected) fails like any other.
 test: deps venv
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/pytest -q
 
 demo: deps venv
