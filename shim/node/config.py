@@ -87,9 +87,10 @@ def render(doc: TOMLDocument, *, template: bool = False) -> str:
     return _unmask(text) if template else text
 
 
-def config_version(doc: TOMLDocument, source: str = "config.toml") -> int:
-    """The file's format version: 1 when absent (containerd's own rule), else 2 or 3."""
-    version = doc.get("version", 1)
+def config_version(doc: TOMLDocument, source: str = "config.toml", default: int = 1) -> int:
+    """The file's format version: `default` when absent (1 is containerd's own rule; a k3s
+    template that starts from k3s's "base" inherits the base's, 2), else 2 or 3."""
+    version = doc.get("version", default)
     if isinstance(version, bool) or not isinstance(version, int) or version not in CRI_RUNTIMES:
         raise InvalidArgument(f"{source}: version = {version!r}; expected 2 (1.x) or 3 (2.x)")
     return int(version)
@@ -106,20 +107,20 @@ def section_name(version: int, handler: str) -> str:
     return ".".join([plugins, f"{quote}{plugin}{quote}", *rest, handler])
 
 
-def find_runtime(doc: TOMLDocument, handler: str) -> Table | None:
+def find_runtime(doc: TOMLDocument, handler: str, default_version: int = 1) -> Table | None:
     """The `runtimes.<handler>` table of this document's version, if present."""
     node: Any = doc
-    for key in (*CRI_RUNTIMES[config_version(doc)], handler):
+    for key in (*CRI_RUNTIMES[config_version(doc, default=default_version)], handler):
         if not isinstance(node, (Container, Table)) or key not in node:
             return None
         node = node[key]
     return node if isinstance(node, Table) else None
 
 
-def registered_runtimes(doc: TOMLDocument) -> dict[str, str]:
+def registered_runtimes(doc: TOMLDocument, default_version: int = 1) -> dict[str, str]:
     """{handler: runtime_type} of every runtime the CRI plugin would see."""
     node: Any = doc
-    for key in CRI_RUNTIMES[config_version(doc)]:
+    for key in CRI_RUNTIMES[config_version(doc, default=default_version)]:
         if not isinstance(node, (Container, Table)) or key not in node:
             return {}
         node = node[key]
@@ -137,6 +138,7 @@ def add_runtime(
     *,
     template: bool = False,
     force: bool = False,
+    default_version: int = 1,
 ) -> Edit:
     """Register `entry`; unchanged text when an identical registration is already there.
 
@@ -144,8 +146,8 @@ def add_runtime(
     `force`, which rewrites only the keys we own and leaves the rest of the table alone.
     """
     doc = parse(text, source, template=template)
-    version = config_version(doc, source)
-    existing = find_runtime(doc, entry.handler)
+    version = config_version(doc, source, default_version)
+    existing = find_runtime(doc, entry.handler, version)
     wanted = entry.settings()
     if existing is not None:
         differs = {k: v for k, v in wanted.items() if _plain(existing.get(k)) != v}
@@ -171,12 +173,17 @@ def add_runtime(
 
 
 def remove_runtime(
-    text: str, handler: str, source: str = "config.toml", *, template: bool = False
+    text: str,
+    handler: str,
+    source: str = "config.toml",
+    *,
+    template: bool = False,
+    default_version: int = 1,
 ) -> Edit:
     """Delete `runtimes.<handler>` and the implicit parent tables that only it needed."""
     doc = parse(text, source, template=template)
-    version = config_version(doc, source)
-    if find_runtime(doc, handler) is None:
+    version = config_version(doc, source, default_version)
+    if find_runtime(doc, handler, version) is None:
         return Edit(text, False, version, ("not registered",))
     # Delete the highest table that exists only to hold ours (implicit tables with no other
     # content), in one deletion: the mirror image of _attach, so the bytes come back exactly.

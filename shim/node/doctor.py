@@ -72,7 +72,7 @@ def containerd_path(root: Path) -> tuple[str, str]:
 def check_binary(node: Node) -> Check:
     runtime_path = None
     try:
-        table = cfg.find_runtime(_read(node), node.handler)
+        table = cfg.find_runtime(_read(node), node.handler, _default_version(node))
         runtime_path = table.get("runtime_path") if table is not None else None
     except (ShimError, OSError):
         pass
@@ -105,8 +105,8 @@ def check_config(node: Node) -> Check:
         )
     except ShimError as e:
         return Check("config", Status.FAIL, str(e), f"repair {node.config}")
-    runtimes = cfg.registered_runtimes(doc)
-    version = cfg.config_version(doc)
+    runtimes = cfg.registered_runtimes(doc, _default_version(node))
+    version = cfg.config_version(doc, default=_default_version(node))
     where = cfg.section_name(version, node.handler)
     if runtimes.get(node.handler) == RUNTIME_NAME:
         return Check("config", Status.OK, f"[{where}] in {node.config} (version {version})")
@@ -173,6 +173,10 @@ def _executable(root: Path, path: str) -> bool:
         target = os.readlink(p)
         path = target if target.startswith("/") else os.path.join(os.path.dirname(path), target)
     return False
+
+
+def _default_version(node: Node) -> int:
+    return 2 if node.flavor.template else 1
 
 
 def _read(node: Node) -> cfg.TOMLDocument:

@@ -41,6 +41,13 @@ class Target:
     receipt: str = RECEIPT
 
     @property
+    def default_version(self) -> int:
+        """The version of a config without a `version` key (templates: their base's)."""
+        if self.flavor.template:
+            return self.config_version or 2
+        return 1
+
+    @property
     def config_path(self) -> str:
         return self.config or self.flavor.config
 
@@ -89,6 +96,7 @@ def install(target: Target, binary: Path | None, *, force: bool = False) -> list
             target.config_path,
             template=target.flavor.template,
             force=force,
+            default_version=target.default_version,
         )
     receipt_path = target.on_node(target.receipt)
     receipt = Receipt.load(receipt_path) or Receipt(target.config_path, target.entry.handler)
@@ -216,7 +224,11 @@ def _unregister(target: Target, receipt: Receipt) -> str:
         backup.unlink()
         return f"restored {receipt.config} from {receipt.backup}"
     edit = cfg.remove_runtime(
-        path.read_text(), receipt.handler, receipt.config, template=target.flavor.template
+        path.read_text(),
+        receipt.handler,
+        receipt.config,
+        template=target.flavor.template,
+        default_version=target.default_version,
     )
     if edit.changed:
         files.write_atomic(path, edit.text.encode(), like=path)

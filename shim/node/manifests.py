@@ -25,6 +25,7 @@ DEFAULT_LABEL = ("wasmtime.containerd.io/installed", "true")
 DEFAULT_INSTALLER_IMAGE = "containerd-shim-wasmtime-installer:0.1.0"
 KUBECTL_IMAGE = "registry.k8s.io/kubectl:v1.31.0"
 PAUSE_IMAGE = "registry.k8s.io/pause:3.9"
+EXAMPLE_IMAGE = "docker.io/library/hello-wasm:latest"
 EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
 KINDS = ("runtimeclass", "pod", "deployment", "daemonset")
 
@@ -61,7 +62,7 @@ class Options:
     name: str = "wasmtime"  # the RuntimeClass's name (pods say runtimeClassName: NAME)
     labels: tuple[tuple[str, str], ...] = (DEFAULT_LABEL,)
     taints: tuple[Taint, ...] = ()
-    image: str = "docker.io/library/hello-wasm:latest"  # the example workload
+    image: str = EXAMPLE_IMAGE  # the example workload
     installer_image: str = DEFAULT_INSTALLER_IMAGE
     namespace: str = "kube-system"
     flavor: str = "containerd"

@@ -2,13 +2,11 @@
 
 The tool runs on nodes from the frozen binary, so it avoids a YAML dependency: block style for
 mappings and sequences, and any string that a YAML reader could take for something else
-(a number, a bool, `null`, one with `: ` or `#`) is written as a JSON string, which YAML reads
-as a double-quoted scalar.
+(a number, a bool, `null`, one with `: ` or `#`) is double-quoted.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -27,7 +25,30 @@ def scalar(value: Any) -> str:
     text = str(value)
     if _PLAIN.fullmatch(text) and text.lower() not in _RESERVED:
         return text
-    return json.dumps(text)
+    return quote(text)
+
+
+def quote(text: str) -> str:
+    """A YAML double-quoted scalar: printable characters as they are, the rest escaped.
+
+    (json.dumps is close but writes astral characters as surrogate pairs, which YAML
+    reads as two lone surrogates.)"""
+    out = ['"']
+    for ch in text:
+        code = ord(ch)
+        if ch in ('"', "\\"):
+            out.append("\\" + ch)
+        elif (
+            0x20 <= code <= 0x7E
+            or 0xA0 <= code <= 0xD7FF
+            or 0xE000 <= code <= 0xFFFD
+            or code >= 0x10000
+        ):
+            out.append(ch)
+        else:
+            out.append(f"\\u{code:04x}")
+    out.append('"')
+    return "".join(out)
 
 
 def dump(value: Any, indent: int = 0) -> str:

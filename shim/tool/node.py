@@ -73,7 +73,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="KEY=VALUE:EFFECT",
         help="taint of prepared nodes, e.g. kubernetes.io/arch=wasm32-wasi:NoSchedule",
     )
-    p.add_argument("--image", default=manifests.Options.image, help="image of the examples")
+    p.add_argument("--image", default=manifests.EXAMPLE_IMAGE, help="image of the examples")
     p.add_argument("--installer-image", default=manifests.DEFAULT_INSTALLER_IMAGE)
     p.add_argument("--namespace", default="kube-system", help="namespace of the DaemonSet")
     p.add_argument("--flavor", choices=sorted(FLAVORS), default="containerd")
