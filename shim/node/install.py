@@ -150,7 +150,14 @@ def _register(target: Target, receipt: Receipt, *, force: bool) -> str:
         original = cfg.minimal_config(flavor.version or 2)
     else:
         original = _initial_config(target)
-    edit = cfg.add_runtime(original, target.entry, source, template=flavor.template, force=force)
+    edit = cfg.add_runtime(
+        original,
+        target.entry,
+        source,
+        template=flavor.template,
+        force=force,
+        default_version=target.default_version,
+    )
     where = f"[{cfg.section_name(edit.version, target.entry.handler)}]"
     if existed and not edit.changed:
         return f"kept {where} in {source} (already registered)"
