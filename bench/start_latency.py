@@ -10,8 +10,9 @@ run; onedir only maps its files) is paid on the critical path of every container
 What is timed: one `start` as containerd runs it (same flags, cwd = a bundle directory), on
 the path where the group's socket already has a live listener (this script holds one), so
 the command does its whole job (parse flags, read config.json, compute and probe the socket,
-write `address`, print it) but spawns no daemon: the daemon is re-executed in the background
-and containerd does not wait for it. `-v` is timed too (interpreter and bootstrap only).
+write `address`, print it) but spawns no daemon (the daemon is forked, and its own start-up is
+measured by bench/ctr_run.py as part of a whole `ctr run`). `-v` is timed too (interpreter
+and bootstrap only).
 Each variant runs `--runs` times, interleaved; the median is printed with the ratio to the
 venv entry point. Needs root (the socket lives in /run/containerd/s).
 """

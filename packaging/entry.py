@@ -2,8 +2,8 @@
 
 containerd runs `containerd-shim-wasmtime-v1`; a node installer (the DaemonSet) runs
 `wasmtime-shim install ...` from the same bundle, so the tool needs no Python on the node
-either. Anything not named `wasmtime-shim*` is the shim, because `start` re-executes
-`sys.executable` (the real binary name) as the daemon. Imports stay inside the branches:
+either. Anything not named `wasmtime-shim*` is the shim (`start` forks the daemon from
+itself, so no second name is needed). Imports stay inside the branches:
 `start` runs on every container start and must not pay for the tool's modules.
 """
 

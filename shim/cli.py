@@ -74,18 +74,11 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.buffer.write(out)
         return 0
 
-    from shim import daemon
-
-    return daemon.run(
-        daemon.DaemonOptions(
-            id=opts.id,
-            namespace=opts.namespace,
-            address=opts.address,
-            ttrpc_address=os.environ.get("TTRPC_ADDRESS", opts.address + ".ttrpc"),
-            debug=opts.debug,
-            cache_dir=os.environ.get("WASMTIME_SHIM_CACHE_DIR", daemon.DEFAULT_CACHE_DIR) or None,
-        )
+    sys.stdout.write(
+        "containerd-shim-wasmtime-v1 is run by containerd (start, delete); "
+        "see `wasmtime-shim --help` for the user-facing command\n"
     )
+    return 2
 
 
 if __name__ == "__main__":

@@ -21,8 +21,6 @@ import hashlib
 import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 
@@ -104,16 +102,6 @@ def write_atomic(path: str, data: str) -> None:
     os.replace(tmp, path)
 
 
-def _self_command() -> list[str]:
-    """How to run this program again: the frozen binary, or the console script that ran us."""
-    if getattr(sys, "frozen", False):
-        return [sys.executable]
-    argv0 = sys.argv[0]
-    if os.path.isabs(argv0) and os.access(argv0, os.X_OK):
-        return [argv0]
-    return [sys.executable, "-m", "shim"]
-
-
 def start(opts: ShimOptions) -> str:
     """Ensure a daemon serves this container's group; return the address to print."""
     bundle = os.getcwd()
@@ -122,7 +110,7 @@ def start(opts: ShimOptions) -> str:
     listener = _listen(path)
     if listener is not None:
         try:
-            _spawn_daemon(opts, listener)
+            _fork_daemon(opts, listener)
         except BaseException:
             listener.close()
             with contextlib.suppress(OSError):
@@ -132,40 +120,31 @@ def start(opts: ShimOptions) -> str:
     return address
 
 
-def _spawn_daemon(opts: ShimOptions, listener: socket.socket) -> None:
-    """Re-execute ourselves as the daemon with the listener as fd 3, detached from containerd.
+def _fork_daemon(opts: ShimOptions, listener: socket.socket) -> None:
+    """Fork the daemon, detached from containerd; returns in the parent only.
 
-    The child gets /dev/null for stdio: if it held containerd's stdout pipe, containerd's
-    CombinedOutput would wait for the daemon to exit.
+    The child leaves containerd's session and process group, and swaps the stdio it inherited
+    for /dev/null: if it held containerd's stdout pipe, containerd's CombinedOutput would wait
+    for the daemon to exit. Every other inherited fd is closed but the listener.
     """
-    if listener.fileno() != 3:
-        os.dup2(listener.fileno(), 3, inheritable=True)
-    else:
-        os.set_inheritable(3, True)
-    args = [
-        *_self_command(),
-        "-namespace",
-        opts.namespace,
-        "-address",
-        opts.address,
-        "-publish-binary",
-        opts.publish_binary,
-        "-id",
-        opts.id,
-    ]
-    if opts.debug:
-        args.append("-debug")
-    subprocess.Popen(
-        args,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        pass_fds=(3,),
-        start_new_session=True,
-        close_fds=True,
-        cwd=os.getcwd(),
-    )
-    # The daemon has its own copy now; `start` exits right after, so the Popen is not waited.
+    pid = os.fork()
+    if pid:
+        listener.close()
+        return
+    code = 1
+    try:
+        os.setsid()
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)
+        keep = listener.fileno()
+        os.closerange(3, keep)
+        os.closerange(keep + 1, os.sysconf("SC_OPEN_MAX"))
+        from shim import daemon
+
+        code = daemon.main(opts, listener)
+    finally:
+        os._exit(code)
 
 
 def _start_time(pid: int) -> str:
@@ -209,7 +188,6 @@ def _remove_dead_socket(opts: ShimOptions, bundle: str) -> None:
 
 def delete(opts: ShimOptions) -> bytes:
     """Clean up one container after its task is gone (or its shim died); the DeleteResponse."""
-    from shim.api.containerd.task.v2 import shim_pb2
     from shim.cgroups import Cgroup
     from shim.oci import mounts
 
@@ -235,6 +213,34 @@ def delete(opts: ShimOptions) -> bytes:
     _remove_dead_socket(opts, bundle)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(os.path.join(bundle, PID_FILE))
-    response = shim_pb2.DeleteResponse(pid=pid, exit_status=DELETE_EXIT_STATUS)
-    response.exited_at.FromNanoseconds(time.time_ns())
-    return response.SerializeToString()
+    return delete_response(pid, DELETE_EXIT_STATUS, time.time_ns())
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def delete_response(pid: int, exit_status: int, exited_at_ns: int) -> bytes:
+    """containerd.task.v2.DeleteResponse{pid=1, exit_status=2, exited_at=3 Timestamp}, encoded
+    by hand: `delete` runs on the path of every container's removal, and importing protobuf
+    would add a fifth to its cost. tests/unit/test_manager.py checks it against protobuf."""
+    seconds, nanos = divmod(exited_at_ns, 1_000_000_000)
+    ts = b""
+    if seconds:
+        ts += b"\x08" + _varint(seconds)
+    if nanos:
+        ts += b"\x10" + _varint(nanos)
+    out = b""
+    if pid:
+        out += b"\x08" + _varint(pid)
+    if exit_status:
+        out += b"\x10" + _varint(exit_status)
+    return out + b"\x1a" + _varint(len(ts)) + ts

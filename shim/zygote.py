@@ -26,7 +26,6 @@ never reports a pid for a process that cannot run.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import ctypes
 import dataclasses
@@ -38,10 +37,13 @@ import signal
 import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from runtimes.base import Entrypoint, EntrypointKind, Preopen, RunConfig, Runtime
 from shim import errors
+
+if TYPE_CHECKING:
+    import asyncio
 
 log = logging.getLogger(__name__)
 
@@ -312,8 +314,10 @@ class _Zygote:
         self.send({"req": msg["req"], "ok": True})
 
 
-def fork_zygote(runtime: Runtime) -> tuple[int, socket.socket]:
-    """Fork the zygote. Call before any thread or event loop exists in this process."""
+def fork_zygote(runtime: Runtime, close: Sequence[int] = ()) -> tuple[int, socket.socket]:
+    """Fork the zygote. Call before any thread or event loop exists in this process.
+
+    `close`: fds of the daemon the zygote must not hold (the listening socket)."""
     parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     daemon_pid = os.getpid()
     pid = os.fork()
@@ -321,6 +325,8 @@ def fork_zygote(runtime: Runtime) -> tuple[int, socket.socket]:
         code = 0
         try:
             parent_sock.close()
+            for fd in close:
+                os.close(fd)
             _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
             if os.getppid() != daemon_pid:
                 os._exit(0)
@@ -356,6 +362,8 @@ class ZygoteClient:
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def start(self) -> None:
+        import asyncio  # not at module level: the zygote imports this module too
+
         self._loop = asyncio.get_running_loop()
         self.sock.setblocking(False)
         self._loop.add_reader(self.sock.fileno(), self._on_readable)
@@ -410,6 +418,7 @@ class ZygoteClient:
 
     async def _call(self, msg: dict[str, Any], fds: Sequence[int] = ()) -> dict[str, Any]:
         assert self._loop is not None
+
         self._next += 1
         msg["req"] = self._next
         fut: asyncio.Future[dict[str, Any]] = self._loop.create_future()

@@ -12,7 +12,6 @@ and are read back into the error the RPC returns.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
@@ -184,6 +183,8 @@ def last_error(log_path: str) -> str:
 
 def watch_exit(pid: int, on_exit: Callable[[int, int], None]) -> None:
     """Call `on_exit(pid, status)` on the loop when the reparented init exits, and reap it."""
+    import asyncio  # here, not at module level: `delete` imports this module and needs no loop
+
     from shim.zygote import exit_code_from_wait_status
 
     loop = asyncio.get_running_loop()
