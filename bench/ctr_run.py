@@ -9,7 +9,7 @@ Everything is measured in the same run, on one private containerd (tests/contain
 It prints medians and p90s (ms) and the ratios wasm/runc and wasm/wasmtime-py, then the
 throughput of N containers run `--parallel` at a time (tasks/s) for both shims.
 
-Run as root:  .venv/bin/python -m bench.ctr_run [--runs 20] [--tasks 40] [--parallel 4]
+Run as root:  .venv/bin/python -m bench.ctr_run [--runs 20] [--tasks 40] [--parallel 4] [--frozen]
 """
 
 from __future__ import annotations
@@ -54,10 +54,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=int, default=20, help="sequential runs per runtime")
     p.add_argument("--tasks", type=int, default=40, help="containers in the throughput test")
     p.add_argument("--parallel", type=int, default=4, help="containers at a time")
+    p.add_argument(
+        "--frozen",
+        action="store_true",
+        help="measure the PyInstaller binary (packaging/build.py) instead of the venv's script",
+    )
     args = p.parse_args(argv)
+    shim = None
+    if args.frozen:
+        built = subprocess.run(
+            [sys.executable, "packaging/build.py"], capture_output=True, text=True, check=True
+        )
+        shim = Path(built.stdout.strip().splitlines()[-1])
+        print(f"shim: {shim}")
 
     wasm = build_c("hello")
-    with tempfile.TemporaryDirectory() as tmp, PrivateContainerd(log_level="warn") as cd:
+    with tempfile.TemporaryDirectory() as tmp, PrivateContainerd(log_level="warn", shim=shim) as cd:
         wasm_tar = build_image({"/hello.wasm": wasm}, ref=WASM_IMAGE).write(Path(tmp) / "w.tar")
         cd.ctr("image", "import", *CTR_IMPORT_FLAGS, str(wasm_tar))
         native_tar = sidecar_image().write(Path(tmp) / "n.tar")
