@@ -1,4 +1,5 @@
-"""Shared fixtures: the private containerd, per-test namespaces, the wasm test programs.
+"""Shared fixtures: the private containerd, per-test namespaces, the wasm test programs, and
+one CRI-enabled containerd with a kubelet-like client for the pod tests.
 
 A missing prerequisite (not root, no containerd, no wasm toolchain) skips the tests that need
 it, with the reason; under CI (``CI=true``) it FAILS them instead, so a broken CI machine can
@@ -15,10 +16,19 @@ from pathlib import Path
 
 import pytest
 
-from tests.containerd import CONTAINERD, CTR, PrivateContainerd, default_shim, sweep_stale
+from tests.containerd import (
+    CONTAINERD,
+    CTR,
+    PrivateContainerd,
+    _fresh_base,
+    default_shim,
+    sweep_stale,
+)
+from tests.cri import CriClient
 from tests.wasm import build
 
 _namespace_numbers = itertools.count(1)
+CRI_WASM_IMAGE = "localhost/cri-wasm/tools:1"
 
 
 def in_ci() -> bool:
@@ -94,3 +104,68 @@ def build_wasm() -> Callable[[str], Path]:
     problem = build.toolchain_problem()
     require(problem is None, problem or "")
     return build.build_c
+
+
+@pytest.fixture(scope="session")
+def cri_bed() -> Iterator[tuple[PrivateContainerd, CriClient]]:
+    """A CRI-enabled private containerd (pause + sidecar imported) and a client, per session.
+
+    Its CNI dirs hold the fake network of ``tests/cni`` (a dead-end eth0 at 127.0.0.2), so pods
+    may have their own network namespace; host-network pods never call CNI. It is installed
+    before containerd starts because the CRI plugin loads CNI config at start-up, while a
+    later install is only noticed asynchronously. Stopping containerd must find nothing left.
+    """
+    from tests import cni
+    from tests.cri import cri_testbed
+    from tests.pause import build as native
+
+    require(os.geteuid() == 0, "needs root to run containerd")
+    require(CONTAINERD.exists(), f"{CONTAINERD} is missing (Debian package containerd)")
+    require(default_shim().exists(), f"{default_shim()} is missing (pip install -e .)")
+    problem = native.toolchain_problem()
+    require(problem is None, problem or "")
+    base = _fresh_base()
+    # PrivateContainerd's CNI dirs are <base>/cri/cni-bin and <base>/cri/cni-conf.
+    cni.install(base / "cri" / "cni-bin", base / "cri" / "cni-conf")
+    with cri_testbed(base) as bed:
+        assert bed[0].cri_dir == base / "cri", "PrivateContainerd moved its CNI dirs"
+        yield bed
+    containerd = bed[0]
+    assert not containerd.stop_report, "CRI containerd left:\n" + "\n".join(
+        map(str, containerd.stop_report)
+    )
+
+
+@pytest.fixture(scope="session")
+def cri_wasm_image(
+    cri_bed: tuple[PrivateContainerd, CriClient], build_wasm: Callable[[str], Path]
+) -> Iterator[str]:
+    """Every C test program at ``/bin/<name>.wasm`` (entrypoint ``/bin/hello.wasm``) as one
+    wasm image in the CRI containerd's ``k8s.io`` namespace; returns its reference.
+
+    Imported with ``--all-platforms`` (``import_image``): ctr 1.6 drops wasip1/wasm otherwise.
+    """
+    from shim.oci.image import ImageConfig
+    from tests.containerd import CRI_NAMESPACE
+    from tests.e2e.helpers import make_image, tool_files
+
+    containerd, client = cri_bed
+    image = make_image(
+        containerd.base / "wasm-images",
+        tool_files(),
+        ref=CRI_WASM_IMAGE,
+        config=ImageConfig(entrypoint=("/bin/hello.wasm",)),
+    )
+    containerd.import_image(image.archive, namespace=CRI_NAMESPACE)
+    client.wait_image(image.ref)
+    yield image.ref
+    containerd.ctr("images", "rm", "--sync", image.ref, namespace=CRI_NAMESPACE, check=False)
+
+
+@pytest.fixture
+def crictl(cri_bed: tuple[PrivateContainerd, CriClient]) -> Iterator[CriClient]:
+    """The session's CRI client; after each test no pod of it may be left (removed anyway)."""
+    client = cri_bed[1]
+    yield client
+    left = client.cleanup()
+    assert not left, f"test left pods behind: {left}"

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from shim.api.k8s.cri.v1 import api_pb2 as cri
 from tests.conftest import require
-from tests.containerd import CONTAINERD, CRI_NAMESPACE, PrivateContainerd, default_shim
+from tests.containerd import CRI_NAMESPACE, PrivateContainerd
 from tests.cri import (
     CONTAINER_CREATED,
     CONTAINER_EXITED,
@@ -26,41 +25,12 @@ from tests.cri import (
     CriClient,
     CriError,
     LogLine,
-    cri_testbed,
     join_lines,
     parse_cri_log,
 )
 from tests.pause import build as native
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
-
-
-# ------------------------------------------------------------------ fixtures
-
-
-@pytest.fixture(scope="module")
-def cri_bed() -> Iterator[tuple[PrivateContainerd, CriClient]]:
-    """A CRI-enabled private containerd (pause + sidecar imported) and a client, per module."""
-    require(os.geteuid() == 0, "needs root to run containerd")
-    require(CONTAINERD.exists(), f"{CONTAINERD} is missing (Debian package containerd)")
-    require(default_shim().exists(), f"{default_shim()} is missing (pip install -e .)")
-    problem = native.toolchain_problem()
-    require(problem is None, problem or "")
-    with cri_testbed() as bed:
-        yield bed
-    containerd = bed[0]
-    assert not containerd.stop_report, "CRI containerd left:\n" + "\n".join(
-        map(str, containerd.stop_report)
-    )
-
-
-@pytest.fixture
-def crictl(cri_bed: tuple[PrivateContainerd, CriClient]) -> Iterator[CriClient]:
-    """The module's client; after each test no pod of it may be left (they are removed anyway)."""
-    client = cri_bed[1]
-    yield client
-    left = client.cleanup()
-    assert not left, f"test left pods behind: {left}"
 
 
 # ------------------------------------------------------------------ no containerd needed
