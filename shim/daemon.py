@@ -19,6 +19,7 @@ import socket
 from typing import TYPE_CHECKING
 
 from runtimes.wasmtime import WasmtimeRuntime
+from shim import logs
 from shim.zygote import fork_zygote
 
 if TYPE_CHECKING:
@@ -31,20 +32,21 @@ _libc = ctypes.CDLL(None, use_errno=True)
 
 
 def main(opts: ShimOptions, listener: socket.socket) -> int:
-    """The daemon's main, in the process `start` forked; returns its exit code."""
-    # Native containers' init processes (runc double-forks them) must come back to us, so
-    # that we can reap them and learn their exit status.
-    subreaper = _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
-    runtime = WasmtimeRuntime()
-    zygote_pid, zygote_sock = fork_zygote(runtime, close=(listener.fileno(),))
+    """The daemon's main, in the process `start` forked; returns its exit code.
 
-    # Imported only now, while the zygote loads wasmtime: see the module docstring.
-    from shim import logs, serve
-
+    Logging comes first (it is cheap), so that even a failure to import or to fork reaches
+    containerd's log: this process has no stderr."""
     logs.setup(os.getcwd(), opts.id, opts.debug)
-    if not subreaper:
-        log.warning("cannot become a child subreaper; native containers' exits will be unknown")
     try:
+        # Native containers' init processes (runc double-forks them) must come back to us,
+        # so that we can reap them and learn their exit status.
+        if _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+            log.warning("cannot become a child subreaper; native containers' exits are unknown")
+        runtime = WasmtimeRuntime()
+        zygote_pid, zygote_sock = fork_zygote(runtime, close=(listener.fileno(),))
+
+        from shim import serve  # only now, while the zygote loads wasmtime (module docstring)
+
         return serve.run(opts, listener, zygote_pid, zygote_sock, runtime)
     except Exception:
         log.exception("the shim daemon failed")
