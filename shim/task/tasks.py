@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -57,13 +56,11 @@ class Tasks:
         zygote: ZygoteClient,
         events: EventSink,
         cache_dir: str | None = None,
-        on_empty: Callable[[], None] | None = None,
     ) -> None:
         self.runtime = runtime
         self.zygote = zygote
         self.events = events
         self.cache_dir = cache_dir
-        self.on_empty = on_empty
         self.containers: dict[str, Container] = {}
         self._by_pid: dict[int, Container] = {}
         self._creating: set[str] = set()
@@ -111,7 +108,7 @@ class Tasks:
         assert c.io is not None
         try:
             pid = await (self._start_native(c) if c.kind is Kind.NATIVE else self._start_wasm(c))
-        except ShimError as e:
+        except Exception as e:  # ShimError, or the host failing under us (OSError)
             c.state = next_state(c.state, Event.START_FAILED)
             c.set_exited(1)
             c.started.set()
@@ -207,8 +204,6 @@ class Tasks:
             del self.containers[c.id]
         self.events.task_delete(c)
         log.info("deleted")
-        if not self.containers and self.on_empty is not None:
-            self.on_empty()
         return ExitInfo(c.pid, c.exit_status, c.exited_at_ns)
 
     # ------------------------------------------------------------------ queries
