@@ -155,3 +155,29 @@ def test_delete_answers_a_binary_delete_response(bundle: Path) -> None:
     reply = shim_pb2.DeleteResponse.FromString(result.stdout)
     assert reply.exit_status == 137 and reply.pid == 0
     assert reply.exited_at.ToNanoseconds() >= before
+
+
+def test_daemon_logs_to_the_bundle_log_fifo_with_the_container_id(bundle: Path) -> None:
+    fifo = bundle / "log"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)  # as containerd holds it
+    try:
+        result = _run(bundle, "logged", "start")
+        assert result.returncode == 0, result
+        reply = asyncio.run(_connect_and_shutdown(result.stdout.decode()))
+        _wait_gone(result.stdout.decode()[len("unix://") :], reply.shim_pid)
+        data = b""
+        while chunk := _read_some(reader):
+            data += chunk
+    finally:
+        os.close(reader)
+    lines = data.decode().splitlines()
+    assert any("serving the task API" in line for line in lines), lines
+    assert lines and all(" id=logged " in line and line.startswith("time=") for line in lines)
+
+
+def _read_some(fd: int) -> bytes:
+    try:
+        return os.read(fd, 65536)
+    except BlockingIOError:
+        return b""
