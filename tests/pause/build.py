@@ -19,7 +19,6 @@ Run ``python -m tests.pause.build`` to build both programs and print their paths
 from __future__ import annotations
 
 import functools
-import hashlib
 import io
 import json
 import os
@@ -42,6 +41,7 @@ from shim.oci.image import (
     Blob,
     build_layer,
 )
+from tests.wasm.build import BuildError, compile_cached
 
 REPO = Path(__file__).resolve().parents[2]
 SOURCE_DIR = Path(__file__).resolve().parent
@@ -57,10 +57,6 @@ SIDECAR_IMAGE = "localhost/cri-testbed/sidecar:1"
 
 # Go's names for the machines we may run on (what OCI platforms use).
 _GO_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "ppc64le": "ppc64le"}
-
-
-class BuildError(RuntimeError):
-    """A program did not compile or link; the message carries the compiler's output."""
 
 
 def programs() -> list[str]:
@@ -117,41 +113,7 @@ def build_native(name: str) -> Path:
     if problem or cc is None:
         raise BuildError(f"cannot build {name}: {problem}")
 
-    key = hashlib.sha256()
-    key.update(source.read_bytes())
-    key.update("\0".join(CFLAGS).encode())
-    key.update(_compiler_identity(cc).encode())
-    output = CACHE_DIR / f"{name}-{key.hexdigest()[:16]}"
-    if output.exists():
-        return output
-
-    CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{name}-", dir=CACHE_DIR)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        result = subprocess.run(
-            [cc, *CFLAGS, str(source), "-o", str(tmp)],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if result.returncode != 0:
-            raise BuildError(
-                f"building {source} failed (exit {result.returncode}):\n"
-                f"{result.stdout}{result.stderr}"
-            )
-        tmp.chmod(0o755)
-        tmp.replace(output)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return output
-
-
-@functools.cache
-def _compiler_identity(cc: str) -> str:
-    out = subprocess.run([cc, "--version"], capture_output=True, text=True, check=True)
-    return out.stdout
+    return compile_cached(cc, CFLAGS, source, CACHE_DIR, name, "", 0o755)
 
 
 def host_platform() -> dict[str, str]:

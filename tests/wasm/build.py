@@ -95,13 +95,48 @@ def build_c(name: str) -> Path:
     if problem or compiler is None:
         raise BuildError(f"cannot build {name}: {problem}")
 
+    return compile_cached(compiler, CFLAGS, source, CACHE_DIR, name, ".wasm", 0o644)
+
+
+def compile_cached(
+    compiler: str,
+    flags: tuple[str, ...],
+    source: Path,
+    cache_dir: Path,
+    name: str,
+    suffix: str,
+    mode: int,
+) -> Path:
+    """Compile ``source`` into ``cache_dir``, keyed by a hash of the source, the flags and the
+    compiler's identity, written atomically so that concurrent test runs can share it."""
     key = hashlib.sha256()
     key.update(source.read_bytes())
-    key.update("\0".join(CFLAGS).encode())
+    key.update("\0".join(flags).encode())
     key.update(_compiler_identity(compiler).encode())
-    output = CACHE_DIR / f"{name}-{key.hexdigest()[:16]}.wasm"
+    output = cache_dir / f"{name}-{key.hexdigest()[:16]}{suffix}"
     if output.exists():
         return output
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{name}-", suffix=suffix, dir=cache_dir)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        result = subprocess.run(
+            [compiler, *flags, str(source), "-o", str(tmp)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise BuildError(
+                f"building {source} failed (exit {result.returncode}):\n"
+                f"{result.stdout}{result.stderr}"
+            )
+        tmp.chmod(mode)
+        tmp.replace(output)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return output
 
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{name}-", suffix=".wasm", dir=CACHE_DIR)
