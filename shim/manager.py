@@ -21,7 +21,9 @@ import hashlib
 import os
 import signal
 import socket
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from shim.oci import spec as oci_spec
@@ -187,33 +189,55 @@ def _remove_dead_socket(opts: ShimOptions, bundle: str) -> None:
 
 
 def delete(opts: ShimOptions) -> bytes:
-    """Clean up one container after its task is gone (or its shim died); the DeleteResponse."""
+    """Clean up one container after its task is gone (or its shim died); the DeleteResponse.
+
+    Every step runs even when an earlier one failed (each failure is reported on stderr,
+    which containerd logs): after a shim crash this is the only cleanup there is, and the
+    rootfs mount above all must go, or containerd cannot remove the bundle. Only a failed
+    unmount fails the command."""
     from shim.cgroups import Cgroup
     from shim.oci import mounts
-
-    bundle = opts.bundle or os.getcwd()
     from shim.task import native
 
-    runc = native.from_bundle(bundle, opts.namespace)
-    if runc is not None:
-        runc.delete(opts.id, bundle)
+    bundle = opts.bundle or os.getcwd()
+
+    def step(what: str, action: Callable[[], object]) -> None:
+        try:
+            action()
+        except Exception as e:
+            sys.stderr.write(f"containerd-shim-wasmtime-v1 delete {opts.id}: {what}: {e}\n")
+
+    def delete_native() -> None:
+        runc = native.from_bundle(bundle, opts.namespace)
+        if runc is not None:
+            runc.delete(opts.id, bundle)
+
     pid, alive = read_pid_file(bundle)
-    if alive:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    cgroups_path = ""
-    with contextlib.suppress(Exception):
+
+    def kill_process() -> None:
+        if alive:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+    def remove_cgroup() -> None:
         cgroups_path = oci_spec.load(bundle).cgroups_path
-    if cgroups_path:
-        cg = Cgroup.load(cgroups_path)
+        cg = Cgroup.load(cgroups_path) if cgroups_path else None
         if cg is not None:
             cg.kill_all(signal.SIGKILL)
             cg.remove()
+
+    step("native container", delete_native)
+    step("process", kill_process)
+    step("cgroup", remove_cgroup)
     mounts.unmount_all(os.path.join(bundle, "rootfs"))
-    _remove_dead_socket(opts, bundle)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(os.path.join(bundle, PID_FILE))
+    step("socket", lambda: _remove_dead_socket(opts, bundle))
+    step("pid file", lambda: _unlink_if_there(os.path.join(bundle, PID_FILE)))
     return delete_response(pid, DELETE_EXIT_STATUS, time.time_ns())
+
+
+def _unlink_if_there(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
 
 
 def _varint(value: int) -> bytes:

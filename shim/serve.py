@@ -83,12 +83,14 @@ async def _serve(
 
     await done.wait()
     log.info("shutting down")
+    # The path goes first: a `start` for this group from now on must bind a new socket, not
+    # be handed a shim that is exiting (and a later unlink could hit the new shim's socket).
+    with contextlib.suppress(OSError):
+        os.unlink(socket_path)
     if kill_first:
         await tasks.kill_everything()
     await asyncio.sleep(0.05)  # let the Shutdown reply reach containerd before we close
     await server.shutdown(grace=2.0)
     await publisher.close()
     zygote.close()
-    with contextlib.suppress(OSError):
-        os.unlink(socket_path)
     return 0

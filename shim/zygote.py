@@ -35,6 +35,7 @@ import os
 import selectors
 import signal
 import socket
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -49,6 +50,7 @@ log = logging.getLogger(__name__)
 
 PR_SET_PDEATHSIG = 1
 MAX_MESSAGE = 1 << 20
+MAX_ERROR = 16 << 10  # an error text is cut to this: a datagram has a size limit
 _libc = ctypes.CDLL(None, use_errno=True)
 
 # Namespaces a container process may join by path (CRI pods); others are not for wasm.
@@ -176,6 +178,7 @@ def _child(
     except BaseException as e:  # every failure must reach the daemon, then exit
         kind = type(e).__name__ if isinstance(e, errors.ShimError) else "FailedPrecondition"
         text = str(e) if isinstance(e, errors.ShimError) else f"{type(e).__name__}: {e}"
+        text = text if len(text) <= MAX_ERROR else text[:MAX_ERROR] + " [...]"
         with contextlib.suppress(BaseException):
             os.write(ready_w, b"E" + json.dumps({"kind": kind, "message": text}).encode())
         os._exit(code)
@@ -205,7 +208,14 @@ class _Zygote:
         self.pidfds: dict[int, int] = {}  # pid -> pidfd
 
     def send(self, msg: dict[str, Any]) -> None:
-        self.sock.send(json.dumps(msg).encode())
+        """Send one message; an error text too long for a datagram is cut, and a failed send
+        is logged, never raised: the loop must outlive any one request."""
+        if len(msg.get("error", "")) > MAX_ERROR:
+            msg["error"] = msg["error"][:MAX_ERROR] + " [...]"
+        try:
+            self.sock.send(json.dumps(msg).encode())
+        except OSError as e:
+            log.error("zygote: cannot answer the daemon (%s): %s", e, str(msg)[:200])
 
     def serve(self) -> None:
         self.sel.register(self.sock, selectors.EVENT_READ, "sock")
@@ -227,13 +237,20 @@ class _Zygote:
             return False
         if not data:
             return False
-        msg = json.loads(data)
-        if msg["op"] == "spawn":
-            self._spawn(msg, fds)
-        elif msg["op"] == "kill":
+        msg: Any = None
+        try:
+            msg = json.loads(data)
+            if msg["op"] == "spawn":
+                self._spawn(msg, fds)
+                return True
             for fd in fds:
                 os.close(fd)
-            self._kill(msg)
+            if msg["op"] == "kill":
+                self._kill(msg)
+        except Exception as e:  # one bad request must not end the zygote (and its children)
+            log.exception("zygote: request failed")
+            req = msg.get("req") if isinstance(msg, dict) else None
+            self.send({"req": req, "error": f"fork server: {e}", "kind": "Internal"})
         return True
 
     def _spawn(self, msg: dict[str, Any], fds: list[int]) -> None:
@@ -245,14 +262,33 @@ class _Zygote:
                 os.close(fd)
             self.send({"req": req, "error": f"bad spawn request: {e}", "kind": "Internal"})
             return
-        ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
-        pid = os.fork()
+        try:
+            ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
+        except OSError as e:
+            for fd in fds:
+                os.close(fd)
+            self.send({"req": req, "error": f"cannot start a process: {e}", "kind": "Internal"})
+            return
+        try:
+            pid = os.fork()
+        except OSError as e:
+            for fd in (*fds, ready_r, ready_w):
+                os.close(fd)
+            self.send({"req": req, "error": f"cannot start a process: {e}", "kind": "Internal"})
+            return
         if pid == 0:
             _child(self.runtime, cfg, entry, setup, fds, ready_w, os.getppid())
         os.close(ready_w)
         for fd in fds:
             os.close(fd)
-        pidfd = os.pidfd_open(pid)
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError as e:  # no way to watch it: end it rather than lose its exit
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            os.close(ready_r)
+            self.send({"req": req, "error": f"cannot watch the process: {e}", "kind": "Internal"})
+            return
         self.pending[ready_r] = _Pending(req=req, pid=pid, ready_fd=ready_r, pidfd=pidfd)
         self.children[pidfd] = pid
         self.pidfds[pid] = pidfd
@@ -345,6 +381,23 @@ def fork_zygote(runtime: Runtime, close: Sequence[int] = ()) -> tuple[int, socke
 # --------------------------------------------------------------------------- daemon side
 
 
+def _reap_orphan(pid: int, timeout: float = 2.0) -> int:
+    """The exit status of a container process whose zygote died (bounded wait)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            done, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:  # not (yet) reparented to us, or reaped elsewhere
+            done, status = 0, 0
+        if done:
+            return exit_code_from_wait_status(status)
+        if time.monotonic() >= deadline:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            return 128 + signal.SIGKILL
+        time.sleep(0.02)
+
+
 class ZygoteClient:
     """The daemon's asyncio handle on the zygote: spawn, kill, and exit notifications."""
 
@@ -359,6 +412,7 @@ class ZygoteClient:
         # has resumed and recorded the pid, and must not be delivered before that.
         self._unclaimed: dict[int, int | None] = {}
         self._failed: set[int] = set()  # spawned, but setup failed: their exits are no news
+        self._live: set[int] = set()  # running container processes, for when the zygote dies
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def start(self) -> None:
@@ -388,11 +442,13 @@ class ZygoteClient:
                     self._failed.add(msg["pid"])
                 else:
                     self._unclaimed[msg["pid"]] = None
+                    self._live.add(msg["pid"])
             fut = self._waiting.pop(msg["req"], None)
             if fut is not None and not fut.done():
                 fut.set_result(msg)
 
     def _exit(self, pid: int, status: int) -> None:
+        self._live.discard(pid)
         if pid in self._failed:
             self._failed.discard(pid)
         elif pid in self._unclaimed:
@@ -410,11 +466,17 @@ class ZygoteClient:
     def _lost(self) -> None:
         assert self._loop is not None
         self._loop.remove_reader(self.sock.fileno())
-        log.error("the zygote went away; no new container can start")
+        log.error("the zygote went away; no new container can start in this shim")
         for fut in self._waiting.values():
             if not fut.done():
                 fut.set_exception(errors.Unavailable("the shim's fork server is gone"))
         self._waiting.clear()
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(self.pid, os.WNOHANG)
+        # Its children die with it (PDEATHSIG) and are reparented to us, the subreaper:
+        # reap them and report their exits, or their tasks would stay RUNNING for ever.
+        for pid in sorted(self._live):
+            self._exit(pid, _reap_orphan(pid))
 
     async def _call(self, msg: dict[str, Any], fds: Sequence[int] = ()) -> dict[str, Any]:
         assert self._loop is not None

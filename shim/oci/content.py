@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +38,7 @@ from shim.oci.image import WASM_ARCHITECTURE
 from shim.oci.layout import INDEX_TYPES, MAX_JSON_BLOB
 
 NAMESPACE_METADATA = "containerd-namespace"
+_SHA256 = re.compile(r"sha256:[0-9a-f]{64}")
 DEFAULT_TIMEOUT = 30.0
 
 
@@ -206,7 +208,8 @@ def _pick_wasm(manifests: Any, what: str) -> dict[str, Any] | None:
 
 def _digest(desc: dict[str, Any], what: str) -> str:
     digest = desc.get("digest")
-    if not isinstance(digest, str) or not digest.startswith("sha256:"):
+    # Checked in full, not by prefix: the digest names a file in the bundle.
+    if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
         raise FailedPrecondition(f"{what}: unsupported or missing digest {digest!r}")
     return digest
 

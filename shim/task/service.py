@@ -133,8 +133,10 @@ class TaskService:
         )
 
     async def Shutdown(self, r: pb.ShutdownRequest, ctx: Any) -> empty_pb2.Empty:
-        if r.now or self.tasks.shutdown_ok():
-            self.request_shutdown(r.now)
+        if r.now:
+            self.request_shutdown(True)
+        else:
+            self.tasks.exit_when_idle(lambda: self.request_shutdown(False))
         return empty_pb2.Empty()
 
     # ------------------------------------------------------------------ queries

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -64,6 +65,7 @@ class Tasks:
         self.containers: dict[str, Container] = {}
         self._by_pid: dict[int, Container] = {}
         self._creating: set[str] = set()
+        self._on_idle: Callable[[], None] | None = None
 
     def get(self, container_id: str, exec_id: str = "") -> Container:
         """The container, or NotFound; exec processes do not exist (Exec is UNIMPLEMENTED)."""
@@ -83,15 +85,16 @@ class Tasks:
         work = asyncio.ensure_future(
             asyncio.to_thread(Container.prepare, cfg, self.runtime, self.cache_dir)
         )
+        # The id stays reserved until the preparation really ends, cancelled or not: a retried
+        # Create must not mount the same bundle while the first one is still at work.
+        work.add_done_callback(lambda _: self._creating.discard(cfg.id))
         try:
             # Shielded: if containerd hangs up mid-Create, the thread still finishes, and
-            # what it acquired is released below instead of leaking.
+            # what it acquired is released instead of leaking.
             c = await asyncio.shield(work)
         except asyncio.CancelledError:
-            work.add_done_callback(_release_abandoned)
+            work.add_done_callback(self._release_abandoned)
             raise
-        finally:
-            self._creating.discard(cfg.id)
         self.containers[cfg.id] = c
         log.info("created (entrypoint %s)", c.entry.host_path if c.entry else "?")
         self.events.task_create(c)
@@ -115,8 +118,17 @@ class Tasks:
             await asyncio.to_thread(c.io.close)
             log.warning("start failed: %s", e)
             raise
+        # The process exists: from here on nothing may fail the Start, or the task would be
+        # STOPPED while its process runs on. What follows is best effort.
         c.io.started()
-        await asyncio.to_thread(c.write_pid_file)
+        try:
+            await asyncio.to_thread(c.write_pid_file)
+        except OSError as e:
+            log.warning(
+                "cannot record pid %d in the bundle (delete after a crash will not find it): %s",
+                pid,
+                e,
+            )
         c.state = next_state(c.state, Event.STARTED)
         self.events.task_start(c)  # before any TaskExit: the exit waits for this point
         c.started.set()
@@ -145,7 +157,10 @@ class Tasks:
         self._by_pid[pid] = c
         watch_exit(pid, self.on_process_exit)
         if c.spec.cgroups_path:
-            c.cgroup = await asyncio.to_thread(Cgroup.load, c.spec.cgroups_path)
+            try:
+                c.cgroup = await asyncio.to_thread(Cgroup.load, c.spec.cgroups_path)
+            except ShimError as e:
+                log.warning("no stats for %s: %s", c.id, e)
         return pid
 
     # ------------------------------------------------------------------ exits
@@ -202,8 +217,10 @@ class Tasks:
         finally:
             c.state = next_state(c.state, Event.DELETED)
             del self.containers[c.id]
+            c.exited.set()  # a Wait on a task deleted before it ever ran returns now
         self.events.task_delete(c)
         log.info("deleted")
+        self._check_idle()
         return ExitInfo(c.pid, c.exit_status, c.exited_at_ns)
 
     # ------------------------------------------------------------------ queries
@@ -231,8 +248,31 @@ class Tasks:
         """Shutdown may exit the shim only when no container is left."""
         return not self.containers and not self._creating
 
+    def exit_when_idle(self, callback: Callable[[], None]) -> None:
+        """A Shutdown came while containers (or a Create) were still here: call `callback`
+        as soon as none is left. containerd sends Shutdown once per task it deletes, and
+        after a Create it abandoned it sends none again, so a refusal must not be final."""
+        self._on_idle = callback
+        self._check_idle()
+
+    def _check_idle(self) -> None:
+        if self._on_idle is not None and self.shutdown_ok():
+            callback, self._on_idle = self._on_idle, None
+            callback()
+
+    def _release_abandoned(self, work: asyncio.Future[Container]) -> None:
+        """A Create whose caller went away: undo what the finished preparation acquired."""
+        if work.cancelled() or work.exception() is not None:
+            self._check_idle()
+            return
+        release = asyncio.get_running_loop().run_in_executor(None, work.result().release)
+        release.add_done_callback(lambda _: self._check_idle())
+
     async def kill_everything(self) -> None:
         """Shutdown(now=true) or a signal: end every process and release every container."""
+        starting = [c.started.wait() for c in self.containers.values() if c.state is State.STARTING]
+        if starting:
+            await asyncio.wait_for(asyncio.gather(*starting), 30)
         for c in list(self.containers.values()):
             if c.state is State.RUNNING:
                 with contextlib.suppress(ShimError):
@@ -245,9 +285,3 @@ class Tasks:
                     log.warning("container %s did not exit after SIGKILL", c.id)
             await asyncio.to_thread(c.release)
         self.containers.clear()
-
-
-def _release_abandoned(work: asyncio.Future[Container]) -> None:
-    """A Create whose caller went away: undo what the finished preparation acquired."""
-    if not work.cancelled() and work.exception() is None:
-        asyncio.get_running_loop().run_in_executor(None, work.result().release)
