@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import dataclasses
+import errno
 import json
 import logging
 import os
@@ -49,7 +50,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PR_SET_PDEATHSIG = 1
-MAX_MESSAGE = 1 << 20
+SO_SNDBUFFORCE = 32
+SOCKET_BUFFER = 4 << 20  # a datagram must fit: spawn requests carry the whole process env
+MAX_REQUEST = SOCKET_BUFFER  # what the zygote reads at most
+MAX_REPLY = 64 << 10  # what the daemon reads at most (errors are cut to MAX_ERROR)
 MAX_ERROR = 16 << 10  # an error text is cut to this: a datagram has a size limit
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -232,7 +236,7 @@ class _Zygote:
 
     def _on_request(self) -> bool:
         try:
-            data, fds, _flags, _addr = socket.recv_fds(self.sock, MAX_MESSAGE, 3)
+            data, fds, _flags, _addr = socket.recv_fds(self.sock, MAX_REQUEST, 3)
         except ConnectionError:
             return False
         if not data:
@@ -355,6 +359,11 @@ def fork_zygote(runtime: Runtime, close: Sequence[int] = ()) -> tuple[int, socke
 
     `close`: fds of the daemon the zygote must not hold (the listening socket)."""
     parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    for sock in (parent_sock, child_sock):  # room for a spawn request with a large env
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, SOCKET_BUFFER)
+        except OSError:  # without CAP_NET_ADMIN: as much as net.core.wmem_max allows
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
     daemon_pid = os.getpid()
     pid = os.fork()
     if pid == 0:
@@ -425,7 +434,7 @@ class ZygoteClient:
     def _on_readable(self) -> None:
         while True:
             try:
-                data = self.sock.recv(MAX_MESSAGE)
+                data = self.sock.recv(MAX_REPLY)
             except BlockingIOError:
                 return
             except OSError:
@@ -486,14 +495,29 @@ class ZygoteClient:
         fut: asyncio.Future[dict[str, Any]] = self._loop.create_future()
         self._waiting[self._next] = fut
         data = json.dumps(msg).encode()
-        try:
-            if fds:
-                socket.send_fds(self.sock, [data], list(fds))
-            else:
-                self.sock.send(data)
-        except OSError as e:
-            self._waiting.pop(self._next, None)
-            raise errors.Unavailable(f"the shim's fork server is gone: {e}") from None
+        req = self._next
+        while True:
+            try:
+                if fds:
+                    socket.send_fds(self.sock, [data], list(fds))
+                else:
+                    self.sock.send(data)
+                break
+            except BlockingIOError:  # the zygote is busy and its queue full: wait, not fail
+                writable = self._loop.create_future()
+                self._loop.add_writer(self.sock.fileno(), writable.set_result, None)
+                try:
+                    await writable
+                finally:
+                    self._loop.remove_writer(self.sock.fileno())
+            except OSError as e:
+                self._waiting.pop(req, None)
+                if e.errno == errno.EMSGSIZE:
+                    raise errors.InvalidArgument(
+                        f"the container's configuration is too large ({len(data)} bytes) for "
+                        "the shim's fork server"
+                    ) from None
+                raise errors.Unavailable(f"the shim's fork server is gone: {e}") from None
         reply = await fut
         if "error" in reply:
             cls = getattr(errors, reply.get("kind", ""), errors.Internal)

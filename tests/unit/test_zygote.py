@@ -28,8 +28,10 @@ with open(os.path.join(root, "spin.wat"), "w") as f:
     f.write('(module (memory (export "memory") 1) (func (export "_start") (loop $l (br $l))))')
 exits = []
 
+ENV = ()
+
 def cfg(arg):
-    return RunConfig(container_id="c", rootfs=root, args=(arg,), env=(), cwd="/",
+    return RunConfig(container_id="c", rootfs=root, args=(arg,), env=ENV, cwd="/",
                      preopens=(Preopen(root, "/", True),))
 
 def entry(name, func=None, kind=EntrypointKind.WAT):
@@ -105,6 +107,24 @@ asyncio.run(main())
 """
 
 
+BIG_ENV = r"""
+# Kubernetes service links can give a pod a megabyte of environment.
+ENV = tuple(f"SERVICE_{i:05d}_PORT=tcp://127.0.0.1:{i}" + "x" * 80 for i in range(9000))
+
+async def main():
+    zpid, sock = z.fork_zygote(WasmtimeRuntime())
+    client = z.ZygoteClient(zpid, sock, lambda pid, st: exits.append([pid, st]))
+    client.start()
+    a = await spawn(client, "spin.wat")
+    result = {"size": sum(map(len, ENV)), "a": alive(a)}
+    await client.kill(a, signal.SIGKILL)
+    print(json.dumps(result))
+    os.kill(zpid, signal.SIGKILL)
+
+asyncio.run(main())
+"""
+
+
 def _scenario(body: str) -> dict[str, object]:
     proc = subprocess.run(
         [sys.executable, "-c", PRELUDE + body],
@@ -132,3 +152,9 @@ def test_when_the_zygote_dies_its_containers_exits_are_reported() -> None:
     assert result["exits"] == [[result["a"], 137]]
     assert not result["a_alive"]
     assert result["later"] == "Unavailable"
+
+
+def test_a_megabyte_of_environment_reaches_the_zygote() -> None:
+    result = _scenario(BIG_ENV)
+    assert result["size"] > 1_000_000
+    assert result["a"]
