@@ -120,7 +120,7 @@ class Container:
             if art is None:
                 raise
         log.info("entrypoint is layer %s of %s (content store)", art.digest, art.image)
-        _, func = self.spec.process.args[0].partition("#")[::2]
+        func = self.spec.process.args[0].partition("#")[2]  # keep a `#func` suffix
         name = "/" + os.path.basename(art.path)
         probe = replace(
             self.run_config,
