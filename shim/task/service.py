@@ -220,6 +220,9 @@ class ProtoEvents:
             ),
         )
 
+    def task_oom(self, c: Container) -> None:
+        self.publish("/tasks/oom", events_pb2.TaskOOM(container_id=c.id))
+
     def task_start(self, c: Container) -> None:
         self.publish("/tasks/start", events_pb2.TaskStart(container_id=c.id, pid=c.pid))
 

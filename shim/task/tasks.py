@@ -39,6 +39,7 @@ class EventSink(Protocol):
     def task_start(self, c: Container) -> None: ...
     def task_exit(self, c: Container) -> None: ...
     def task_delete(self, c: Container) -> None: ...
+    def task_oom(self, c: Container) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,9 +181,25 @@ class Tasks:
         c.state = next_state(c.state, Event.EXIT)
         c.set_exited(status)
         log.info("exited with status %d", status)
+        if self._oom_killed(c):
+            # Before the exit: CRI reports a container as OOMKilled only when /tasks/oom for
+            # it arrived before /tasks/exit, and the publisher keeps this order.
+            log.warning("killed by the kernel's OOM killer (cgroup memory limit)")
+            self.events.task_oom(c)
         self.events.task_exit(c)
         if c.io is not None:
             asyncio.get_running_loop().run_in_executor(None, c.io.close)
+
+    @staticmethod
+    def _oom_killed(c: Container) -> bool:
+        """Whether the kernel OOM-killed something in the container's cgroup (a small file
+        read, done on exit only)."""
+        if c.cgroup is None:
+            return False
+        try:
+            return c.cgroup.oom_killed_count() > 0
+        except (ShimError, OSError):
+            return False
 
     async def wait(self, container_id: str, exec_id: str = "") -> ExitInfo:
         c = self.get(container_id, exec_id)
