@@ -1,0 +1,273 @@
+"""The Cgroup object: create, load, join, freeze, kill, stats and remove one container's cgroup.
+
+It ties the path rules (``paths``), the limits (``limits``) and the Metrics readers (``stats``)
+to the directories it owns, and removes only those.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import signal
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from google.protobuf.message import Message
+
+from shim.cgroups.files import _flat_keyed, _os_call, _read, _write
+from shim.cgroups.limits import Resources, _apply_v1, _apply_v2
+from shim.cgroups.paths import V2_CONTROLLERS, Layout, Version, cgroupfs_path, detect_layout
+from shim.cgroups.stats import _metrics_v1, _metrics_v2
+from shim.errors import FailedPrecondition, Internal, NotFound
+
+_SETTLE_SECONDS = 5.0  # how long freeze and rmdir wait for the kernel / exiting processes
+
+
+@dataclass
+class Cgroup:
+    """One container's cgroup: a leaf directory per hierarchy (v1) or one directory (v2)."""
+
+    layout: Layout
+    path: str  # below each hierarchy root, e.g. "/default/web"
+    owned: frozenset[str] = field(default_factory=frozenset)  # leaf dirs remove() may rmdir
+
+    @classmethod
+    def create(
+        cls,
+        cgroups_path: str,
+        resources: Mapping[str, Any] | None,
+        *,
+        layout: Layout | None = None,
+    ) -> Cgroup:
+        """Make the directories and apply the limits. Raises InvalidArgument, Internal."""
+        rel = cgroupfs_path(cgroups_path)
+        res = Resources.from_spec(resources)
+        cg = cls(layout or detect_layout(), rel)
+        made: list[str] = []
+        try:
+            for leaf in cg._leaves():
+                if not os.path.isdir(leaf):
+                    cg._make(leaf)
+                    made.append(leaf)
+            cg.owned = frozenset(made)
+            if cg.layout.version is Version.V2:
+                _apply_v2(cg._leaves()[0], res)
+            else:
+                _apply_v1(cg._dirs(), res)
+        except BaseException:
+            for leaf in made:
+                _rmdir_quiet(leaf)
+            raise
+        return cg
+
+    @classmethod
+    def load(cls, cgroups_path: str, *, layout: Layout | None = None) -> Cgroup | None:
+        """The existing cgroup of a container (for cleanup in ``delete``), or None.
+
+        The leaf is the container's own cgroup by construction of its path, so every existing
+        leaf counts as owned; parents never do.
+        """
+        cg = cls(layout or detect_layout(), cgroupfs_path(cgroups_path))
+        cg.owned = frozenset(d for d in cg._leaves() if os.path.isdir(d))
+        return cg if cg.owned else None
+
+    # ---- layout ------------------------------------------------------------------------------
+
+    def _dirs(self) -> dict[str, str]:
+        """controller -> leaf directory (v2: one entry with key "")."""
+        return {c: mount + self.path for c, mount in self.layout.mounts.items()}
+
+    def _leaves(self) -> list[str]:
+        """Distinct leaf directories (co-mounted v1 controllers share one)."""
+        return list(dict.fromkeys(self._dirs().values()))
+
+    def _make(self, leaf: str) -> None:
+        if self.layout.version is Version.V1:
+            _os_call(os.makedirs, leaf, exist_ok=True)
+            return
+        # v2: a controller reaches a cgroup only when every ancestor enables it for its children.
+        mount = self.layout.mounts[""]
+        current = mount
+        for name in self.path.strip("/").split("/"):
+            available = set(_read(os.path.join(current, "cgroup.controllers")).split())
+            enabled = set(_read(os.path.join(current, "cgroup.subtree_control")).split())
+            wanted = [c for c in V2_CONTROLLERS if c in available and c not in enabled]
+            if wanted:
+                _write(
+                    os.path.join(current, "cgroup.subtree_control"),
+                    " ".join("+" + c for c in wanted),
+                )
+            current = os.path.join(current, name)
+            if not os.path.isdir(current):
+                _os_call(os.mkdir, current)
+
+    def _existing(self) -> list[str]:
+        leaves = [d for d in self._leaves() if os.path.isdir(d)]
+        if not leaves:
+            raise NotFound(f"cgroup {self.path} does not exist")
+        return leaves
+
+    # ---- processes ---------------------------------------------------------------------------
+
+    def join_files(self) -> tuple[str, ...]:
+        """The cgroup.procs files a process writes "0" (itself) or a pid into to join."""
+        return tuple(os.path.join(d, "cgroup.procs") for d in self._leaves())
+
+    def memory_usage_file(self) -> str | None:
+        """The file holding the cgroup's current memory charge in bytes, if memory is managed.
+
+        A container process reads it after its engine is ready, to leave the guest's linear
+        memory only the room its cgroup limit has left (see shim/zygote.py)."""
+        if self.layout.version is Version.V2:
+            name = os.path.join(self.layout.mounts[""] + self.path, "memory.current")
+        elif "memory" in self.layout.mounts:
+            name = os.path.join(self.layout.mounts["memory"] + self.path, "memory.usage_in_bytes")
+        else:
+            return None
+        return name if os.path.exists(name) else None
+
+    def join(self, pid: int) -> None:
+        for path in self.join_files():
+            _write(path, str(pid))
+
+    def pids(self) -> list[int]:
+        """Members in any hierarchy (a process half-way through joining still counts)."""
+        found: set[int] = set()
+        for leaf in self._existing():
+            text = _read(os.path.join(leaf, "cgroup.procs"), missing="")
+            found.update(int(x) for x in text.split())
+        return sorted(found)
+
+    def kill_all(self, sig: int) -> None:
+        """Signal every member; frozen meanwhile so a forking process cannot escape the sweep."""
+        leaf = self._existing()[0]
+        if self.layout.version is Version.V2 and sig == signal.SIGKILL:
+            kill_file = os.path.join(leaf, "cgroup.kill")
+            if os.path.exists(kill_file):
+                _write(kill_file, "1")
+                return
+        # Freeze for the sweep unless already frozen (a paused container stays paused).
+        sweep_frozen = self._freeze_file() is not None and not self.frozen()
+        if sweep_frozen:
+            self.freeze()
+        try:
+            for pid in self.pids():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+        finally:
+            if sweep_frozen:
+                self.thaw()
+
+    # ---- freezer -----------------------------------------------------------------------------
+
+    def _freeze_file(self) -> str | None:
+        if self.layout.version is Version.V2:
+            path = os.path.join(self._leaves()[0], "cgroup.freeze")
+        elif "freezer" in self.layout.mounts:
+            path = os.path.join(self._dirs()["freezer"], "freezer.state")
+        else:
+            return None
+        return path if os.path.exists(path) else None
+
+    def frozen(self) -> bool:
+        """Whether the kernel reports the cgroup frozen (False without a freezer)."""
+        path = self._freeze_file()
+        if path is None:
+            return False
+        if self.layout.version is Version.V2:
+            events = _read(os.path.join(os.path.dirname(path), "cgroup.events"))
+            return "frozen 1" in events.splitlines()
+        return _read(path).strip() == "FROZEN"
+
+    def freeze(self) -> None:
+        self._set_frozen(True)
+
+    def thaw(self) -> None:
+        self._set_frozen(False)
+
+    def _set_frozen(self, frozen: bool) -> None:
+        """Ask, then wait until the kernel reports the state (freezing is asynchronous)."""
+        self._existing()
+        path = self._freeze_file()
+        if path is None:
+            raise FailedPrecondition(f"cgroup {self.path} has no freezer")
+        value = (
+            ("1" if frozen else "0")
+            if self.layout.version is Version.V2
+            else ("FROZEN" if frozen else "THAWED")
+        )
+        deadline = time.monotonic() + _SETTLE_SECONDS
+        while True:
+            _write(path, value)  # v1 may stay FREEZING until asked again
+            if self.frozen() == frozen:
+                return
+            if time.monotonic() > deadline:
+                raise Internal(f"cgroup {self.path}: {path} did not reach {value!r}")
+            time.sleep(0.01)
+
+    # ---- stats -------------------------------------------------------------------------------
+
+    def metrics(self) -> Message:
+        """io.containerd.cgroups.v1.Metrics or .v2.Metrics, from whatever files exist.
+
+        Raises NotFound when the cgroup is gone (containerd skips such a task silently).
+        """
+        self._existing()
+        if self.layout.version is Version.V2:
+            return _metrics_v2(self._leaves()[0])
+        return _metrics_v1(self._dirs())
+
+    def oom_killed_count(self) -> int:
+        """How many processes the OOM killer took in this cgroup (0 without a memory controller)."""
+        dirs = self._dirs()
+        if self.layout.version is Version.V2:
+            self._existing()
+            text = _read(os.path.join(dirs[""], "memory.events"), missing="")
+        elif "memory" in dirs:
+            text = _read(os.path.join(dirs["memory"], "memory.oom_control"))
+        else:
+            return 0
+        return _flat_keyed(text).get("oom_kill", 0)
+
+    # ---- cleanup -----------------------------------------------------------------------------
+
+    def remove(self) -> None:
+        """rmdir the leaves this object owns (and any sub-cgroups inside them), never a parent.
+
+        Retries while the kernel still counts exiting processes; idempotent. Raises Internal
+        naming the directory if it stays busy.
+        """
+        for leaf in sorted(self.owned):
+            for sub in _subdirs_bottom_up(leaf):
+                _rmdir_patiently(sub)
+
+
+def _subdirs_bottom_up(leaf: str) -> Iterator[str]:
+    for top, dirnames, _files in os.walk(leaf, topdown=False):
+        for name in dirnames:
+            yield os.path.join(top, name)
+    yield leaf
+
+
+def _rmdir_patiently(path: str) -> None:
+    deadline = time.monotonic() + _SETTLE_SECONDS
+    delay = 0.005
+    while True:
+        try:
+            os.rmdir(path)
+            return
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            if e.errno != errno.EBUSY or time.monotonic() > deadline:
+                raise Internal(f"cannot remove cgroup {path}: {e.strerror}") from e
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)
+
+
+def _rmdir_quiet(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.rmdir(path)
