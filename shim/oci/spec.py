@@ -3,7 +3,7 @@
 containerd writes config.json before it runs `start`; the shim reads it in `start` (for the
 grouping annotations), in Create (to run the container) and in `delete` (to find the cgroup).
 Only what the shim acts on is typed here; `linux.resources` stays the spec's own JSON mapping
-because shim/cgroups.py applies it key by key exactly as the OCI schema spells it.
+because shim/cgroups/ applies it key by key exactly as the OCI schema spells it.
 """
 
 from __future__ import annotations

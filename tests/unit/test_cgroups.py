@@ -1,4 +1,4 @@
-"""shim/cgroups.py: path rules and parsing (pure), then the real cgroup filesystems (root).
+"""shim/cgroups/: path rules and parsing (pure), then the real cgroup filesystems (root).
 
 The root tests work under a unique top-level cgroup per test in every hierarchy, and the fixture
 removes it (killing any stray child first) even when the test fails. Test children are forked
