@@ -21,14 +21,12 @@ from __future__ import annotations
 import functools
 import io
 import json
-import os
 import platform
 import shutil
 import subprocess
 import sys
 import tarfile
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 from shim.oci.image import (
@@ -39,6 +37,7 @@ from shim.oci.image import (
     MEDIA_TYPE_LAYER,
     MEDIA_TYPE_MANIFEST,
     Blob,
+    OciImage,
     build_layer,
 )
 from tests.wasm.build import BuildError, compile_cached
@@ -122,25 +121,7 @@ def host_platform() -> dict[str, str]:
     return {"os": "linux", "architecture": _GO_ARCH.get(machine, machine)}
 
 
-@dataclass(frozen=True, slots=True)
-class NativeImage:
-    """A built image archive and the digests a test may compare."""
-
-    ref: str
-    manifest_digest: str
-    config_digest: str
-    archive: bytes
-
-    def write(self, dest: Path) -> Path:
-        """Write the archive atomically (tmp file + rename) and return ``dest``."""
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-        tmp.write_bytes(self.archive)
-        tmp.replace(dest)
-        return dest
-
-
-def native_image(binary: Path, *, ref: str, path_in_image: str) -> NativeImage:
+def native_image(binary: Path, *, ref: str, path_in_image: str) -> OciImage:
     """A one-layer host-platform image holding ``binary`` at ``path_in_image`` as Entrypoint.
 
     Deterministic: the same binary and names always give the same digests.
@@ -181,15 +162,15 @@ def native_image(binary: Path, *, ref: str, path_in_image: str) -> NativeImage:
         ],
     }
     archive = _layout_tar(_json(index), [layer, config, manifest])
-    return NativeImage(ref, manifest.digest, config.digest, archive)
+    return OciImage(ref, manifest.digest, config.digest, layer.digest, diff_id, archive)
 
 
-def pause_image() -> NativeImage:
+def pause_image() -> OciImage:
     """The pod sandbox image (set as the CRI plugin's ``sandbox_image``)."""
     return native_image(build_native("pause"), ref=PAUSE_IMAGE, path_in_image=PAUSE_PATH)
 
 
-def sidecar_image() -> NativeImage:
+def sidecar_image() -> OciImage:
     """The native sidecar image; its Entrypoint is ``/sidecar`` (see sidecar.c for options)."""
     return native_image(build_native("sidecar"), ref=SIDECAR_IMAGE, path_in_image=SIDECAR_PATH)
 

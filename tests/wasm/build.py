@@ -138,28 +138,6 @@ def compile_cached(
         tmp.unlink(missing_ok=True)
     return output
 
-    CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{name}-", suffix=".wasm", dir=CACHE_DIR)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        result = subprocess.run(
-            [compiler, *CFLAGS, str(source), "-o", str(tmp)],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if result.returncode != 0:
-            raise BuildError(
-                f"building {source} failed (exit {result.returncode}):\n"
-                f"{result.stdout}{result.stderr}"
-            )
-        tmp.chmod(0o644)
-        tmp.replace(output)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return output
-
 
 def main(argv: list[str]) -> int:
     for name in argv or programs():
