@@ -1,10 +1,11 @@
-"""Wasm OCI artifacts (CNCF TAG Runtime "Wasm OCI Artifact" layout) and wasm media types.
+"""Building wasm OCI artifacts (CNCF TAG Runtime "Wasm OCI Artifact" layout).
 
 An artifact is not a filesystem image: its config is ``application/vnd.wasm.config.v0+json``
 and its single layer is the wasm binary itself, ``application/wasm``, stored as is (no tar,
 no compression). Runtimes that know the format (runwasi, and this shim through
 ``shim/oci/content.py``) read the module straight from the content store; nothing is
-unpacked into a rootfs.
+unpacked into a rootfs. The media type names live in ``shim/oci/mediatypes.py``, which
+content.py and these tools share.
 
 The config carries what the spec defines (``architecture``, ``os``, ``layerDigests``,
 ``created``, ``author``, and ``component`` for components is optional, we leave it out),
@@ -24,7 +25,6 @@ from collections.abc import Mapping
 from shim.errors import InvalidArgument
 from shim.oci.image import (
     ANNOTATION_WASM_VARIANT,
-    WASM_ARCHITECTURE,
     WASM_OS,
     WASM_OS_P2,
     Blob,
@@ -35,20 +35,12 @@ from shim.oci.image import (
     check_ref,
     runtime_config,
 )
-
-MEDIA_TYPE_WASM_CONFIG = "application/vnd.wasm.config.v0+json"
-MEDIA_TYPE_WASM_CONFIG_V1 = "application/vnd.wasm.config.v1+json"  # wasm-to-oci / Spin
-MEDIA_TYPE_WASM_LAYER = "application/wasm"
-WASM_CONFIG_MEDIA_TYPES = frozenset({MEDIA_TYPE_WASM_CONFIG, MEDIA_TYPE_WASM_CONFIG_V1})
-# Layers that ARE a wasm binary (not a tar holding one), as the ecosystem names them.
-WASM_LAYER_MEDIA_TYPES = frozenset(
-    {
-        MEDIA_TYPE_WASM_LAYER,
-        "application/vnd.wasm.content.layer.v1+wasm",
-        "application/vnd.bytecodealliance.wasm.component.layer.v0+wasm",
-    }
+from shim.oci.mediatypes import (
+    ANNOTATION_TITLE,
+    MEDIA_TYPE_WASM_CONFIG,
+    MEDIA_TYPE_WASM_LAYER,
+    WASM_ARCHITECTURE,
 )
-ANNOTATION_TITLE = "org.opencontainers.image.title"
 
 WASM_MAGIC = b"\0asm"
 

@@ -33,9 +33,13 @@ from shim.api.containerd.services.containers.v1 import containers_pb2, container
 from shim.api.containerd.services.content.v1 import content_pb2, content_pb2_grpc
 from shim.api.containerd.services.images.v1 import images_pb2, images_pb2_grpc
 from shim.errors import FailedPrecondition, NotFound, ShimError, Unavailable
-from shim.oci.artifact import ANNOTATION_TITLE, WASM_LAYER_MEDIA_TYPES
-from shim.oci.image import WASM_ARCHITECTURE
-from shim.oci.layout import INDEX_TYPES, MAX_JSON_BLOB
+from shim.oci.mediatypes import (
+    ANNOTATION_TITLE,
+    INDEX_TYPES,
+    MAX_JSON_BLOB,
+    WASM_ARCHITECTURE,
+    WASM_LAYER_MEDIA_TYPES,
+)
 
 NAMESPACE_METADATA = "containerd-namespace"
 _SHA256 = re.compile(r"sha256:[0-9a-f]{64}")

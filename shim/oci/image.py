@@ -44,8 +44,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from shim.errors import InvalidArgument
+from shim.oci.mediatypes import MEDIA_TYPE_INDEX, WASM_ARCHITECTURE
 
-MEDIA_TYPE_INDEX = "application/vnd.oci.image.index.v1+json"
 MEDIA_TYPE_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 MEDIA_TYPE_CONFIG = "application/vnd.oci.image.config.v1+json"
 MEDIA_TYPE_LAYER = "application/vnd.oci.image.layer.v1.tar"
@@ -55,7 +55,6 @@ ANNOTATION_REF_NAME = "org.opencontainers.image.ref.name"
 ANNOTATION_CONTAINERD_NAME = "io.containerd.image.name"
 ANNOTATION_WASM_VARIANT = "module.wasm.image/variant"
 
-WASM_ARCHITECTURE = "wasm"
 WASM_OS = "wasip1"  # core modules (WASI preview 1)
 WASM_OS_P2 = "wasip2"  # components (WASI preview 2)
 

@@ -27,14 +27,10 @@ from shim.errors import FailedPrecondition, InvalidArgument, NotFound
 from shim.oci.image import (
     ANNOTATION_CONTAINERD_NAME,
     ANNOTATION_REF_NAME,
-    MEDIA_TYPE_INDEX,
     MEDIA_TYPE_LAYER,
-    WASM_ARCHITECTURE,
 )
+from shim.oci.mediatypes import INDEX_TYPES, MAX_JSON_BLOB, WASM_ARCHITECTURE
 
-DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
-INDEX_TYPES = frozenset({MEDIA_TYPE_INDEX, DOCKER_MANIFEST_LIST})
-MAX_JSON_BLOB = 4 << 20  # manifests and configs are small; refuse to read a huge one
 CHUNK = 1 << 20
 
 

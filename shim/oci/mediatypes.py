@@ -1,0 +1,39 @@
+"""The names of the OCI formats the shim reads: index and wasm media types, annotations, limits.
+
+The shim reads them in one place: ``shim/oci/content.py``, which loads a wasm OCI artifact's
+module from containerd's content store at Create (it follows an index by ``INDEX_TYPES``, takes
+an image whose layers are all ``WASM_LAYER_MEDIA_TYPES`` and whose config says
+``WASM_ARCHITECTURE``, names the file after ``ANNOTATION_TITLE``, and refuses manifests and
+configs over ``MAX_JSON_BLOB``). The image tools (image.py, artifact.py, layout.py,
+unpack.py) write and read the same formats and import these names from here: the tools may
+depend on what the shim needs, never the reverse, so the shim does not import an image
+builder to learn a string. The wasm config media types are here too, so that every wasm
+media type is named in one place.
+"""
+
+from __future__ import annotations
+
+MEDIA_TYPE_INDEX = "application/vnd.oci.image.index.v1+json"
+DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+INDEX_TYPES = frozenset({MEDIA_TYPE_INDEX, DOCKER_MANIFEST_LIST})
+
+# CNCF TAG Runtime "Wasm OCI Artifact": the config and the layer that IS the wasm binary.
+MEDIA_TYPE_WASM_CONFIG = "application/vnd.wasm.config.v0+json"
+MEDIA_TYPE_WASM_CONFIG_V1 = "application/vnd.wasm.config.v1+json"  # wasm-to-oci / Spin
+MEDIA_TYPE_WASM_LAYER = "application/wasm"
+WASM_CONFIG_MEDIA_TYPES = frozenset({MEDIA_TYPE_WASM_CONFIG, MEDIA_TYPE_WASM_CONFIG_V1})
+# Layers that ARE a wasm binary (not a tar holding one), as the ecosystem names them.
+WASM_LAYER_MEDIA_TYPES = frozenset(
+    {
+        MEDIA_TYPE_WASM_LAYER,
+        "application/vnd.wasm.content.layer.v1+wasm",
+        "application/vnd.bytecodealliance.wasm.component.layer.v0+wasm",
+    }
+)
+
+ANNOTATION_TITLE = "org.opencontainers.image.title"
+
+# The platform architecture of every wasm image (the os says which WASI: wasip1, wasip2).
+WASM_ARCHITECTURE = "wasm"
+
+MAX_JSON_BLOB = 4 << 20  # manifests and configs are small; refuse to read a huge one
