@@ -24,10 +24,10 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from shim.oci.image import CTR_IMPORT_FLAGS, build_image
 from tests.containerd import RUNTIME, PrivateContainerd
 from tests.pause.build import SIDECAR_IMAGE, sidecar_image
 from tests.wasm.build import build_c
+from wasmtime_shim.images.build import CTR_IMPORT_FLAGS, build_image
 
 WASM_IMAGE = "docker.io/library/bench-hello:wasm"
 RUNC = "io.containerd.runc.v2"

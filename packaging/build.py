@@ -6,10 +6,11 @@
 prints the path of the built binary (onedir: `<dist>/containerd-shim-wasmtime-v1/
 containerd-shim-wasmtime-v1`, beside its `_internal/`; onefile: the single file). The build
 lands in `.cache/pyinstaller/<key>/<mode>/`, where the key hashes every input that changes the
-output (the sources of shim/ and runtimes/, this directory, pyproject.toml, and the versions of
-Python, PyInstaller and wasmtime), so a test session builds at most once and a source edit
-rebuilds. Concurrent builders serialize on a lock file; the result is renamed into place only
-when complete, so a half-built tree is never used.
+output (the sources of shim/ and runtimes/, this directory: the spec, the entry point and the
+tool's package wasmtime_shim/; pyproject.toml; the versions of Python, PyInstaller and
+wasmtime), so a test session builds at most once and a source edit rebuilds. Concurrent
+builders serialize on a lock file; the result is renamed into place only when complete, so a
+half-built tree is never used.
 
 This is a plain script, not a package: a `packaging` package would shadow the PyPI library
 of that name, which PyInstaller and setuptools import.
@@ -33,7 +34,7 @@ SPEC = REPO / "packaging" / "shim.spec"
 CACHE = REPO / ".cache" / "pyinstaller"
 NAME = "containerd-shim-wasmtime-v1"
 MODES = ("onedir", "onefile")
-SOURCE_DIRS = ("shim", "runtimes", "packaging")
+SOURCE_DIRS = ("shim", "runtimes", "packaging")  # packaging/ holds wasmtime_shim/
 SOURCE_SUFFIXES = (".py", ".spec", ".pyi")
 
 

@@ -145,9 +145,9 @@ def cri_wasm_image(
 
     Imported with ``--all-platforms`` (``import_image``): ctr 1.6 drops wasip1/wasm otherwise.
     """
-    from shim.oci.image import ImageConfig
     from tests.containerd import CRI_NAMESPACE
     from tests.e2e.helpers import make_image, tool_files
+    from wasmtime_shim.images.build import ImageConfig
 
     containerd, client = cri_bed
     image = make_image(

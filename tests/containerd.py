@@ -384,8 +384,8 @@ class PrivateContainerd:
         )
 
     def import_image(self, archive: Path, *, namespace: str = "default") -> str:
-        """``ctr image import`` an archive written by shim/oci/image.py; returns ctr's output."""
-        from shim.oci.image import CTR_IMPORT_FLAGS
+        """``ctr image import`` an archive from wasmtime_shim.images; returns ctr's output."""
+        from wasmtime_shim.images.build import CTR_IMPORT_FLAGS
 
         return self.ctr(
             "image", "import", *CTR_IMPORT_FLAGS, str(archive), namespace=namespace

@@ -1,8 +1,9 @@
 """``make demo``: run a wasm program through the shim with a private containerd and ``ctr``.
 
 Starts a PrivateContainerd, builds ``tests/wasm/c/hello.c``, packs it into an image with
-shim/oci/image.py, imports it, runs it with ``ctr run --rm --runtime io.containerd.wasmtime.v1``
-and prints the guest's output and exit code; then stops containerd and reports leaks.
+wasmtime_shim/images/build.py, imports it, runs it with ``ctr run --rm --runtime
+io.containerd.wasmtime.v1`` and prints the guest's output and exit code; then stops containerd
+and reports leaks.
 Exits non-zero if the run fails, the guest's exit code is not the one asked for, or anything
 was left behind. Run it from the repository root: ``.venv/bin/python -m tests.demo``.
 """
@@ -12,9 +13,9 @@ from __future__ import annotations
 import os
 import sys
 
-from shim.oci.image import ImageConfig, build_image
 from tests.containerd import RUNTIME, PrivateContainerd, sweep_stale
 from tests.wasm.build import build_c
+from wasmtime_shim.images.build import ImageConfig, build_image
 
 REF = "docker.io/library/hello-wasm:latest"
 NAMESPACE = "demo"

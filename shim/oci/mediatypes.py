@@ -4,11 +4,10 @@ The shim reads them in one place: ``shim/oci/content.py``, which loads a wasm OC
 module from containerd's content store at Create (it follows an index by ``INDEX_TYPES``, takes
 an image whose layers are all ``WASM_LAYER_MEDIA_TYPES`` and whose config says
 ``WASM_ARCHITECTURE``, names the file after ``ANNOTATION_TITLE``, and refuses manifests and
-configs over ``MAX_JSON_BLOB``). The image tools (image.py, artifact.py, layout.py,
-unpack.py) write and read the same formats and import these names from here: the tools may
-depend on what the shim needs, never the reverse, so the shim does not import an image
-builder to learn a string. The wasm config media types are here too, so that every wasm
-media type is named in one place.
+configs over ``MAX_JSON_BLOB``). The image tools (``wasmtime_shim.images``) write and read the
+same formats and import these names from here: the tool depends on the shim, never the
+reverse, so the shim does not import an image builder to learn a string. The wasm config
+media types are here too, so that every wasm media type is named in one place.
 """
 
 from __future__ import annotations

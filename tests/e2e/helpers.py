@@ -29,9 +29,9 @@ from typing import Any
 
 import wasmtime
 
-from shim.oci.image import FileSource, ImageConfig, build_image
 from tests.containerd import CTR, RUNTIME, PrivateContainerd
 from tests.wasm import build
+from wasmtime_shim.images.build import FileSource, ImageConfig, build_image
 
 WAT_DIR = Path(__file__).resolve().parents[1] / "wasm" / "wat"
 DEFAULT_TIMEOUT = 60.0

@@ -18,12 +18,12 @@ import pytest
 from google.protobuf import any_pb2
 
 from shim.api.containerd.services.containers.v1 import containers_pb2, containers_pb2_grpc
-from shim.oci.artifact import build_artifact
 from shim.oci.content import NAMESPACE_METADATA
-from shim.tool.image import CTR_IMPORT_FLAGS_ARTIFACT
 from tests.containerd import RUNTIME, PrivateContainerd
 from tests.e2e.helpers import wat_binary
 from tests.wasm import build
+from wasmtime_shim.images.artifact import build_artifact
+from wasmtime_shim.images.commands import CTR_IMPORT_FLAGS_ARTIFACT
 
 SPEC_TYPE = "types.containerd.io/opencontainers/runtime-spec/1/Spec"
 

@@ -23,10 +23,10 @@ from google.protobuf import any_pb2
 from shim.api.containerd.services.containers.v1 import containers_pb2, containers_pb2_grpc
 from shim.errors import FailedPrecondition, NotFound
 from shim.oci.content import NAMESPACE_METADATA, load_wasm_from_content_store
-from shim.oci.image import CTR_IMPORT_FLAGS
-from shim.tool import image as tool_image
 from tests.containerd import RUNTIME, PrivateContainerd
 from tests.wasm import build
+from wasmtime_shim.images import commands as image_commands
+from wasmtime_shim.images.build import CTR_IMPORT_FLAGS
 
 WAT_DIR = Path(__file__).resolve().parents[1] / "wasm" / "wat"
 SPEC_TYPE = "types.containerd.io/opencontainers/runtime-spec/1/Spec"
@@ -35,7 +35,7 @@ SPEC_TYPE = "types.containerd.io/opencontainers/runtime-spec/1/Spec"
 def cli_build(*argv: str) -> None:
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="command", required=True)
-    tool_image.register(sub)
+    image_commands.register(sub)
     args = p.parse_args(["build", *argv])
     args.func(args)
 
@@ -67,7 +67,7 @@ def ref(kind: str, fmt: str) -> str:
 
 
 def ctr_import(containerd: PrivateContainerd, ns: str, archive: Path, fmt: str) -> None:
-    flags = CTR_IMPORT_FLAGS if fmt == "rootfs" else tool_image.CTR_IMPORT_FLAGS_ARTIFACT
+    flags = CTR_IMPORT_FLAGS if fmt == "rootfs" else image_commands.CTR_IMPORT_FLAGS_ARTIFACT
     containerd.ctr("image", "import", *flags, str(archive), namespace=ns)
 
 
@@ -141,7 +141,7 @@ def test_artifact_is_loaded_from_the_content_store(
     loaded = load_wasm_from_content_store(str(containerd.address), ns, "art", str(tmp_path))
     assert loaded is not None
     wasm = Path(loaded.path).read_bytes()
-    expected = tool_image._load_module(programs[kind])
+    expected = image_commands._load_module(programs[kind])
     assert wasm == expected
     assert (loaded.media_type, loaded.args, loaded.title) == (
         "application/wasm",
@@ -183,7 +183,7 @@ def test_missing_container_image_or_blob_is_an_error_naming_it(
 
     ctr_import(containerd, ns, images["module-artifact"], "artifact")
     create_record(grpc_containers, ns, "broken", ref("module", "artifact"))
-    module = tool_image._load_module(programs["module"])
+    module = image_commands._load_module(programs["module"])
     wasm_digest = "sha256:" + hashlib.sha256(module).hexdigest()  # the artifact's layer
     containerd.ctr("content", "rm", wasm_digest, namespace=ns)
     with pytest.raises((NotFound, FailedPrecondition), match=wasm_digest):

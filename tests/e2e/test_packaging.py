@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import tomlkit
 
-from shim.node import config as cfg
 from tests.conftest import require
 from tests.containerd import CONTAINERD, CTR, RUNTIME, PrivateContainerd
 from tests.e2e.helpers import c_program, make_image
+from wasmtime_shim.node import config as cfg
 
 REPO = Path(__file__).resolve().parents[2]
 SHIM = "containerd-shim-wasmtime-v1"
@@ -41,7 +41,7 @@ def frozen() -> Path:
 
 def tool(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "shim.tool.main", *args],
+        [sys.executable, "-m", "wasmtime_shim.main", *args],
         cwd=REPO,
         capture_output=True,
         text=True,

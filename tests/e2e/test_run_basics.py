@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from shim.oci.image import ImageConfig
 from tests.containerd import ContainerdError, PrivateContainerd
 from tests.e2e.helpers import (
     TestImage,
@@ -34,6 +33,7 @@ from tests.e2e.helpers import (
     wat_binary,
     wat_text,
 )
+from wasmtime_shim.images.build import ImageConfig
 
 IMAGE_ENV = ("PATH=/opt/tools:/bin", "IMAGE_VAR=from the image", "SPACED=a  b c")
 

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from shim.oci.image import FileSource, ImageConfig
 from tests.containerd import PrivateContainerd
 from tests.e2e.helpers import (
     TestImage,
@@ -33,6 +32,7 @@ from tests.e2e.test_run_lifecycle import (
     task_ids,
     wait_gone,
 )
+from wasmtime_shim.images.build import FileSource, ImageConfig
 
 IMAGE = "docker.io/library/e2e-failures:latest"
 PROGRAMS = ("hello", "spin", "trap", "membomb")

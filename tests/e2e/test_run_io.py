@@ -21,7 +21,6 @@ from typing import IO
 
 import pytest
 
-from shim.oci.image import ImageConfig
 from tests.containerd import PrivateContainerd
 from tests.e2e.helpers import (
     TestImage,
@@ -34,6 +33,7 @@ from tests.e2e.helpers import (
     run_args,
     tool_files,
 )
+from wasmtime_shim.images.build import ImageConfig
 
 STREAM_TIMEOUT = 60.0
 

@@ -34,7 +34,6 @@ from pathlib import Path
 
 import pytest
 
-from shim.oci.image import ImageConfig
 from tests.containerd import CTR, PrivateContainerd
 from tests.e2e.helpers import (
     TestImage,
@@ -48,6 +47,7 @@ from tests.e2e.helpers import (
     task_status,
     wait_for_status,
 )
+from wasmtime_shim.images.build import ImageConfig
 
 IMAGE = "docker.io/library/e2e-lifecycle:latest"
 PROGRAMS = ("hello", "sleep")

@@ -15,16 +15,17 @@ from pathlib import Path
 
 import pytest
 
-from shim.oci.image import ImageConfig, build_image
 from tests.wasm import build
+from wasmtime_shim.images.build import ImageConfig, build_image
 
 REPO = Path(__file__).resolve().parents[2]
-# The user-facing command, assembled from the modules this area owns (shim/tool/main.py also
-# registers modules of other areas; this keeps the test independent of them).
+# The user-facing command, assembled from the modules this area owns (wasmtime_shim/main.py
+# also registers modules of other areas; this keeps the test independent of them).
 DRIVER = """
 import argparse, sys
 from shim.errors import ShimError
-from shim.tool import image, run
+from wasmtime_shim import run
+from wasmtime_shim.images import commands as image
 p = argparse.ArgumentParser(prog="wasmtime-shim")
 sub = p.add_subparsers(dest="command", required=True)
 image.register(sub)

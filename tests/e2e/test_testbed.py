@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import wasmtime
 
-from shim.oci.image import ImageConfig, build_image
 from tests.containerd import LeakKind, PrivateContainerd, sweep_stale
 from tests.wasm import build
+from wasmtime_shim.images.build import ImageConfig, build_image
 
 # ------------------------------------------------------------------ wasm programs
 

@@ -4,11 +4,11 @@ Why static: the images hold nothing but the one binary (no libc, no shell), so t
 and deterministic, and they run under any OCI runtime. Debian's gcc with glibc's ``libc.a``
 (package libc6-dev) links these programs statically; clang is used when gcc is missing.
 
-Why our own image layout here rather than ``shim.oci.image.build_image``: that one writes
-*wasm* images (platform wasip1/wasm, the wasm variant annotation). The CRI plugin needs the
-sandbox image, and a native sidecar's image, for the host platform (linux/amd64 here), or it
-refuses them as "not the host platform". The layer itself comes from the shared, deterministic
-``build_layer``.
+Why our own image layout here rather than ``wasmtime_shim.images.build.build_image``: that
+one writes *wasm* images (platform wasip1/wasm, the wasm variant annotation). The CRI plugin
+needs the sandbox image, and a native sidecar's image, for the host platform (linux/amd64
+here), or it refuses them as "not the host platform". The layer itself comes from the shared,
+deterministic ``build_layer``.
 
 Image references live on the ``localhost`` registry on purpose: should containerd ever try to
 pull one (an image not imported yet), the attempt goes to loopback and fails at once.
@@ -29,18 +29,18 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from shim.oci.image import (
+from shim.oci.mediatypes import MEDIA_TYPE_INDEX
+from tests.wasm.build import BuildError, compile_cached
+from wasmtime_shim.images.build import (
     ANNOTATION_CONTAINERD_NAME,
     ANNOTATION_REF_NAME,
     MEDIA_TYPE_CONFIG,
-    MEDIA_TYPE_INDEX,
     MEDIA_TYPE_LAYER,
     MEDIA_TYPE_MANIFEST,
     Blob,
     OciImage,
     build_layer,
 )
-from tests.wasm.build import BuildError, compile_cached
 
 REPO = Path(__file__).resolve().parents[2]
 SOURCE_DIR = Path(__file__).resolve().parent

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from shim.errors import InvalidArgument
-from shim.oci import artifact
-from shim.oci.artifact import WasmKind, build_artifact, wasm_kind
-from shim.oci.layout import ImageSource
-from shim.tool import image as tool_image
+from shim.oci import mediatypes
+from wasmtime_shim.images import commands as image_commands
+from wasmtime_shim.images.artifact import WasmKind, build_artifact, wasm_kind
+from wasmtime_shim.images.read import ImageSource
 
 WAT_DIR = Path(__file__).resolve().parents[1] / "wasm" / "wat"
 MODULE = b"\0asm\x01\0\0\0"
@@ -23,7 +23,7 @@ MODULE = b"\0asm\x01\0\0\0"
 def build(*argv: str) -> int:
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="command", required=True)
-    tool_image.register(sub)
+    image_commands.register(sub)
     args = p.parse_args(["build", *argv])
     return int(args.func(args))
 
@@ -119,7 +119,7 @@ def test_artifact_layout_follows_the_wasm_oci_artifact_spec(tmp_path: Path) -> N
     with ImageSource(path) as source:
         resolved = source.resolve()
     manifest = json.loads(_blob(path, built.manifest_digest))
-    assert resolved.config_media_type == artifact.MEDIA_TYPE_WASM_CONFIG
+    assert resolved.config_media_type == mediatypes.MEDIA_TYPE_WASM_CONFIG
     [layer] = resolved.layers
     assert layer.media_type == "application/wasm"
     assert _blob(path, layer.digest) == MODULE

@@ -8,7 +8,7 @@ import pytest
 import tomlkit
 
 from shim.errors import AlreadyExists, InvalidArgument
-from shim.node import config as cfg
+from wasmtime_shim.node import config as cfg
 
 V2_WITH_COMMENTS = """\
 # node config, hand-edited: keep me

@@ -9,11 +9,11 @@ import pytest
 import tomlkit
 
 from shim.errors import FailedPrecondition, InvalidArgument, Unavailable
-from shim.node import config as cfg
-from shim.node import doctor, install
-from shim.node.flavors import FLAVORS, flavor
-from shim.node.restart import NSENTER, Restarter
 from tests.unit.test_node_config import V2_WITH_COMMENTS, only_insertions
+from wasmtime_shim.node import config as cfg
+from wasmtime_shim.node import doctor, install
+from wasmtime_shim.node.flavors import FLAVORS, flavor
+from wasmtime_shim.node.restart import NSENTER, Restarter
 
 SHIM = "containerd-shim-wasmtime-v1"
 

@@ -8,9 +8,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from shim.errors import InvalidArgument
-from shim.node import manifests as m
-from shim.node import yaml
-from shim.tool.node import register
+from wasmtime_shim.node import manifests as m
+from wasmtime_shim.node import yaml
+from wasmtime_shim.node.commands import register
 
 TAINT = m.Taint.parse("kubernetes.io/arch=wasm32-wasi:NoSchedule")
 OPTIONS = m.Options(handler="wt", name="wasm", labels=(("a.io/b", "yes"),), taints=(TAINT,))

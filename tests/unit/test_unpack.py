@@ -1,4 +1,5 @@
-"""shim/oci/unpack.py: layers in order, whiteouts, links, compressions, hostile tars, digests."""
+"""wasmtime_shim/images/unpack.py: layers in order, whiteouts, links, compressions, hostile
+tars, digests."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pytest
 import zstandard
 
 from shim.errors import FailedPrecondition
-from shim.oci.unpack import unpack_image
+from wasmtime_shim.images.unpack import unpack_image
 
 Entry = tuple[str, str, bytes | str | None]  # (name, kind: f|d|l(symlink)|h(hardlink), data)
 

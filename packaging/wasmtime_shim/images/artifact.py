@@ -2,10 +2,10 @@
 
 An artifact is not a filesystem image: its config is ``application/vnd.wasm.config.v0+json``
 and its single layer is the wasm binary itself, ``application/wasm``, stored as is (no tar,
-no compression). Runtimes that know the format (runwasi, and this shim through
+no compression). Runtimes that know the format (runwasi, and the shim through
 ``shim/oci/content.py``) read the module straight from the content store; nothing is
-unpacked into a rootfs. The media type names live in ``shim/oci/mediatypes.py``, which
-content.py and these tools share.
+unpacked into a rootfs. The media type names live in ``shim/oci/mediatypes.py``, which the
+shim and these tools share.
 
 The config carries what the spec defines (``architecture``, ``os``, ``layerDigests``,
 ``created``, ``author``, and ``component`` for components is optional, we leave it out),
@@ -23,7 +23,13 @@ import enum
 from collections.abc import Mapping
 
 from shim.errors import InvalidArgument
-from shim.oci.image import (
+from shim.oci.mediatypes import (
+    ANNOTATION_TITLE,
+    MEDIA_TYPE_WASM_CONFIG,
+    MEDIA_TYPE_WASM_LAYER,
+    WASM_ARCHITECTURE,
+)
+from wasmtime_shim.images.build import (
     ANNOTATION_WASM_VARIANT,
     WASM_OS,
     WASM_OS_P2,
@@ -34,12 +40,6 @@ from shim.oci.image import (
     canonical_json,
     check_ref,
     runtime_config,
-)
-from shim.oci.mediatypes import (
-    ANNOTATION_TITLE,
-    MEDIA_TYPE_WASM_CONFIG,
-    MEDIA_TYPE_WASM_LAYER,
-    WASM_ARCHITECTURE,
 )
 
 WASM_MAGIC = b"\0asm"

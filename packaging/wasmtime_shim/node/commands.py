@@ -1,8 +1,8 @@
 """`wasmtime-shim install | uninstall | doctor | manifests`: the node side, as subcommands.
 
-Argument parsing only; the work is in shim/node/. Every command is non-interactive and
-idempotent, for node images and DaemonSet installers; user errors raise shim.errors classes,
-which shim/tool/main.py turns into one line and exit status 1.
+Argument parsing only; the work is in the other modules of this package. Every command is
+non-interactive and idempotent, for node images and DaemonSet installers; user errors raise
+shim.errors classes, which wasmtime_shim/main.py turns into one line and exit status 1.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import os
 import sys
 from pathlib import Path
 
-from shim.node import config as cfg
-from shim.node import doctor, install, manifests
-from shim.node.flavors import FLAVORS, flavor
-from shim.node.restart import Restarter
+from wasmtime_shim.node import config as cfg
+from wasmtime_shim.node import doctor, install, manifests
+from wasmtime_shim.node.flavors import FLAVORS, flavor
+from wasmtime_shim.node.restart import Restarter
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -17,9 +17,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from shim.errors import InvalidArgument
-from shim.node import config as cfg
-from shim.node import files
-from shim.node.flavors import Flavor, Kind
+from wasmtime_shim.node import config as cfg
+from wasmtime_shim.node import files
+from wasmtime_shim.node.flavors import Flavor, Kind
 
 DEFAULT_BIN_DIR = "/usr/local/bin"
 DEFAULT_LIB_DIR = "/usr/local/lib/containerd-shim-wasmtime"

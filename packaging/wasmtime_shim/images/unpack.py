@@ -38,8 +38,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from shim.errors import FailedPrecondition, InvalidArgument
-from shim.oci.layout import CHUNK, Descriptor, ImageSource, ResolvedImage
 from shim.oci.mediatypes import ANNOTATION_TITLE, WASM_CONFIG_MEDIA_TYPES, WASM_LAYER_MEDIA_TYPES
+from wasmtime_shim.images.read import CHUNK, Descriptor, ImageSource, ResolvedImage
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"

@@ -1,12 +1,18 @@
-"""Running an image without containerd: unpack (cached by digest), then the shim's engine path.
+"""`wasmtime-shim run IMAGE`: run an image's wasm program on this machine, without containerd.
 
-``run_image`` is what ``wasmtime-shim run`` does. The image is unpacked once per manifest
-digest under the cache directory (``$XDG_CACHE_HOME/wasmtime-shim`` or
-``~/.cache/wasmtime-shim``: ``rootfs/<hex>`` plus ``compiled/`` for wasmtime's compiled
-artifacts), then run with exactly the calls the shim makes (runtimes/base.py): ``resolve()``
-in this process, ``prepare()`` and ``run()`` in a forked child, so a trap, a ``proc_exit`` or a
-crash of the engine cannot take the CLI down, and the child's exit status is passed through
-(death by signal n gives 128+n, as in the shim).
+``run_image`` unpacks the image once per manifest digest under the cache directory
+(``$XDG_CACHE_HOME/wasmtime-shim`` or ``~/.cache/wasmtime-shim``: ``rootfs/<hex>`` plus
+``compiled/`` for wasmtime's compiled artifacts), then runs the program in a child it forks
+itself: ``resolve()`` in this process, ``prepare()`` and ``run()`` in the child, so a trap, a
+``proc_exit`` or a crash of the engine cannot take the CLI down. The child's exit status is
+passed through (death by signal n gives 128+n, as in the shim); a program that cannot start
+(invalid wasm, missing export) is reported through a pipe and raised here as a ShimError.
+
+This is NOT the shim's path to a guest. The shim's daemon asks its zygote (shim/zygote.py) to
+fork each container process, which joins a cgroup and the pod's namespaces, drops to the
+spec's uid/gid and has its linear memory capped before it runs. None of that happens here.
+What the two share is the engine: the same ``runtimes.wasmtime`` calls through the interface
+of runtimes/base.py, so a module that runs here behaves the same under containerd.
 
 What the guest sees: args = the image's Entrypoint + Cmd (``ARGS`` given on the command line
 replace Cmd, as ``docker run IMAGE ARGS`` does), env = the image's Env then ``--env`` entries
@@ -16,6 +22,7 @@ replace Cmd, as ``docker run IMAGE ARGS`` does), env = the image's Env then ``--
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import hashlib
 import json
@@ -28,10 +35,19 @@ from pathlib import Path
 
 from runtimes.base import Preopen, RunConfig
 from shim.errors import FailedPrecondition, InvalidArgument, ShimError, from_status
-from shim.oci.layout import ImageSource
-from shim.oci.unpack import UnpackedImage, unpack_image
+from wasmtime_shim.images.read import ImageSource
+from wasmtime_shim.images.unpack import UnpackedImage, unpack_image
 
 CACHE_NAME = "wasmtime-shim"
+DESCRIPTION = """\
+`wasmtime-shim run IMAGE`: run a wasm image on this machine, no containerd needed.
+
+The image (an archive or layout dir from `wasmtime-shim build`, `ctr image export` or
+`docker save`) is unpacked once into a cache keyed by its manifest digest, and its program is
+run with the same engine code the shim uses. The guest's exit status is this command's.
+The guest gets the image's Entrypoint + Cmd (ARGS replace Cmd), the image's Env plus --env,
+its WorkingDir, the rootfs read-only at /, and each --volume.
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +72,51 @@ class Volume:
         if not os.path.isdir(host):
             raise InvalidArgument(f"volume {spec!r}: {host} is not a directory")
         return Volume(os.path.abspath(host), guest, mode == "ro")
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    r = sub.add_parser(
+        "run",
+        help="run a wasm image without containerd",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    r.add_argument("image", type=Path, help="image archive (tar) or OCI layout directory")
+    r.add_argument(
+        "-v",
+        "--volume",
+        action="append",
+        default=[],
+        metavar="HOST:GUEST[:ro]",
+        help="preopen a host directory in the guest (repeatable)",
+    )
+    r.add_argument(
+        "-e",
+        "--env",
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="add to the image's env (repeatable)",
+    )
+    r.add_argument("--ref", default=None, help="which image, when the layout holds several")
+    r.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="unpack cache (default $XDG_CACHE_HOME/wasmtime-shim)",
+    )
+    r.add_argument("args", nargs=argparse.REMAINDER, help="-- ARGS: replace the image's Cmd")
+    r.set_defaults(func=run_command)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    rest = list(args.args)
+    if rest and rest[0] == "--":
+        rest = rest[1:]
+    volumes = [Volume.parse(spec) for spec in args.volume]
+    return run_image(
+        args.image, args=rest, env=args.env, volumes=volumes, ref=args.ref, cache=args.cache_dir
+    )
 
 
 def cache_root() -> Path:

@@ -24,12 +24,12 @@ from pathlib import Path
 from typing import IO, Any
 
 from shim.errors import FailedPrecondition, InvalidArgument, NotFound
-from shim.oci.image import (
+from shim.oci.mediatypes import INDEX_TYPES, MAX_JSON_BLOB, WASM_ARCHITECTURE
+from wasmtime_shim.images.build import (
     ANNOTATION_CONTAINERD_NAME,
     ANNOTATION_REF_NAME,
     MEDIA_TYPE_LAYER,
 )
-from shim.oci.mediatypes import INDEX_TYPES, MAX_JSON_BLOB, WASM_ARCHITECTURE
 
 CHUNK = 1 << 20
 

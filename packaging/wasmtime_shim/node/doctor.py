@@ -19,9 +19,9 @@ from pathlib import Path
 
 from shim import RUNTIME_NAME
 from shim.errors import ShimError
-from shim.node import config as cfg
-from shim.node import files
-from shim.node.flavors import Flavor
+from wasmtime_shim.node import config as cfg
+from wasmtime_shim.node import files
+from wasmtime_shim.node.flavors import Flavor
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 

@@ -21,10 +21,10 @@ import sys
 from pathlib import Path
 
 from shim.errors import InvalidArgument
-from shim.oci.artifact import build_artifact, platform_os, wasm_kind
-from shim.oci.image import CTR_IMPORT_FLAGS, FileSource, ImageConfig, build_image
-from shim.oci.layout import ImageSource
-from shim.oci.unpack import unpack_image
+from wasmtime_shim.images.artifact import build_artifact, platform_os, wasm_kind
+from wasmtime_shim.images.build import CTR_IMPORT_FLAGS, FileSource, ImageConfig, build_image
+from wasmtime_shim.images.read import ImageSource
+from wasmtime_shim.images.unpack import unpack_image
 
 DEFAULT_PATH = "/app.wasm"
 CTR_IMPORT_FLAGS_ARTIFACT = (*CTR_IMPORT_FLAGS, "--no-unpack")

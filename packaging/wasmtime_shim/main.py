@@ -16,9 +16,9 @@ from shim.errors import ShimError
 
 # The modules that provide subcommands, in the order `--help` lists them.
 COMMAND_MODULES = (
-    "shim.tool.image",  # build, unpack, inspect: wasm OCI images
-    "shim.tool.run",  # run an image without containerd
-    "shim.tool.node",  # install, uninstall, doctor, manifests: the node side
+    "wasmtime_shim.images.commands",  # build, unpack, inspect: wasm OCI images
+    "wasmtime_shim.run",  # run an image without containerd
+    "wasmtime_shim.node.commands",  # install, uninstall, doctor, manifests: the node side
 )
 
 

@@ -2,6 +2,8 @@
 
 Builds an OCI image layout (``oci-layout``, ``index.json``, ``blobs/sha256/<hex>``) holding one
 image with ONE layer, and returns it as a tar archive that ``ctr image import`` understands.
+``build_image`` makes the ordinary ("rootfs") kind; ``assemble`` (the manifest, index and
+archive around one config and one layer) is shared with the wasm artifacts of ``artifact.py``.
 Everything that could vary between runs is pinned (mtimes, owners, entry order, gzip header),
 so the same inputs always give the same digests: tests can compare digests, and a re-import of
 an unchanged image is a no-op for containerd's content store.

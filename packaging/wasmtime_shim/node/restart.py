@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shim.errors import FailedPrecondition, Unavailable
-from shim.node.flavors import Flavor
+from wasmtime_shim.node.flavors import Flavor
 
 Runner = Callable[[Sequence[str]], "tuple[int, str]"]
 NSENTER = ("nsenter", "--target", "1", "--mount", "--uts", "--ipc", "--net", "--pid", "--")

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shim.errors import InvalidArgument
-from shim.node import yaml
+from wasmtime_shim.node import yaml
 
 DEFAULT_LABEL = ("wasmtime.containerd.io/installed", "true")
 DEFAULT_INSTALLER_IMAGE = "containerd-shim-wasmtime-installer:0.1.0"
