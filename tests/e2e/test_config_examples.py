@@ -12,8 +12,8 @@ import yaml as pyyaml
 
 from shim.node import config as cfg
 from shim.node import manifests as m
-from tests.conftest import require
 from tests.containerd import CONTAINERD
+from tests.prereq import require
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "config-examples"
 # What the YAML examples were generated with (see the README's "Installing on a node").

@@ -26,6 +26,7 @@ from shim.oci.content import NAMESPACE_METADATA, load_wasm_from_content_store
 from shim.oci.image import CTR_IMPORT_FLAGS
 from shim.tool import image as tool_image
 from tests.containerd import RUNTIME, PrivateContainerd
+from tests.prereq import require
 from tests.wasm import build
 
 WAT_DIR = Path(__file__).resolve().parents[1] / "wasm" / "wat"
@@ -43,8 +44,7 @@ def cli_build(*argv: str) -> None:
 @pytest.fixture(scope="module")
 def programs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     problem = build.toolchain_problem()
-    if problem is not None:
-        pytest.skip(problem)
+    require(problem is None, problem or "")
     return {"module": build.build_c("hello"), "component": WAT_DIR / "hello_component.wat"}
 
 

@@ -16,9 +16,9 @@ import pytest
 import tomlkit
 
 from shim.node import config as cfg
-from tests.conftest import require
 from tests.containerd import CONTAINERD, CTR, RUNTIME, PrivateContainerd
 from tests.e2e.helpers import c_program, make_image
+from tests.prereq import require
 
 REPO = Path(__file__).resolve().parents[2]
 SHIM = "containerd-shim-wasmtime-v1"

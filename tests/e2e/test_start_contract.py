@@ -25,8 +25,8 @@ from google.protobuf import empty_pb2
 from shim.api.containerd.task.v2 import shim_pb2
 from shim.manager import socket_address
 from shim.ttrpc.client import Client
-from tests.conftest import require
 from tests.containerd import default_shim
+from tests.prereq import require
 
 NAMESPACE = "contract"
 SERVICE = "containerd.task.v2.Task"

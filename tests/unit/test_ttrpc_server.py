@@ -27,6 +27,7 @@ from shim.ttrpc.connection import ClientConnection, ResponseReceived
 from shim.ttrpc.frames import MAX_PAYLOAD, FrameType, encode_frame, encode_header
 from shim.ttrpc.messages import NAMESPACE_KEY, Request, encode_request
 from shim.ttrpc.server import CallContext, Method, PeerCredentials, Server, same_user
+from tests.prereq import needs
 
 SVC = "test.v1.Echo"
 Str = wrappers_pb2.StringValue
@@ -412,7 +413,7 @@ def _connect_as(address: bytes, wire: bytes, user: int | None) -> int:
         os.waitpid(pid, 0)
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to connect as another user")
+@needs(os.geteuid() == 0, "needs root to connect as another user")
 @asynctest
 async def test_peer_with_other_uid_is_refused() -> None:
     # An abstract socket: reachable by any user, which is what the credential check is for.
