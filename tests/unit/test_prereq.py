@@ -1,4 +1,5 @@
-"""The suite's own prerequisite rule: tests/prereq.py (skip locally, fail under CI).
+"""The suite's own prerequisite rules: tests/prereq.py (skip locally, fail under CI) and
+tests/golang.py (which Go the suite uses, and the check ``make test`` runs).
 
 The skip-or-fail rule is checked from outside: pytest runs in a subprocess on small generated
 test files, once without CI and once with ``CI=true``, and each test's outcome is read from
@@ -15,6 +16,8 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+
+from tests import golang
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -118,3 +121,69 @@ def test_unmet_prerequisites_fail_under_ci(tmp_path: Path, ci: str) -> None:
         assert outcome in ("failure", "error"), (test, outcomes[test])
         assert f"prerequisite missing in CI: {reason}" in message, (test, message)
     assert code == 1
+
+
+# ---- tests/golang.py -------------------------------------------------------------------------
+
+
+def _fake_go(directory: Path, version: str) -> Path:
+    """A ``go`` that answers ``go env GOVERSION`` with ``version`` (empty: says nothing)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    go = directory / "go"
+    go.write_text(f'#!/bin/sh\n[ "$1 $2" = "env GOVERSION" ] && echo "{version}"\nexit 0\n')
+    go.chmod(0o755)
+    return go
+
+
+def test_go_too_old_on_path_gives_way_to_the_official_toolchain(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    old = _fake_go(tmp_path / "debian", "go1.19.8")
+    new = _fake_go(tmp_path / "official", "go1.26.8")
+    monkeypatch.delenv("GO", raising=False)
+    monkeypatch.setenv("PATH", f"{old.parent}:/usr/bin:/bin")
+    monkeypatch.setattr(golang, "OFFICIAL", new)
+    assert golang.candidates() == [old, new]
+    assert golang.find() == golang.Go(new, (1, 26))
+    assert golang.go_binary() == new and golang.problem() is None
+
+
+def test_only_old_or_broken_go_is_a_problem_naming_each(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    old = _fake_go(tmp_path / "debian", "go1.19.8")
+    mute = _fake_go(tmp_path / "mute", "")
+    monkeypatch.delenv("GO", raising=False)
+    monkeypatch.setenv("PATH", f"{old.parent}:/usr/bin:/bin")
+    monkeypatch.setattr(golang, "OFFICIAL", mute)
+    problem = golang.problem()
+    assert golang.go_binary() is None and problem is not None
+    assert f"{old} is go1.19" in problem and f"{mute} reports no Go version" in problem
+    assert "Go >= 1.21" in problem and "https://go.dev/dl/" in problem
+
+
+def test_go_variable_is_the_only_candidate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    mine = _fake_go(tmp_path / "mine", "go1.21.0")
+    monkeypatch.setenv("GO", str(mine))
+    assert golang.candidates() == [mine]
+    assert golang.find() == golang.Go(mine, (1, 21))
+    monkeypatch.setenv("GO", str(tmp_path / "nowhere" / "go"))
+    assert golang.go_binary() is None
+    assert f"none found at {tmp_path / 'nowhere' / 'go'}" in (golang.problem() or "")
+
+
+@pytest.mark.parametrize(("ci", "code"), [("true", 1), ("", 0)])
+def test_make_check_fails_without_go_only_under_ci(tmp_path: Path, ci: str, code: int) -> None:
+    """``python -m tests.golang``, what ``make test`` runs before pytest."""
+    env = {**os.environ, "GO": str(tmp_path / "no-go"), "CI": ci}
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.golang"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == code, done.stderr
+    assert "MISSING PREREQUISITE: the tests need Go >= 1.21" in done.stderr
