@@ -153,6 +153,7 @@ def test_delete_answers_a_binary_delete_response(bundle: Path) -> None:
     result = _run(bundle, "gone", "delete")
     assert result.returncode == 0, result
     reply = shim_pb2.DeleteResponse.FromString(result.stdout)
+    # containerd's contract, as the runc shim answers it: 128 + SIGKILL, no pid
     assert reply.exit_status == 137 and reply.pid == 0
     assert reply.exited_at.ToNanoseconds() >= before
 

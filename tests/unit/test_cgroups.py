@@ -32,7 +32,6 @@ import shim.cgroups.cgroup as cgroup_module
 import shim.cgroups.limits as limits_module
 from shim import errors
 from shim.cgroups import (
-    UINT64_MAX,
     Cgroup,
     Layout,
     Resources,
@@ -46,6 +45,7 @@ from shim.cgroups import (
 from tests.prereq import needs, require
 
 MiB = 1 << 20
+UINT64_MAX = 2**64 - 1  # what containerd's cgroups v2 reports for a "max" limit
 _LIBC = ctypes.CDLL(None, use_errno=True)
 _PR_SET_PDEATHSIG = 1
 _HANG_GUARD_SECONDS = 60.0

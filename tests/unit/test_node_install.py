@@ -12,10 +12,12 @@ from shim.errors import FailedPrecondition, InvalidArgument, Unavailable
 from shim.node import config as cfg
 from shim.node import doctor, install
 from shim.node.flavors import FLAVORS, flavor
-from shim.node.restart import NSENTER, Restarter
+from shim.node.restart import Restarter
 from tests.unit.test_node_config import V2_WITH_COMMENTS, only_insertions
 
 SHIM = "containerd-shim-wasmtime-v1"
+# From a DaemonSet pod (hostPID): run in PID 1's mount, uts, ipc, net and pid namespaces.
+NSENTER = ("nsenter", "--target", "1", "--mount", "--uts", "--ipc", "--net", "--pid", "--")
 
 
 @pytest.fixture
