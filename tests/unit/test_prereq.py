@@ -123,6 +123,19 @@ def test_unmet_prerequisites_fail_under_ci(tmp_path: Path, ci: str) -> None:
     assert code == 1
 
 
+def test_no_test_skips_on_its_own() -> None:
+    """Every skip goes through tests/prereq.py, or CI could pass by skipping."""
+    words = ("pytest.skip(", "skipif", "importorskip", "mark.skip")
+    offenders = [
+        f"{path.relative_to(REPO)}:{number}: {line.strip()}"
+        for path in sorted((REPO / "tests").rglob("*.py"))
+        if path.name != "prereq.py" and path != Path(__file__)
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if any(word in line for word in words)
+    ]
+    assert offenders == []
+
+
 # ---- tests/golang.py -------------------------------------------------------------------------
 
 
