@@ -3,7 +3,8 @@ one CRI-enabled containerd with a kubelet-like client for the pod tests.
 
 A missing prerequisite (not root, no containerd, no wasm toolchain) skips the tests that need
 it, with the reason; under CI (``CI=true``) it FAILS them instead, so a broken CI machine can
-never pass by skipping everything.
+never pass by skipping everything. That rule lives in ``tests/prereq.py``, loaded here as a
+plugin.
 """
 
 from __future__ import annotations
@@ -25,23 +26,13 @@ from tests.containerd import (
     sweep_stale,
 )
 from tests.cri import CriClient
+from tests.prereq import require
 from tests.wasm import build
+
+pytest_plugins = ("tests.prereq",)  # the skip-or-fail rule and its `prerequisite` marker
 
 _namespace_numbers = itertools.count(1)
 CRI_WASM_IMAGE = "localhost/cri-wasm/tools:1"
-
-
-def in_ci() -> bool:
-    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
-def require(ok: bool, reason: str) -> None:
-    """Skip (or, in CI, fail) the requesting test unless ``ok``."""
-    if ok:
-        return
-    if in_ci():
-        pytest.fail(f"prerequisite missing in CI: {reason}", pytrace=False)
-    pytest.skip(reason)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

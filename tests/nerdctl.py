@@ -9,9 +9,11 @@ nerdctl itself as the logging process, which is what ``nerdctl logs`` then reads
 Version: v1.7.7 is the last 1.x release, and 1.x is the line that still supports containerd
 1.6 (the 2.x line wants containerd 1.7 or later); Debian ships containerd 1.6.20.
 
-How it is built: ``go install module@version`` is the obvious command but it also asks the
-proxy for the module's version list (to print a deprecation notice), and a proxy that only
-serves pinned versions refuses that list, which fails the whole install. So the helper does
+How it is built: with the Go that tests/golang.py finds (>= 1.21, what nerdctl's go.mod says;
+``GOTOOLCHAIN=local`` never lets it fetch another). ``go install module@version`` is the
+obvious command but it also asks the proxy for the module's version list (to print a
+deprecation notice), and a proxy that only serves pinned versions refuses that list, which
+fails the whole install. So the helper does
 the same in two steps that fetch nothing but modules: ``go mod download -json
 module@version`` (the module's own source with its own go.mod/go.sum, from the proxy) and
 ``go build -C <that dir> ./cmd/nerdctl``, which downloads exactly the modules nerdctl's go.sum
@@ -24,13 +26,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests import golang
 from tests.containerd import REPO, SYSTEM_PATH
 
 NERDCTL_MODULE = "github.com/containerd/nerdctl"
@@ -39,19 +41,10 @@ GO_DIR = REPO / ".cache" / "go"
 # A cold build (downloads + compile of ~300 packages) on 2 cores takes ~1.5 min; leave room
 # for a slow proxy but never hang a CI run.
 BUILD_TIMEOUT = 900.0
-GO_CANDIDATES = (Path("/usr/local/go/bin/go"), Path("/usr/lib/go/bin/go"))
 
 
 class NerdctlBuildError(RuntimeError):
     """``go`` failed to fetch or build nerdctl; the message carries go's output."""
-
-
-def go_binary() -> Path | None:
-    """The ``go`` command: on PATH, or where the official tarball / Debian put it."""
-    found = shutil.which("go")
-    if found:
-        return Path(found)
-    return next((p for p in GO_CANDIDATES if p.exists()), None)
 
 
 def nerdctl_path() -> Path:
@@ -63,9 +56,7 @@ def build_problem() -> str | None:
     """Why nerdctl cannot be had here (for ``require``), or None."""
     if nerdctl_path().exists():
         return None
-    if go_binary() is None:
-        return "go is missing (needed to build nerdctl from the Go module proxy)"
-    return None
+    return golang.problem()
 
 
 def _go_env() -> dict[str, str]:
@@ -116,9 +107,9 @@ def build_nerdctl(timeout: float = BUILD_TIMEOUT) -> Path:
     target = nerdctl_path()
     if target.exists():
         return target
-    go = go_binary()
+    go = golang.go_binary()
     if go is None:
-        raise NerdctlBuildError("go is missing")
+        raise NerdctlBuildError(golang.problem() or "go is missing")
     target.parent.mkdir(parents=True, exist_ok=True)
     info = json.loads(
         _go(

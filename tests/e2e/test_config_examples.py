@@ -10,8 +10,8 @@ import pytest
 import tomlkit
 import yaml as pyyaml
 
-from tests.conftest import require
 from tests.containerd import CONTAINERD
+from tests.prereq import require
 from wasmtime_shim.node import config as cfg
 from wasmtime_shim.node import manifests as m
 

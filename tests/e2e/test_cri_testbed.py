@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 from shim.api.k8s.cri.v1 import api_pb2 as cri
-from tests.conftest import require
 from tests.containerd import CRI_NAMESPACE, PrivateContainerd
 from tests.cri import (
     CONTAINER_CREATED,
@@ -29,6 +28,7 @@ from tests.cri import (
     parse_cri_log,
 )
 from tests.pause import build as native
+from tests.prereq import require
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 

@@ -24,6 +24,7 @@ from shim.api.containerd.services.containers.v1 import containers_pb2, container
 from shim.errors import FailedPrecondition, NotFound
 from shim.oci.content import NAMESPACE_METADATA, load_wasm_from_content_store
 from tests.containerd import RUNTIME, PrivateContainerd
+from tests.prereq import require
 from tests.wasm import build
 from wasmtime_shim.images import commands as image_commands
 from wasmtime_shim.images.build import CTR_IMPORT_FLAGS
@@ -43,8 +44,7 @@ def cli_build(*argv: str) -> None:
 @pytest.fixture(scope="module")
 def programs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     problem = build.toolchain_problem()
-    if problem is not None:
-        pytest.skip(problem)
+    require(problem is None, problem or "")
     return {"module": build.build_c("hello"), "component": WAT_DIR / "hello_component.wat"}
 
 

@@ -32,10 +32,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import require
 from tests.containerd import RUNTIME, PrivateContainerd
 from tests.e2e.helpers import remove_container, shim_pids, wait_for_status
 from tests.nerdctl import Nerdctl, build_nerdctl, build_problem
+from tests.prereq import require
 
 REF = "localhost/nerdctl-wasm/hello:1"
 IMAGE_CMD = "7"  # the image's Cmd: hello exits with its first argument

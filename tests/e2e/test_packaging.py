@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import tomlkit
 
-from tests.conftest import require
 from tests.containerd import CONTAINERD, CTR, RUNTIME, PrivateContainerd
 from tests.e2e.helpers import c_program, make_image
+from tests.prereq import require
 from wasmtime_shim.node import config as cfg
 
 REPO = Path(__file__).resolve().parents[2]

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.prereq import require
 from tests.wasm import build
 from wasmtime_shim.images.build import ImageConfig, build_image
 
@@ -58,8 +59,7 @@ def wasmtime_shim(*args: str, cache: Path) -> subprocess.CompletedProcess[str]:
 @pytest.fixture(scope="module")
 def files_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
     problem = build.toolchain_problem()
-    if problem is not None:
-        pytest.skip(problem)
+    require(problem is None, problem or "")
     image = build_image(
         {"/bin/files.wasm": build.build_c("files"), "/etc/motd": b"from the image\n"},
         ref="docker.io/library/files:test",

@@ -16,6 +16,7 @@ import pytest
 import wasmtime
 
 from tests.containerd import LeakKind, PrivateContainerd, sweep_stale
+from tests.prereq import require
 from tests.wasm import build
 from wasmtime_shim.images.build import ImageConfig, build_image
 
@@ -215,8 +216,8 @@ int main(int argc, char **argv) {
 def native_rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A rootfs holding one static x86-64 binary ``/native`` (no images needed)."""
     clang = shutil.which("clang") or shutil.which("clang-14")
-    if clang is None:
-        pytest.skip("clang is missing")
+    require(clang is not None, "clang is missing (Debian package clang)")
+    assert clang is not None
     work = tmp_path_factory.mktemp("native")
     (work / "native.c").write_text(NATIVE_SOURCE)
     rootfs = work / "rootfs"

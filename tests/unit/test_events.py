@@ -17,8 +17,11 @@ from google.protobuf import empty_pb2
 from shim.api.containerd.events import task_pb2
 from shim.api.containerd.services.ttrpc.events.v1 import events_pb2
 from shim.errors import InvalidArgument
-from shim.events import EVENTS_SERVICE, Publisher
+from shim.events import Publisher
 from shim.ttrpc.server import CallContext, Server
+
+# containerd's ttrpc events service (api/services/ttrpc/events/v1/events.proto)
+CONTAINERD_EVENTS = "containerd.services.events.ttrpc.v1.Events"
 
 
 def asynctest(fn: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
@@ -52,7 +55,7 @@ class FakeContainerd:
     async def serve(self, path: str) -> None:
         self.server = Server()
         self.server.register_service(
-            EVENTS_SERVICE, {"Forward": (self.forward, events_pb2.ForwardRequest)}
+            CONTAINERD_EVENTS, {"Forward": (self.forward, events_pb2.ForwardRequest)}
         )
         await self.server.start(path)
 

@@ -14,8 +14,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shim.errors import InvalidArgument
-from shim.oci.mediatypes import MEDIA_TYPE_INDEX
-from wasmtime_shim.images import build
 from wasmtime_shim.images.build import Compression, ImageConfig, OciImage, build_image, build_layer
 
 REF = "docker.io/library/hello-wasm:v1"
@@ -82,22 +80,22 @@ def test_layout_is_valid_and_self_consistent() -> None:
 
     index = json.loads(entries["index.json"][1] or b"")
     assert index["schemaVersion"] == 2
-    assert index["mediaType"] == MEDIA_TYPE_INDEX
+    assert index["mediaType"] == "application/vnd.oci.image.index.v1+json"
     [entry] = index["manifests"]
     assert entry["digest"] == built.manifest_digest
     assert entry["platform"] == {"architecture": "wasm", "os": "wasip1"}
-    assert entry["annotations"][build.ANNOTATION_CONTAINERD_NAME] == REF
-    assert entry["annotations"][build.ANNOTATION_REF_NAME] == "v1"
+    assert entry["annotations"]["io.containerd.image.name"] == REF
+    assert entry["annotations"]["org.opencontainers.image.ref.name"] == "v1"
     manifest_bytes = blob(built.archive, built.manifest_digest)
     assert entry["size"] == len(manifest_bytes)
 
     manifest = json.loads(manifest_bytes)
-    assert manifest["mediaType"] == build.MEDIA_TYPE_MANIFEST
-    assert manifest["annotations"][build.ANNOTATION_WASM_VARIANT] == "compat"
+    assert manifest["mediaType"] == "application/vnd.oci.image.manifest.v1+json"
+    assert manifest["annotations"]["module.wasm.image/variant"] == "compat"
     assert manifest["config"]["digest"] == built.config_digest
     [layer_desc] = manifest["layers"]
     assert layer_desc["digest"] == built.layer_digest
-    assert layer_desc["mediaType"] == build.MEDIA_TYPE_LAYER_GZIP
+    assert layer_desc["mediaType"] == "application/vnd.oci.image.layer.v1.tar+gzip"
 
     config = json.loads(blob(built.archive, built.config_digest))
     assert config["architecture"] == "wasm"
@@ -135,7 +133,7 @@ def test_uncompressed_layer_digest_is_its_diff_id() -> None:
     built = build_image(FILES, ref=REF, compression=Compression.NONE)
     assert built.layer_digest == built.diff_id
     manifest = json.loads(blob(built.archive, built.manifest_digest))
-    assert manifest["layers"][0]["mediaType"] == build.MEDIA_TYPE_LAYER
+    assert manifest["layers"][0]["mediaType"] == "application/vnd.oci.image.layer.v1.tar"
 
 
 def test_host_files_are_copied_with_their_exec_bit(tmp_path: Path) -> None:
@@ -200,7 +198,7 @@ def test_bad_config_is_refused() -> None:
 def test_ref_name_annotation_is_the_tag(ref: str, tag: str) -> None:
     built = build_image(FILES, ref=ref)
     index = json.loads(members(built.archive)["index.json"][1] or b"")
-    assert index["manifests"][0]["annotations"][build.ANNOTATION_REF_NAME] == tag
+    assert index["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"] == tag
 
 
 _segment = st.text(alphabet="abcXYZ019._-", min_size=1, max_size=8).filter(

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from shim.errors import InvalidArgument
-from shim.oci import mediatypes
 from wasmtime_shim.images import commands as image_commands
 from wasmtime_shim.images.artifact import WasmKind, build_artifact, wasm_kind
 from wasmtime_shim.images.read import ImageSource
@@ -119,7 +118,7 @@ def test_artifact_layout_follows_the_wasm_oci_artifact_spec(tmp_path: Path) -> N
     with ImageSource(path) as source:
         resolved = source.resolve()
     manifest = json.loads(_blob(path, built.manifest_digest))
-    assert resolved.config_media_type == mediatypes.MEDIA_TYPE_WASM_CONFIG
+    assert resolved.config_media_type == "application/vnd.wasm.config.v0+json"
     [layer] = resolved.layers
     assert layer.media_type == "application/wasm"
     assert _blob(path, layer.digest) == MODULE

@@ -13,9 +13,11 @@ from tests.unit.test_node_config import V2_WITH_COMMENTS, only_insertions
 from wasmtime_shim.node import config as cfg
 from wasmtime_shim.node import doctor, install
 from wasmtime_shim.node.flavors import FLAVORS, flavor
-from wasmtime_shim.node.restart import NSENTER, Restarter
+from wasmtime_shim.node.restart import Restarter
 
 SHIM = "containerd-shim-wasmtime-v1"
+# From a DaemonSet pod (hostPID): run in PID 1's mount, uts, ipc, net and pid namespaces.
+NSENTER = ("nsenter", "--target", "1", "--mount", "--uts", "--ipc", "--net", "--pid", "--")
 
 
 @pytest.fixture

@@ -14,14 +14,14 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-import pytest
+from tests.prereq import needs
 
 ROOT = Path(__file__).resolve().parents[2]
 REGEN = ROOT / "proto" / "regen.py"
 
-pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec("grpc_tools") is None,
-    reason="grpcio-tools (a dev dependency) is not installed",
+pytestmark = needs(
+    importlib.util.find_spec("grpc_tools") is not None,
+    "grpcio-tools (a dev dependency) is not installed",
 )
 
 

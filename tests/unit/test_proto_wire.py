@@ -31,6 +31,7 @@ from shim.api.containerd.types import mount_pb2
 from shim.api.containerd.types.task import task_pb2 as types_pb2
 from shim.api.google.rpc import status_pb2
 from shim.api.ttrpc import request_pb2
+from tests.prereq import require
 
 API_DIR = Path(__file__).resolve().parents[2] / "shim" / "api"
 GOCODE = Path("/usr/share/gocode/src/github.com/containerd")
@@ -397,8 +398,7 @@ def _compare_service(block: Block, known: dict[str, Block]) -> Iterator[str]:
 @pytest.mark.parametrize("upstream", UPSTREAM)
 def test_identical_to_containerd_source(upstream: str) -> None:
     path = GOCODE / upstream
-    if not path.is_file():
-        pytest.skip(f"{path} not installed (golang-github-containerd-containerd-dev)")
+    require(path.is_file(), f"{path} not installed (golang-github-containerd-containerd-dev)")
     parsed = parse_proto(path)
     assert parsed.blocks, f"parsed nothing from {path}"
     problems: list[str] = []
@@ -416,8 +416,10 @@ def test_parser_sees_the_task_service_and_nested_messages() -> None:
     """Guard against a parser that silently finds nothing to compare."""
     shim = GOCODE / "containerd/runtime/v2/task/shim.proto"
     containers = GOCODE / "containerd/api/services/containers/v1/containers.proto"
-    if not (shim.is_file() and containers.is_file()):
-        pytest.skip("containerd sources not installed")
+    require(
+        shim.is_file() and containers.is_file(),
+        "containerd sources not installed (golang-github-containerd-containerd-dev)",
+    )
     task = parse_proto(shim).blocks[TASK]
     assert sum(s.startswith("rpc ") for s in task.statements) == 17
     create = parse_proto(shim).blocks["containerd.task.v2.CreateTaskRequest"]
@@ -453,8 +455,7 @@ _GO_SCALARS = {
 def test_ttrpc_envelope_matches_go_struct_tags() -> None:
     """ttrpc declares Request/Response/KeyValue as Go structs with protobuf tags, not .proto."""
     types_go = GOCODE / "ttrpc" / "types.go"
-    if not types_go.is_file():
-        pytest.skip(f"{types_go} not installed")
+    require(types_go.is_file(), f"{types_go} not installed (golang-github-containerd-ttrpc-dev)")
     structs = re.findall(r"type (\w+) struct \{(.*?)\n\}", types_go.read_text(), re.S)
     checked = 0
     for struct, body in structs:

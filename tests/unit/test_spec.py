@@ -10,6 +10,9 @@ import pytest
 from shim.errors import InvalidArgument, NotFound
 from shim.oci import mounts, spec
 
+# mount(2) flags, from <sys/mount.h>
+MS_RDONLY, MS_NOSUID, MS_BIND, MS_REC, MS_PRIVATE = 0x1, 0x2, 0x1000, 0x4000, 0x40000
+
 CTR_LIKE = {
     "ociVersion": "1.0.2-dev",
     "process": {
@@ -81,7 +84,9 @@ def test_load_errors_name_the_file(tmp_path: Path) -> None:
 def test_group_id_prefers_the_pod() -> None:
     assert spec.group_id({"io.kubernetes.cri.sandbox-id": "pod"}, "c") == "pod"
     assert (
-        spec.group_id({"io.containerd.runc.v2.group": "g", spec.ANNOTATION_SANDBOX_ID: "p"}, "c")
+        spec.group_id(
+            {"io.containerd.runc.v2.group": "g", "io.kubernetes.cri.sandbox-id": "p"}, "c"
+        )
         == "g"
     )
     assert spec.group_id({}, "c") == "c"
@@ -89,10 +94,10 @@ def test_group_id_prefers_the_pod() -> None:
 
 def test_mount_options() -> None:
     p = mounts.parse_options(["ro", "rbind", "rprivate", "nosuid"])
-    assert p.flags == mounts.MS_RDONLY | mounts.MS_BIND | mounts.MS_REC | mounts.MS_NOSUID
-    assert p.propagation == mounts.MS_PRIVATE | mounts.MS_REC
+    assert p.flags == MS_RDONLY | MS_BIND | MS_REC | MS_NOSUID
+    assert p.propagation == MS_PRIVATE | MS_REC
     assert p.data == ""
     p = mounts.parse_options(["index=off", "workdir=/w", "upperdir=/u", "lowerdir=/a:/b"])
     assert p.flags == 0
     assert p.data == "index=off,workdir=/w,upperdir=/u,lowerdir=/a:/b"
-    assert mounts.parse_options(["ro", "rw"]).flags & mounts.MS_RDONLY == 0
+    assert mounts.parse_options(["ro", "rw"]).flags & MS_RDONLY == 0

@@ -20,7 +20,6 @@ from shim.ttrpc.connection import (
 )
 from shim.ttrpc.frames import (
     HEADER_SIZE,
-    MAX_PAYLOAD,
     EndOfStream,
     Frame,
     FrameDecoder,
@@ -41,6 +40,8 @@ from shim.ttrpc.messages import (
     metadata_dict,
     metadata_pairs,
 )
+
+TTRPC_MAX_PAYLOAD = 4 << 20  # containerd/ttrpc: messageLengthMax
 
 
 def drain(source: FrameDecoder | ServerConnection | ClientConnection) -> list[object]:
@@ -78,9 +79,11 @@ def test_header_fields_out_of_range_are_local_errors(
 
 def test_encode_refuses_oversized_payload() -> None:
     with pytest.raises(ProtocolError) as info:
-        encode_frame(1, FrameType.REQUEST, bytes(MAX_PAYLOAD + 1))
+        encode_frame(1, FrameType.REQUEST, bytes(TTRPC_MAX_PAYLOAD + 1))
     assert info.value.code == Code.RESOURCE_EXHAUSTED
-    assert len(encode_frame(1, FrameType.REQUEST, bytes(MAX_PAYLOAD))) == MAX_PAYLOAD + 10
+    assert len(encode_frame(1, FrameType.REQUEST, bytes(TTRPC_MAX_PAYLOAD))) == (
+        TTRPC_MAX_PAYLOAD + 10
+    )
 
 
 @given(

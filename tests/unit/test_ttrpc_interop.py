@@ -2,14 +2,15 @@
 
 A small Go program, built from Debian's golang-github-containerd-containerd-dev sources
 (GOPATH mode, no network), serves and calls a test service; our client and server talk to it.
-Skipped when Go or those sources are missing. The first build takes ~40 s, later ones are cached.
+Go is the one tests/golang.py finds. Without Go or those sources the tests skip, and fail under
+CI (tests/prereq.py); a failed build always fails. The first build takes ~40 s, later ones are
+cached.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -20,6 +21,8 @@ from shim.errors import DeadlineExceeded, NotFound, Unimplemented
 from shim.ttrpc.client import Client
 from shim.ttrpc.messages import NAMESPACE_KEY
 from shim.ttrpc.server import CallContext, Server
+from tests import golang
+from tests.prereq import require
 
 GOPATH = "/usr/share/gocode"
 Str = wrappers_pb2.StringValue
@@ -96,17 +99,17 @@ func main() {
 
 @pytest.fixture(scope="module")
 def interop_binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    go = shutil.which("go") or ("/usr/local/go/bin/go" if os.path.exists("/usr/local/go") else None)
-    if go is None or not Path(GOPATH, "src/github.com/containerd/ttrpc").is_dir():
-        pytest.skip("needs Go and Debian's containerd Go sources")
+    go = golang.require_go()
+    sources = Path(GOPATH, "src/github.com/containerd/ttrpc")
+    # Debian's golang-github-containerd-ttrpc-dev, which make deps installs with containerd-dev
+    require(sources.is_dir(), f"{sources} is missing (golang-github-containerd-ttrpc-dev)")
     src = tmp_path_factory.mktemp("gottrpc")
     (src / "main.go").write_text(GO_PROGRAM)
     env = {**os.environ, "GOPATH": GOPATH, "GO111MODULE": "off", "GOFLAGS": ""}
     build = subprocess.run(
         [go, "build", "-o", "interop", "."], cwd=src, env=env, capture_output=True, text=True
     )
-    if build.returncode != 0:
-        pytest.skip(f"cannot build the Go ttrpc program: {build.stderr[-500:]}")
+    assert build.returncode == 0, f"{go} cannot build the ttrpc program:\n{build.stderr[-2000:]}"
     return src / "interop"
 
 

@@ -24,11 +24,13 @@ from shim.errors import (
 )
 from shim.ttrpc.client import Client, socket_path
 from shim.ttrpc.connection import ClientConnection, ResponseReceived
-from shim.ttrpc.frames import MAX_PAYLOAD, FrameType, encode_frame, encode_header
-from shim.ttrpc.messages import NAMESPACE_KEY, Request, encode_request
+from shim.ttrpc.frames import FrameType, encode_frame, encode_header
+from shim.ttrpc.messages import Request, encode_request
 from shim.ttrpc.server import CallContext, Method, PeerCredentials, Server, same_user
+from tests.prereq import needs
 
 SVC = "test.v1.Echo"
+TTRPC_MAX_PAYLOAD = 4 << 20  # containerd/ttrpc: messageLengthMax
 Str = wrappers_pb2.StringValue
 
 
@@ -229,7 +231,7 @@ async def test_client_timeout_raises_deadline_exceeded(tmp_path: Path) -> None:
 async def test_metadata_namespace_and_deadline_reach_handler(tmp_path: Path) -> None:
     server, svc, path = await serving(tmp_path)
     async with await Client.connect(path) as client:
-        meta = {NAMESPACE_KEY: "k8s.io", "X-Trace": ["a", "b"]}
+        meta = {"containerd-namespace-ttrpc": "k8s.io", "X-Trace": ["a", "b"]}
         reply = await client.call(SVC, "Meta", Str(), Str, timeout=30, metadata=meta)
         await client.call(SVC, "Meta", Str(), Str)
     assert reply.value == "k8s.io"
@@ -248,7 +250,7 @@ async def test_oversized_request_gets_resource_exhausted_and_connection_lives(
     tmp_path: Path,
 ) -> None:
     server, _, path = await serving(tmp_path)
-    size = MAX_PAYLOAD + 1
+    size = TTRPC_MAX_PAYLOAD + 1
     wire = (
         encode_header(size, 1, FrameType.REQUEST) + b"\0" * size + request_wire(3, "Echo", "after")
     )
@@ -264,7 +266,7 @@ async def test_client_refuses_oversized_request_locally(tmp_path: Path) -> None:
     server, _, path = await serving(tmp_path)
     async with await Client.connect(path) as client:
         with pytest.raises(ResourceExhausted):
-            await client.call(SVC, "Echo", Str(value="x" * MAX_PAYLOAD), Str)
+            await client.call(SVC, "Echo", Str(value="x" * TTRPC_MAX_PAYLOAD), Str)
         assert (await client.call(SVC, "Echo", Str(value="z"), Str)).value == "echo:z"
     await server.shutdown()
 
@@ -412,7 +414,7 @@ def _connect_as(address: bytes, wire: bytes, user: int | None) -> int:
         os.waitpid(pid, 0)
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to connect as another user")
+@needs(os.geteuid() == 0, "needs root to connect as another user")
 @asynctest
 async def test_peer_with_other_uid_is_refused() -> None:
     # An abstract socket: reachable by any user, which is what the credential check is for.
