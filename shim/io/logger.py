@@ -107,7 +107,7 @@ def _spawn(target: Target, container_id: str, namespace: str, fds: tuple[int, in
     """posix_spawn the logger with ``fds`` as its 3, 4, 5. Returns the pid."""
     # Move the sources above 5 first so that no dup2() can clobber a source not yet copied.
     high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) for fd in fds]
-    actions = [
+    actions: list[tuple[int | str, ...]] = [
         (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
         (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
         (os.POSIX_SPAWN_OPEN, 2, os.devnull, os.O_WRONLY, 0),
