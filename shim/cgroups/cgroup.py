@@ -1,7 +1,8 @@
-"""The Cgroup object: create, load, join, freeze, kill, stats and remove one container's cgroup.
+"""The Cgroup object: create, load, freeze, kill, stats and remove one container's cgroup.
 
 It ties the path rules (``paths``), the limits (``limits``) and the Metrics readers (``stats``)
-to the directories it owns, and removes only those.
+to the directories it owns, and removes only those. It does not move processes: it names the
+``cgroup.procs`` files (``join_files``) that the forked container process writes itself into.
 """
 
 from __future__ import annotations
@@ -130,10 +131,6 @@ class Cgroup:
         else:
             return None
         return name if os.path.exists(name) else None
-
-    def join(self, pid: int) -> None:
-        for path in self.join_files():
-            _write(path, str(pid))
 
     def pids(self) -> list[int]:
         """Members in any hierarchy (a process half-way through joining still counts)."""

@@ -42,10 +42,6 @@ class StdioConfig:
     stderr: str
     terminal: bool = False
 
-    @property
-    def is_null(self) -> bool:
-        return not (self.stdin or self.stdout or self.stderr)
-
 
 class ProcessIO:
     """The descriptors of one process's stdio and everything that keeps them working.

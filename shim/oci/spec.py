@@ -105,13 +105,6 @@ class Spec:
             return limit
         return None
 
-    def namespace_path(self, ns_type: str) -> str:
-        """The path of a namespace the container must join, or "" when it gets its own."""
-        for ns in self.namespaces:
-            if ns.type == ns_type:
-                return ns.path
-        return ""
-
 
 def _str_tuple(value: Any, what: str) -> tuple[str, ...]:
     if value is None:

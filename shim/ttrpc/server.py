@@ -71,11 +71,6 @@ class CallContext:
         """The containerd namespace of the call (``containerd-namespace-ttrpc``)."""
         return self.get(NAMESPACE_KEY)
 
-    def time_remaining(self) -> float | None:
-        if self.deadline is None:
-            return None
-        return self.deadline - asyncio.get_running_loop().time()
-
 
 Handler = Callable[[Any, CallContext], Awaitable[Message]]
 
@@ -173,10 +168,6 @@ class Server:
                 await asyncio.gather(*late, return_exceptions=True)
         await asyncio.gather(*(conn.close() for conn in list(self._connections)))
         self._closed.set()
-
-    async def wait_closed(self) -> None:
-        """Return once ``shutdown`` has completed."""
-        await self._closed.wait()
 
     async def _on_connection(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter

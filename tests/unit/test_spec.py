@@ -45,8 +45,10 @@ def test_parse_ctr_like_spec() -> None:
     assert s.process.user.additional_gids == (10,)
     assert s.memory_limit == 1048576
     assert s.cgroups_path == "/default/c1"
-    assert s.namespace_path("network") == "/proc/1/ns/net"
-    assert s.namespace_path("pid") == ""
+    assert s.namespaces == (
+        spec.Namespace("pid"),
+        spec.Namespace("network", "/proc/1/ns/net"),
+    )
     proc, data, rw = s.mounts
     assert not proc.is_bind
     assert data.is_bind and data.readonly
