@@ -72,19 +72,24 @@ class CallContext:
         return self.get(NAMESPACE_KEY)
 
 
-Handler = Callable[[Any, CallContext], Awaitable[Message]]
+# What runs one ttrpc method: the decoded request and the call's context in, the reply out.
+MethodHandler = Callable[[Any, CallContext], Awaitable[Message]]
 
 
 @dataclass(frozen=True, slots=True)
 class Method:
     """One dispatch-table entry. ``response_type``, when given, is checked on return."""
 
-    handler: Handler
+    handler: MethodHandler
     request_type: type[Message]
     response_type: type[Message] | None = None
 
 
-MethodSpec = Method | tuple[Handler, type[Message]] | tuple[Handler, type[Message], type[Message]]
+MethodSpec = (
+    Method
+    | tuple[MethodHandler, type[Message]]
+    | tuple[MethodHandler, type[Message], type[Message]]
+)
 
 
 def peer_credentials(sock: socket.socket | Any) -> PeerCredentials:
