@@ -90,11 +90,11 @@ def test_group_id_prefers_the_pod() -> None:
 
 
 def test_mount_options() -> None:
-    p = mounts.parse_options(["ro", "rbind", "rprivate", "nosuid"])
+    p = mounts.parse_mount_options(["ro", "rbind", "rprivate", "nosuid"])
     assert p.flags == mounts.MS_RDONLY | mounts.MS_BIND | mounts.MS_REC | mounts.MS_NOSUID
     assert p.propagation == mounts.MS_PRIVATE | mounts.MS_REC
     assert p.data == ""
-    p = mounts.parse_options(["index=off", "workdir=/w", "upperdir=/u", "lowerdir=/a:/b"])
+    p = mounts.parse_mount_options(["index=off", "workdir=/w", "upperdir=/u", "lowerdir=/a:/b"])
     assert p.flags == 0
     assert p.data == "index=off,workdir=/w,upperdir=/u,lowerdir=/a:/b"
-    assert mounts.parse_options(["ro", "rw"]).flags & mounts.MS_RDONLY == 0
+    assert mounts.parse_mount_options(["ro", "rw"]).flags & mounts.MS_RDONLY == 0
