@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,13 +73,22 @@ class Process:
     user: User = field(default_factory=User)
 
     def getenv(self, name: str) -> str | None:
-        """The value of `name` in the process env (the last assignment wins, as execve sees it)."""
-        prefix = name + "="
-        value = None
-        for item in self.env:
-            if item.startswith(prefix):
-                value = item[len(prefix) :]
-        return value
+        """The value of `name` in the process env; see :func:`getenv`."""
+        return getenv(self.env, name)
+
+
+def getenv(env: Iterable[str], name: str) -> str | None:
+    """The value of `name` in a `KEY=value` list, or None when unset.
+
+    When `name` is assigned more than once the last assignment wins, as when the entries are
+    applied in order with setenv(3). The entrypoint's PATH lookup reads PATH this way.
+    """
+    prefix = name + "="
+    value = None
+    for item in env:
+        if item.startswith(prefix):
+            value = item[len(prefix) :]
+    return value
 
 
 @dataclass(frozen=True, slots=True)

@@ -98,3 +98,12 @@ def test_mount_options() -> None:
     assert p.flags == 0
     assert p.data == "index=off,workdir=/w,upperdir=/u,lowerdir=/a:/b"
     assert mounts.parse_mount_options(["ro", "rw"]).flags & mounts.MS_RDONLY == 0
+
+
+def test_getenv_last_assignment_wins_and_needs_the_equals_sign() -> None:
+    env = ("PATH=/a", "PATHX=/x", "PATH", "PATH=/b", "EMPTY=")
+    assert spec.getenv(env, "PATH") == "/b"
+    assert spec.getenv(env, "EMPTY") == ""
+    assert spec.getenv(env, "PATHX") == "/x"
+    assert spec.getenv(env, "MISSING") is None
+    assert spec.Process(args=("x",), env=env).getenv("PATH") == "/b"
