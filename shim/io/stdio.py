@@ -35,7 +35,7 @@ DEFAULT_READY_TIMEOUT = 10.0  # seconds a binary:// logger gets to signal readin
 
 @dataclass(frozen=True, slots=True)
 class StdioConfig:
-    """The stdio part of a Create (or Exec) request, as plain values."""
+    """The stdio part of a Create request, as plain values."""
 
     stdin: str
     stdout: str

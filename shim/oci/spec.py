@@ -18,7 +18,8 @@ from shim.errors import InvalidArgument, NotFound
 
 CONFIG_FILE = "config.json"
 
-# Annotations containerd's CRI plugin sets (reference section 8).
+# The annotations the shim reads: the two that containerd's CRI plugin sets on every container
+# of a pod, and the runc shim's grouping annotation, honoured the same way.
 ANNOTATION_SANDBOX_ID = "io.kubernetes.cri.sandbox-id"
 ANNOTATION_CONTAINER_TYPE = "io.kubernetes.cri.container-type"
 ANNOTATION_RUNC_GROUP = "io.containerd.runc.v2.group"
