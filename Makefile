@@ -35,9 +35,11 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/pip install -q -e '.[dev]'
 	@touch $@
 
+# mypy reads its targets and strictness from [tool.mypy] in pyproject.toml.
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 # Go >= 1.21 builds nerdctl and the ttrpc interop program; Debian 12's golang is too old, so
 # deps does not install it. tests/golang.py finds it (the tests use the same answer) and says
@@ -49,6 +51,7 @@ go-check: venv
 test: deps venv go-check
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 	$(VENV)/bin/pytest -q
 
 demo: deps venv

@@ -1,10 +1,33 @@
-"""The error vocabulary of the shim.
+"""The error vocabulary of the shim: a class per gRPC status code, and the two conversions.
 
-Every module raises one of these classes; the ttrpc server turns them into a gRPC status
-exactly once, at the RPC boundary. containerd's errdefs maps the status code back to its own
-error classes (``errdefs.FromGRPC``), so the code is the contract: NotFound from Delete is
-tolerated, NotFound from Kill means "process already finished", and so on. Any other exception
-reaching the boundary becomes UNKNOWN with its text, and is logged there once.
+containerd's errdefs maps a status code back to its own error classes (``errdefs.FromGRPC``), so
+the code is the contract: NotFound from Delete is tolerated, NotFound from Kill means "process
+already finished", and so on. The shim's ttrpc layer converts with the two functions here:
+
+- ``to_status`` turns an exception into the (code, message) the ttrpc server answers with. A
+  ShimError gives its class's code and its message verbatim; any other exception gives UNKNOWN
+  with its type and text (and the ttrpc server logs it once, with its traceback).
+- ``from_status`` turns a non-OK status from a ttrpc peer into the class of its code, which the
+  ttrpc client raises, so NotFound from containerd is caught as NotFound. The codes without a
+  class here (OUT_OF_RANGE, DATA_LOSS, UNAUTHENTICATED, or a number gRPC does not define)
+  become Unknown.
+
+So the code of a failure is decided wherever one of these classes (or a ``Code``) is chosen:
+
+- by the module that raises it, for everything a request can fail on (a handler's NotFound,
+  FailedPrecondition, ...);
+- by shim/ttrpc/server.py for the refusals of dispatch (UNAVAILABLE while shutting down,
+  UNIMPLEMENTED for an unknown service or method, INVALID_ARGUMENT for a request message that
+  does not decode, DEADLINE_EXCEEDED when the caller's timeout passes);
+- by shim/ttrpc/connection.py for faults of the wire itself, which no handler ever sees (the
+  table in its docstring; RESOURCE_EXHAUSTED for a response too large to send; on the client
+  side RESOURCE_EXHAUSTED for an oversized answer and INTERNAL for one that does not decode);
+- by shim/ttrpc/client.py for a call's own failures (DEADLINE_EXCEEDED when its timeout passes,
+  UNAVAILABLE when the connection is or becomes closed, INTERNAL for a reply message that does
+  not decode);
+- by ``ProtocolError`` (shim/ttrpc/frames.py), INVALID_ARGUMENT unless the raise site names a
+  Code: RESOURCE_EXHAUSTED for a message too large to send, UNAVAILABLE when a connection's
+  stream ids run out; the ttrpc client re-raises those as the matching class here.
 """
 
 from __future__ import annotations
@@ -124,8 +147,7 @@ def from_status(code: int, message: str) -> ShimError:
     try:
         cls = _BY_CODE[Code(code)]
     except (ValueError, KeyError):
-        err = Unknown(message)
-        return err
+        return Unknown(message)
     return cls(message)
 
 

@@ -3,7 +3,8 @@
 The task service calls :meth:`Publisher.publish` at the moment something happens; that call
 only stamps the time and queues, so a slow or absent containerd can never stall a task RPC.
 One background task forwards the queue, in order, as ``Events/Forward`` calls to containerd's
-ttrpc socket (``TTRPC_ADDRESS``). Order matters: containerd must see TaskStart before TaskExit.
+ttrpc socket (the ``TTRPC_ADDRESS`` containerd gives the shim, which serve.py passes in). Order
+matters: containerd must see TaskStart before TaskExit.
 
 Failures: connection-type errors (Unavailable, DeadlineExceeded, OSError) are retried with
 exponential backoff on a fresh connection, up to ``max_attempts``; then the event is dropped
@@ -20,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import threading
 import time
 from collections import deque
@@ -38,7 +38,6 @@ log = logging.getLogger(__name__)
 
 EVENTS_SERVICE = "containerd.services.events.ttrpc.v1.Events"
 FORWARD_METHOD = "Forward"
-ADDRESS_ENV = "TTRPC_ADDRESS"
 
 _RETRYABLE = (Unavailable, DeadlineExceeded, OSError)
 
@@ -51,11 +50,6 @@ class _Item:
     topic: str
     type_url: str
     value: bytes
-
-
-def address_from_env() -> str | None:
-    """containerd's ttrpc address as given to the shim, or None if unset."""
-    return os.environ.get(ADDRESS_ENV) or None
 
 
 class Publisher:

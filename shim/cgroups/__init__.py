@@ -1,12 +1,14 @@
 """Per-container cgroups on cgroup v1 (one hierarchy per controller) and v2 (one unified tree).
 
-The shim has no runc underneath, so it does runc's cgroup work itself: turn the spec's
-``linux.cgroupsPath`` into one directory per hierarchy, write ``linux.resources`` into the kernel
-files, let the container process join, read the files back as containerd's Metrics messages, and
-remove exactly the directory it made. The systemd form of the path is converted to the cgroupfs
-path systemd would use and created directly; systemd is never asked to make a scope, so it does
-not know about (or manage) these cgroups. Every call is a plain file operation; the daemon runs
-them off the event loop, and a forked child joins by writing into ``join_files()`` itself.
+A wasm container has no runc underneath, so the shim does runc's cgroup work for it: turn the
+spec's ``linux.cgroupsPath`` into one directory per hierarchy, write ``linux.resources`` into the
+kernel files, let the container process join, read the files back as containerd's Metrics
+messages, and remove exactly the directory it made. The systemd form of the path is converted to
+the cgroupfs path systemd would use and created directly; systemd is never asked to make a scope,
+so it does not know about (or manage) these cgroups. For a native container runc makes the cgroup
+and the shim only loads it (``Cgroup.load``) to read stats, count OOM kills, signal its members
+and remove it. Every call is a plain file operation; the daemon runs them off the event loop,
+and a forked child joins by writing into ``join_files()`` itself.
 
 The package is split by concern: ``paths`` (cgroupsPath rules, layout detection), ``limits``
 (linux.resources -> kernel files), ``stats`` (kernel files -> Metrics messages), ``cgroup`` (the

@@ -1,7 +1,8 @@
-"""The Cgroup object: create, load, join, freeze, kill, stats and remove one container's cgroup.
+"""The Cgroup object: create, load, freeze, kill, stats and remove one container's cgroup.
 
 It ties the path rules (``paths``), the limits (``limits``) and the Metrics readers (``stats``)
-to the directories it owns, and removes only those.
+to the directories it owns, and removes only those. It does not move processes: it names the
+``cgroup.procs`` files (``join_files``) that the forked container process writes itself into.
 """
 
 from __future__ import annotations
@@ -13,15 +14,17 @@ import signal
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
-
-from google.protobuf.message import Message
+from typing import TYPE_CHECKING, Any
 
 from shim.cgroups.files import _flat_keyed, _os_call, _read, _write
 from shim.cgroups.limits import Resources, _apply_v1, _apply_v2
 from shim.cgroups.paths import V2_CONTROLLERS, Layout, Version, cgroupfs_path, detect_layout
 from shim.cgroups.stats import _metrics_v1, _metrics_v2
 from shim.errors import FailedPrecondition, Internal, NotFound
+
+if TYPE_CHECKING:
+    from shim.api.cgroups.v1 import metrics_pb2 as v1_pb
+    from shim.api.cgroups.v2 import metrics_pb2 as v2_pb
 
 _SETTLE_SECONDS = 5.0  # how long freeze and rmdir wait for the kernel / exiting processes
 
@@ -129,10 +132,6 @@ class Cgroup:
             return None
         return name if os.path.exists(name) else None
 
-    def join(self, pid: int) -> None:
-        for path in self.join_files():
-            _write(path, str(pid))
-
     def pids(self) -> list[int]:
         """Members in any hierarchy (a process half-way through joining still counts)."""
         found: set[int] = set()
@@ -210,8 +209,9 @@ class Cgroup:
 
     # ---- stats -------------------------------------------------------------------------------
 
-    def metrics(self) -> Message:
-        """io.containerd.cgroups.v1.Metrics or .v2.Metrics, from whatever files exist.
+    def metrics(self) -> v1_pb.Metrics | v2_pb.Metrics:
+        """io.containerd.cgroups.v1.Metrics or .v2.Metrics, from whatever files exist (see
+        ``stats.py`` for why a protobuf message is built this far from the RPC layer).
 
         Raises NotFound when the cgroup is gone (containerd skips such a task silently).
         """

@@ -84,20 +84,20 @@ def _apply_v1(dirs: Mapping[str, str], res: Resources) -> None:
             writes.insert(0 if raising else len(writes), (swap_file, res.memory_swap))
         if res.memory_reservation is not None:
             writes.append((os.path.join(mem, "memory.soft_limit_in_bytes"), res.memory_reservation))
-        for path, value in writes:
-            _write(path, str(value))
+        for path, number in writes:
+            _write(path, str(number))
     if "cpu" in dirs:
         cpu = dirs["cpu"]
-        for name, value in (
+        for name, setting in (
             ("cpu.shares", res.cpu_shares),
             ("cpu.cfs_period_us", res.cpu_period),
             ("cpu.cfs_quota_us", res.cpu_quota),
         ):
-            if value is not None:
-                _write(os.path.join(cpu, name), str(value))
+            if setting is not None:
+                _write(os.path.join(cpu, name), str(setting))
     if "pids" in dirs and res.pids_limit is not None:
-        value = str(res.pids_limit) if res.pids_limit > 0 else "max"
-        _write(os.path.join(dirs["pids"], "pids.max"), value)
+        pids_max = str(res.pids_limit) if res.pids_limit > 0 else "max"
+        _write(os.path.join(dirs["pids"], "pids.max"), pids_max)
 
 
 def _apply_v2(leaf: str, res: Resources) -> None:

@@ -2,6 +2,15 @@
 
 Whatever files this kernel and hierarchy provide are read; missing ones leave their fields
 unset, and keys the message does not know are skipped, so newer kernels never break Stats.
+
+A deliberate exception to the rule that protobuf stays in shim/task/service.py and
+shim/events.py (README, "Architecture"): this module builds the Metrics messages themselves, and
+``Cgroup.metrics()`` hands them unchanged through ``Tasks.stats()`` to ``TaskService.Stats``,
+which only packs them into the response's ``Any``. Their 100-odd scalar fields mirror the
+kernel's files key for key (``_set_uint`` fills most of them by name), so a plain-Python copy of
+the schema would only be translated back field by field. Nothing else under shim/cgroups/ builds
+or reads a message (``cgroup.py`` names the types in annotations only), and the generated
+modules are imported only when Stats is called, not when the daemon starts.
 """
 
 from __future__ import annotations
@@ -9,10 +18,15 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING
 
 from google.protobuf.message import Message
 
 from shim.cgroups.files import _flat_keyed, _opt
+
+if TYPE_CHECKING:
+    from shim.api.cgroups.v1 import metrics_pb2 as v1_pb
+    from shim.api.cgroups.v2 import metrics_pb2 as v2_pb
 
 UINT64_MAX = 2**64 - 1
 
@@ -36,7 +50,7 @@ _V1_BLKIO_FIELDS = (
 )
 
 
-def _metrics_v1(dirs: Mapping[str, str]) -> Message:
+def _metrics_v1(dirs: Mapping[str, str]) -> v1_pb.Metrics:
     from shim.api.cgroups.v1 import metrics_pb2 as pb
 
     m = pb.Metrics()
@@ -63,8 +77,8 @@ def _metrics_v1(dirs: Mapping[str, str]) -> Message:
     if (d := dirs.get("memory")) and (text := _opt(d, "memory.stat")) is not None:
         mem = m.memory
         for key, value in _flat_keyed(text).items():
-            total, base = key.startswith("total_"), key.removeprefix("total_")
-            name = ("total_" if total else "") + _V1_MEMORY_RENAMES.get(base, base)
+            is_total, base = key.startswith("total_"), key.removeprefix("total_")
+            name = ("total_" if is_total else "") + _V1_MEMORY_RENAMES.get(base, base)
             _set_uint(mem, name, value)
         for entry, prefix in (
             (mem.usage, "memory"),
@@ -72,8 +86,8 @@ def _metrics_v1(dirs: Mapping[str, str]) -> Message:
             (mem.kernel, "memory.kmem"),
             (mem.kernel_tcp, "memory.kmem.tcp"),
         ):
-            if (usage := _opt(d, prefix + ".usage_in_bytes")) is not None:
-                entry.usage = _uint(usage)
+            if (current := _opt(d, prefix + ".usage_in_bytes")) is not None:
+                entry.usage = _uint(current)
                 entry.limit = _uint(_opt(d, prefix + ".limit_in_bytes") or "0")
                 entry.max = _uint(_opt(d, prefix + ".max_usage_in_bytes") or "0")
                 entry.failcnt = _uint(_opt(d, prefix + ".failcnt") or "0")
@@ -91,7 +105,7 @@ def _metrics_v1(dirs: Mapping[str, str]) -> Message:
     return m
 
 
-def _metrics_v2(leaf: str) -> Message:
+def _metrics_v2(leaf: str) -> v2_pb.Metrics:
     from shim.api.cgroups.v2 import metrics_pb2 as pb
 
     m = pb.Metrics()
@@ -114,8 +128,8 @@ def _metrics_v2(leaf: str) -> Message:
             ("swap_usage", "memory.swap.current"),
             ("swap_limit", "memory.swap.max"),
         ):
-            if (value := _opt(leaf, file)) is not None:
-                setattr(m.memory, name, _uint(value, UINT64_MAX))
+            if (raw := _opt(leaf, file)) is not None:
+                setattr(m.memory, name, _uint(raw, UINT64_MAX))
     if (text := _opt(leaf, "memory.events")) is not None:
         for key, value in _flat_keyed(text).items():
             _set_uint(m.memory_events, key, value)
@@ -124,14 +138,14 @@ def _metrics_v2(leaf: str) -> Message:
         major, _, minor = device.partition(":")
         entry = m.io.usage.add(major=_uint(major), minor=_uint(minor))
         for pair in pairs:
-            key, _, value = pair.partition("=")
-            _set_uint(entry, key, _uint(value))
+            field, _, number = pair.partition("=")
+            _set_uint(entry, field, _uint(number))
     return m
 
 
-def _pids(msg: Message, leaf: str, unlimited: int) -> None:
-    msg.current = _uint(_opt(leaf, "pids.current") or "0")  # type: ignore[attr-defined]
-    msg.limit = _uint(_opt(leaf, "pids.max") or "max", unlimited)  # type: ignore[attr-defined]
+def _pids(msg: v1_pb.PidsStat | v2_pb.PidsStat, leaf: str, unlimited: int) -> None:
+    msg.current = _uint(_opt(leaf, "pids.current") or "0")
+    msg.limit = _uint(_opt(leaf, "pids.max") or "max", unlimited)
 
 
 def _blkio_lines(text: str) -> Iterator[tuple[str, int, int, int]]:

@@ -13,8 +13,13 @@ The logger sees EOF on fds 3/4 once the container and the shim have closed their
 stop() then waits for it to exit on its own before signalling it.
 
 The process is spawned with posix_spawn (vfork-like, safe in a threaded daemon) and tracked
-through a pidfd, so signalling it never hits a recycled pid and waiting does not depend on who
-else reaps children. If the daemon's subreaper loop reaps it first, waiting simply finds it gone.
+through a pidfd, so signalling it never hits a recycled pid. It is the daemon's own child, and
+this module reaps it: once the pidfd polls readable (the logger exited), ``waitid(P_PIDFD)``
+collects the zombie. The daemon has no reaper loop: it is a child subreaper, but every process
+that comes back to it that way (a native container's init, a dead zygote's children) is waited
+for by pid by the code that knows it, so nothing else reaps the logger. A second reap here finds
+it gone and is ignored; a logger still alive 5 s after SIGKILL (uninterruptible sleep) is left
+unreaped.
 """
 
 from __future__ import annotations
@@ -107,7 +112,7 @@ def _spawn(target: Target, container_id: str, namespace: str, fds: tuple[int, in
     """posix_spawn the logger with ``fds`` as its 3, 4, 5. Returns the pid."""
     # Move the sources above 5 first so that no dup2() can clobber a source not yet copied.
     high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) for fd in fds]
-    actions = [
+    actions: list[tuple[int | str, ...]] = [
         (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
         (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
         (os.POSIX_SPAWN_OPEN, 2, os.devnull, os.O_WRONLY, 0),
@@ -171,6 +176,6 @@ def _kill_and_reap(pidfd: int) -> None:
 
 
 def _reap(pidfd: int) -> None:
-    """Collect the zombie unless someone (the daemon's subreaper) already has."""
+    """Collect the zombie if it is one; nothing when it is still running or already reaped."""
     with contextlib.suppress(ChildProcessError):
         os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOHANG)

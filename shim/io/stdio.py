@@ -28,23 +28,19 @@ from shim.errors import FailedPrecondition, InvalidArgument
 from shim.io.fds import close_quietly, open_fd, os_error
 from shim.io.logger import BinaryLogger
 from shim.io.stdin import StdinCopier
-from shim.io.uri import Kind, Plan, Target, plan
+from shim.io.uri import Plan, Scheme, Target, plan
 
 DEFAULT_READY_TIMEOUT = 10.0  # seconds a binary:// logger gets to signal readiness
 
 
 @dataclass(frozen=True, slots=True)
 class StdioConfig:
-    """The stdio part of a Create (or Exec) request, as plain values."""
+    """The stdio part of a Create request, as plain values."""
 
     stdin: str
     stdout: str
     stderr: str
     terminal: bool = False
-
-    @property
-    def is_null(self) -> bool:
-        return not (self.stdin or self.stdout or self.stderr)
 
 
 class ProcessIO:
@@ -99,12 +95,12 @@ class ProcessIO:
         return pio
 
     def _open(self, p: Plan, *, container_id: str, namespace: str, timeout: float) -> None:
-        if p.stdin.kind is Kind.PATH:
+        if p.stdin.scheme is Scheme.PATH:
             self._stdin = StdinCopier(p.stdin.path)
             self._child[0] = self._stdin.child_fd
         else:
             self._child[0] = self._null()
-        if p.shared and p.stdout.kind is Kind.BINARY:
+        if p.shared and p.stdout.scheme is Scheme.BINARY:
             self._logger = BinaryLogger.start(
                 p.stdout, container_id=container_id, namespace=namespace, ready_timeout=timeout
             )
@@ -129,7 +125,7 @@ class ProcessIO:
 
     def _open_output(self, target: Target, stream: str) -> int:
         """A FIFO (with our keep-alive read end) or an existing regular file to append to."""
-        if target.kind is Kind.NULL:
+        if target.scheme is Scheme.NULL:
             return self._null()
         path = target.path
         # O_NONBLOCK: a read end opens at once even with no writer, and a regular file

@@ -24,30 +24,30 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 from shim.errors import InvalidArgument
 
 
-class Kind(enum.Enum):
-    """What one stream is attached to."""
+class Scheme(enum.Enum):
+    """Which form of stdio string a stream was given; stdio.py opens each form its own way."""
 
-    NULL = "null"
-    PATH = "path"  # a FIFO, or an existing regular file (decided when opened)
+    NULL = "null"  # "": /dev/null
+    PATH = "path"  # /path or fifo:///path: a FIFO, or an existing regular file (seen when opened)
     FILE = "file"  # file:// log URI: append both output streams, creating the file
-    BINARY = "binary"  # binary:// log URI: a logger process reads both output streams
+    BINARY = "binary"  # binary:// or binary-v2://: a logger process reads both output streams
 
 
 @dataclass(frozen=True, slots=True)
 class Target:
     """One stream's destination. ``args`` and ``ready_byte`` only matter for BINARY."""
 
-    kind: Kind
+    scheme: Scheme
     path: str = ""
     args: tuple[str, ...] = ()
     ready_byte: bool = False  # binary-v2: EOF on fd 5 without a byte is a failure
 
     @property
     def is_log(self) -> bool:
-        return self.kind in (Kind.FILE, Kind.BINARY)
+        return self.scheme in (Scheme.FILE, Scheme.BINARY)
 
 
-NULL = Target(Kind.NULL)
+NULL = Target(Scheme.NULL)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,24 +70,24 @@ def parse(uri: str, stream: str) -> Target:
         return NULL
     if uri.startswith("/"):
         # A plain path is used verbatim: '?', '#' and '%' are legal in file names.
-        return Target(Kind.PATH, uri)
+        return Target(Scheme.PATH, uri)
     parts = urlsplit(uri)
-    scheme = parts.scheme
-    if scheme == "":
+    name = parts.scheme
+    if name == "":
         raise InvalidArgument(f"{stream} {uri!r}: a path must be absolute")
-    if scheme not in ("fifo", "file", "binary", "binary-v2"):
-        raise InvalidArgument(f"{stream} {uri!r}: unknown stdio URI scheme {scheme!r}")
+    if name not in ("fifo", "file", "binary", "binary-v2"):
+        raise InvalidArgument(f"{stream} {uri!r}: unknown stdio URI scheme {name!r}")
     if parts.netloc not in ("", "localhost"):
-        raise InvalidArgument(f"{stream} {uri!r}: a {scheme} URI must not name a host")
+        raise InvalidArgument(f"{stream} {uri!r}: a {name} URI must not name a host")
     path = unquote(parts.path)
     if not path.startswith("/"):
-        raise InvalidArgument(f"{stream} {uri!r}: the {scheme} URI needs an absolute path")
-    if scheme == "fifo":
-        return Target(Kind.PATH, path)
-    if scheme == "file":
-        return Target(Kind.FILE, path)
+        raise InvalidArgument(f"{stream} {uri!r}: the {name} URI needs an absolute path")
+    if name == "fifo":
+        return Target(Scheme.PATH, path)
+    if name == "file":
+        return Target(Scheme.FILE, path)
     return Target(
-        Kind.BINARY, path, args=_logger_args(parts.query), ready_byte=scheme == "binary-v2"
+        Scheme.BINARY, path, args=_logger_args(parts.query), ready_byte=name == "binary-v2"
     )
 
 
@@ -114,7 +114,7 @@ def plan(stdin: str, stdout: str, stderr: str) -> Plan:
     takes both output streams, or anything ``parse`` refuses).
     """
     tin = parse(stdin, "stdin")
-    if tin.kind not in (Kind.NULL, Kind.PATH):
+    if tin.scheme not in (Scheme.NULL, Scheme.PATH):
         raise InvalidArgument(f"stdin {stdin!r}: only a FIFO path can be used for stdin")
     tout = parse(stdout, "stdout")
     terr = parse(stderr, "stderr")

@@ -2,20 +2,19 @@
 
 containerd's snapshotter gives a list of mounts (overlay with lowerdir/upperdir/workdir, or a
 bind of a single layer) that must be stacked, in order, on `<bundle>/rootfs`. We call mount(2)
-directly (through libc) rather than running mount(8): it is faster, and errors come back as an
-errno we can name in the message. Unmounting is lazy (MNT_DETACH) and repeated until nothing is
-left at the target, so it is safe after partial failures and safe to call twice.
+directly (through shim/libc.py) rather than running mount(8): it is faster, and errors come back
+as an errno we can name in the message. Unmounting is lazy (MNT_DETACH) and repeated until
+nothing is left at the target, so it is safe after partial failures and safe to call twice.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import errno
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from shim import libc
 from shim.errors import FailedPrecondition, Internal, InvalidArgument
 
 # mount(2) flags, from <sys/mount.h>.
@@ -78,16 +77,6 @@ _PROPAGATION: dict[str, int] = {
     "runbindable": MS_UNBINDABLE | MS_REC,
 }
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-_libc.mount.argtypes = [
-    ctypes.c_char_p,
-    ctypes.c_char_p,
-    ctypes.c_char_p,
-    ctypes.c_ulong,
-    ctypes.c_char_p,
-]
-_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
-
 
 @dataclass(frozen=True, slots=True)
 class MountRequest:
@@ -99,13 +88,15 @@ class MountRequest:
 
 
 @dataclass(frozen=True, slots=True)
-class ParsedOptions:
+class MountOptions:
+    """A mount's option strings sorted the way mount(2) wants them."""
+
     flags: int
     propagation: int
     data: str
 
 
-def parse_options(options: Iterable[str]) -> ParsedOptions:
+def parse_mount_options(options: Iterable[str]) -> MountOptions:
     """Split mount options into mount(2) flags, propagation flags and the fs data string."""
     flags = 0
     propagation = 0
@@ -118,20 +109,7 @@ def parse_options(options: Iterable[str]) -> ParsedOptions:
             propagation |= _PROPAGATION[opt]
         else:
             data.append(opt)
-    return ParsedOptions(flags=flags, propagation=propagation, data=",".join(data))
-
-
-def _call_mount(source: str, target: str, fstype: str, flags: int, data: str) -> None:
-    rc = _libc.mount(
-        source.encode(),
-        target.encode(),
-        fstype.encode() if fstype else None,
-        flags,
-        data.encode() if data else None,
-    )
-    if rc != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
+    return MountOptions(flags=flags, propagation=propagation, data=",".join(data))
 
 
 def mount(req: MountRequest, target: str) -> None:
@@ -140,18 +118,18 @@ def mount(req: MountRequest, target: str) -> None:
     A read-only bind needs a second, remounting call: the kernel ignores MS_RDONLY on the
     first bind.
     """
-    opts = parse_options(req.options)
+    opts = parse_mount_options(req.options)
     fstype = "" if opts.flags & MS_BIND else req.type
     if req.type == "overlay" and len(opts.data) >= os.sysconf("SC_PAGESIZE"):
         raise InvalidArgument(
             f"overlay mount options are {len(opts.data)} bytes, over the kernel's page-size limit"
         )
     try:
-        _call_mount(req.source, target, fstype, opts.flags, opts.data)
+        libc.mount(req.source, target, fstype or None, opts.flags, opts.data or None)
         if opts.flags & MS_BIND and opts.flags & MS_RDONLY:
-            _call_mount("", target, "", opts.flags | MS_REMOUNT, "")
+            libc.mount("", target, None, opts.flags | MS_REMOUNT, None)
         if opts.propagation:
-            _call_mount("", target, "", opts.propagation, "")
+            libc.mount("", target, None, opts.propagation, None)
     except OSError as e:
         msg = f"mount {req.type} {req.source!r} on {target}: {e.strerror}"
         if e.errno in (errno.ENOENT, errno.ENOTDIR, errno.EINVAL):
@@ -181,11 +159,12 @@ def unmount_all(target: str) -> int:
     """Detach every mount stacked on `target`; returns how many were removed. Idempotent."""
     count = 0
     while count < 64 and os.path.exists(target) and is_mountpoint(target):
-        if _libc.umount2(target.encode(), MNT_DETACH) != 0:
-            err = ctypes.get_errno()
-            if err in (errno.EINVAL, errno.ENOENT):
+        try:
+            libc.umount2(target, MNT_DETACH)
+        except OSError as e:
+            if e.errno in (errno.EINVAL, errno.ENOENT):
                 break
-            raise Internal(f"unmount {target}: {os.strerror(err)}")
+            raise Internal(f"unmount {target}: {e.strerror}") from None
         count += 1
     return count
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +18,8 @@ from shim.errors import InvalidArgument, NotFound
 
 CONFIG_FILE = "config.json"
 
-# Annotations containerd's CRI plugin sets (reference section 8).
+# The annotations the shim reads: the two that containerd's CRI plugin sets on every container
+# of a pod, and the runc shim's grouping annotation, honoured the same way.
 ANNOTATION_SANDBOX_ID = "io.kubernetes.cri.sandbox-id"
 ANNOTATION_CONTAINER_TYPE = "io.kubernetes.cri.container-type"
 ANNOTATION_RUNC_GROUP = "io.containerd.runc.v2.group"
@@ -73,13 +74,22 @@ class Process:
     user: User = field(default_factory=User)
 
     def getenv(self, name: str) -> str | None:
-        """The value of `name` in the process env (the last assignment wins, as execve sees it)."""
-        prefix = name + "="
-        value = None
-        for item in self.env:
-            if item.startswith(prefix):
-                value = item[len(prefix) :]
-        return value
+        """The value of `name` in the process env; see :func:`getenv`."""
+        return getenv(self.env, name)
+
+
+def getenv(env: Iterable[str], name: str) -> str | None:
+    """The value of `name` in a `KEY=value` list, or None when unset.
+
+    When `name` is assigned more than once the last assignment wins, as when the entries are
+    applied in order with setenv(3). The entrypoint's PATH lookup reads PATH this way.
+    """
+    prefix = name + "="
+    value = None
+    for item in env:
+        if item.startswith(prefix):
+            value = item[len(prefix) :]
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,13 +114,6 @@ class Spec:
         if isinstance(limit, int) and limit > 0:
             return limit
         return None
-
-    def namespace_path(self, ns_type: str) -> str:
-        """The path of a namespace the container must join, or "" when it gets its own."""
-        for ns in self.namespaces:
-            if ns.type == ns_type:
-                return ns.path
-        return ""
 
 
 def _str_tuple(value: Any, what: str) -> tuple[str, ...]:

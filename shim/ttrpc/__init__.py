@@ -10,7 +10,7 @@ from __future__ import annotations
 from shim.ttrpc.client import Client, socket_path
 from shim.ttrpc.frames import MAX_PAYLOAD, ProtocolError
 from shim.ttrpc.messages import NAMESPACE_KEY
-from shim.ttrpc.server import CallContext, Method, PeerCredentials, Server
+from shim.ttrpc.server import CallContext, Method, MethodHandler, PeerCredentials, Server
 
 __all__ = [
     "MAX_PAYLOAD",
@@ -18,6 +18,7 @@ __all__ = [
     "CallContext",
     "Client",
     "Method",
+    "MethodHandler",
     "PeerCredentials",
     "ProtocolError",
     "Server",

@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import socket
 from collections.abc import Mapping, Sequence
 from typing import TypeVar
 
@@ -74,12 +73,6 @@ class Client:
                 reader, writer = await asyncio.open_unix_connection(path)
         except (OSError, TimeoutError) as exc:
             raise Unavailable(f"ttrpc: cannot connect to {path}: {exc}") from exc
-        return cls(reader, writer)
-
-    @classmethod
-    async def from_socket(cls, sock: socket.socket) -> Client:
-        """Wrap an already-connected unix stream socket (tests, socketpairs)."""
-        reader, writer = await asyncio.open_unix_connection(sock=sock)
         return cls(reader, writer)
 
     @property

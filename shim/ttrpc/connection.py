@@ -12,8 +12,15 @@ as ttrpc-go enforces them:
 - a Data frame                              -> INVALID_ARGUMENT (no streaming calls here)
 - a Response or unknown frame type          -> ignored, for forward compatibility
 
-:class:`ClientConnection` allocates odd, increasing stream ids and matches responses to them.
-Nothing here raises on peer input; local misuse raises ProtocolError with ``remote=False``.
+:class:`ClientConnection` allocates odd, increasing stream ids and matches responses to them; an
+answer over the size limit becomes RESOURCE_EXHAUSTED, one that does not decode INTERNAL.
+
+These codes are decided here: each rule puts a shim.errors instance (InvalidArgument,
+ResourceExhausted, Internal) into its event, and :func:`shim.errors.to_status` turns it into code
+and message. A response too large to send is replaced the same way, by a RESOURCE_EXHAUSTED
+answer. Nothing here raises on peer input; local misuse raises ProtocolError with
+``remote=False`` (RESOURCE_EXHAUSTED for a request too large to send, UNAVAILABLE once the
+stream ids run out, else INVALID_ARGUMENT).
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
-from shim.errors import Code
+from shim.errors import Code, Internal, InvalidArgument, ResourceExhausted, ShimError, to_status
 from shim.ttrpc.frames import (
     MAX_PAYLOAD,
     MAX_STREAM_ID,
@@ -59,6 +66,12 @@ class StreamError:
     code: Code
     message: str
 
+    @classmethod
+    def of(cls, stream_id: int, error: ShimError) -> StreamError:
+        """The rejection of ``stream_id`` with ``error``'s status (see :func:`to_status`)."""
+        code, message = to_status(error)
+        return cls(stream_id, code, message)
+
 
 @dataclass(frozen=True, slots=True)
 class ResponseReceived:
@@ -77,6 +90,11 @@ class ConnectionClosed:
 
 ServerEvent = RequestReceived | StreamError | ConnectionClosed
 ClientEvent = ResponseReceived | ConnectionClosed
+
+
+def _too_large(length: int, limit: int) -> ResourceExhausted:
+    """An incoming frame over the limit, in ttrpc-go's words (its grammar included)."""
+    return ResourceExhausted(f"message length {length} exceed maximum message size of {limit}")
 
 
 class ServerConnection:
@@ -120,28 +138,24 @@ class ServerConnection:
     def _classify(self, event: Frame | OversizedFrame) -> ServerEvent | None:
         sid = event.stream_id
         if isinstance(event, OversizedFrame):
-            return StreamError(
-                sid,
-                Code.RESOURCE_EXHAUSTED,
-                f"message length {event.length} exceed maximum message size of {self._max_payload}",
-            )
+            return StreamError.of(sid, _too_large(event.length, self._max_payload))
         if sid % 2 != 1:
-            return StreamError(
-                sid, Code.INVALID_ARGUMENT, "StreamID must be odd for client initiated streams"
+            return StreamError.of(
+                sid, InvalidArgument("StreamID must be odd for client initiated streams")
             )
         if event.type == FrameType.DATA:
-            return StreamError(sid, Code.INVALID_ARGUMENT, "StreamID is no longer active")
+            return StreamError.of(sid, InvalidArgument("StreamID is no longer active"))
         if event.type != FrameType.REQUEST:
             return None
         if sid <= self._last_stream_id:
-            return StreamError(
-                sid, Code.INVALID_ARGUMENT, "StreamID cannot be re-used and must increment"
+            return StreamError.of(
+                sid, InvalidArgument("StreamID cannot be re-used and must increment")
             )
         self._last_stream_id = sid
         try:
             request = decode_request(event.payload)
-        except ProtocolError as exc:
-            return StreamError(sid, Code.INVALID_ARGUMENT, exc.message)
+        except ProtocolError as exc:  # remote, INVALID_ARGUMENT
+            return StreamError.of(sid, exc)
         return RequestReceived(sid, request)
 
     def send_response(self, stream_id: int, response: Response) -> bytes:
@@ -155,13 +169,11 @@ class ServerConnection:
             raise ProtocolError(f"no request to answer on stream {stream_id}", remote=False)
         payload = encode_response(response)
         if len(payload) > self._max_payload:
-            payload = encode_response(
-                Response(
-                    code=Code.RESOURCE_EXHAUSTED,
-                    message=f"response of {len(payload)} bytes exceeds maximum message size "
-                    f"of {self._max_payload}",
-                )
+            too_large = ResourceExhausted(
+                f"response of {len(payload)} bytes exceeds maximum message size "
+                f"of {self._max_payload}"
             )
+            payload = encode_response(Response.from_error(too_large))
         data = encode_frame(stream_id, FrameType.RESPONSE, payload)
         self._owed[stream_id] -= 1
         if self._owed[stream_id] == 0:
@@ -226,14 +238,10 @@ class ClientConnection:
                 continue
             self._pending.discard(sid)
             if isinstance(event, OversizedFrame):
-                response = Response(
-                    code=Code.RESOURCE_EXHAUSTED,
-                    message=f"message length {event.length} exceed maximum message size of "
-                    f"{self._max_payload}",
-                )
+                response = Response.from_error(_too_large(event.length, self._max_payload))
             else:
                 try:
                     response = decode_response(event.payload)
                 except ProtocolError as exc:
-                    response = Response(code=Code.INTERNAL, message=exc.message)
+                    response = Response.from_error(Internal(exc.message))
             return ResponseReceived(sid, response)

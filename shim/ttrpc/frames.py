@@ -51,15 +51,6 @@ class FrameType(enum.IntEnum):
     DATA = 3
 
 
-class Flags(enum.IntFlag):
-    """Per-frame flags; unary calls (all this shim uses) send none."""
-
-    NONE = 0
-    REMOTE_CLOSED = 0x1
-    REMOTE_OPEN = 0x2
-    NO_DATA = 0x4
-
-
 @dataclass(frozen=True, slots=True)
 class Frame:
     """One complete frame. ``type`` is an int, not a FrameType: unknown types must be
@@ -116,14 +107,6 @@ def encode_frame(
             code=Code.RESOURCE_EXHAUSTED,
         )
     return encode_header(len(payload), stream_id, type_, flags) + payload
-
-
-def decode_header(data: bytes) -> tuple[int, int, int, int]:
-    """(length, stream_id, type, flags) from exactly HEADER_SIZE bytes."""
-    if len(data) != HEADER_SIZE:
-        raise ProtocolError(f"a frame header is {HEADER_SIZE} bytes, got {len(data)}", remote=True)
-    length, stream_id, type_, flags = _HEADER.unpack(data)
-    return length, stream_id, type_, flags
 
 
 class FrameDecoder:

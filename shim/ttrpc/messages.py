@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from shim.api.ttrpc import request_pb2
-from shim.errors import Code
+from shim.errors import Code, to_status
 from shim.ttrpc.frames import ProtocolError
 
 # The metadata key containerd uses to carry the namespace of a call.
@@ -63,6 +63,12 @@ class Response:
     @property
     def ok(self) -> bool:
         return self.code == Code.OK
+
+    @classmethod
+    def from_error(cls, exc: BaseException) -> Response:
+        """The failure answer for ``exc``: :func:`shim.errors.to_status` gives code and message."""
+        code, message = to_status(exc)
+        return cls(code=code, message=message)
 
 
 def encode_request(request: Request) -> bytes:

@@ -4,10 +4,15 @@ Protocol rules live in :mod:`shim.ttrpc.connection`; this module is the thin tra
 them plus the dispatch table. Each request runs in its own task, so a Wait that blocks for
 minutes never holds up a Start on the same connection (ctr does exactly that).
 
-Error mapping happens here and only here: a handler's :class:`~shim.errors.ShimError` becomes
-its code and message; any other exception becomes UNKNOWN with its text and is logged once
-with its traceback; an expired ``timeout_nano`` cancels the handler and answers
-DEADLINE_EXCEEDED.
+Every failed call is answered in one place, ``Server._dispatch``, with the status
+:func:`shim.errors.to_status` gives the exception: a handler's
+:class:`~shim.errors.ShimError` becomes its code and message, any other exception becomes
+UNKNOWN with its text and is logged there once with its traceback. The server's own refusals
+are shim.errors classes raised on the same path: Unavailable during shutdown, Unimplemented
+for an unknown service or method, InvalidArgument for a request message that does not decode,
+and DeadlineExceeded when the caller's ``timeout_nano`` passes (the handler is cancelled).
+Rejected frames (:class:`~shim.ttrpc.connection.StreamError`) come with their status from
+the connection layer and are answered as they are.
 
 Handlers are cancelled when their connection goes away (as ttrpc-go cancels the request
 context) and when a shutdown's grace period runs out, so they must be cancellation-safe;
@@ -28,7 +33,13 @@ from typing import Any
 
 from google.protobuf.message import Message
 
-from shim.errors import Code, ShimError, to_status
+from shim.errors import (
+    DeadlineExceeded,
+    InvalidArgument,
+    ShimError,
+    Unavailable,
+    Unimplemented,
+)
 from shim.ttrpc.connection import ConnectionClosed, RequestReceived, ServerConnection, StreamError
 from shim.ttrpc.frames import MAX_PAYLOAD
 from shim.ttrpc.messages import NAMESPACE_KEY, Request, Response, metadata_dict
@@ -71,25 +82,25 @@ class CallContext:
         """The containerd namespace of the call (``containerd-namespace-ttrpc``)."""
         return self.get(NAMESPACE_KEY)
 
-    def time_remaining(self) -> float | None:
-        if self.deadline is None:
-            return None
-        return self.deadline - asyncio.get_running_loop().time()
 
-
-Handler = Callable[[Any, CallContext], Awaitable[Message]]
+# What runs one ttrpc method: the decoded request and the call's context in, the reply out.
+MethodHandler = Callable[[Any, CallContext], Awaitable[Message]]
 
 
 @dataclass(frozen=True, slots=True)
 class Method:
     """One dispatch-table entry. ``response_type``, when given, is checked on return."""
 
-    handler: Handler
+    handler: MethodHandler
     request_type: type[Message]
     response_type: type[Message] | None = None
 
 
-MethodSpec = Method | tuple[Handler, type[Message]] | tuple[Handler, type[Message], type[Message]]
+MethodSpec = (
+    Method
+    | tuple[MethodHandler, type[Message]]
+    | tuple[MethodHandler, type[Message], type[Message]]
+)
 
 
 def peer_credentials(sock: socket.socket | Any) -> PeerCredentials:
@@ -132,19 +143,14 @@ class Server:
         self._services.add(name)
         self._methods.update(entries)
 
-    async def start(
-        self, path: str | None = None, *, sock: socket.socket | None = None, fd: int | None = None
-    ) -> None:
-        """Begin accepting on exactly one of: a filesystem path (bound and listened here), an
-        already-listening socket object, or the number of an inherited listening socket (the
-        shim daemon gets its listener as fd 3). Returns once accepting; may be called again
-        to serve several listeners."""
-        if sum(x is not None for x in (path, sock, fd)) != 1:
-            raise ValueError("give exactly one of path, sock, fd")
+    async def start(self, path: str | None = None, *, sock: socket.socket | None = None) -> None:
+        """Begin accepting on exactly one of: a filesystem path (bound and listened here), or an
+        already-listening socket (the daemon's, which ``start`` bound before it forked the
+        daemon). Returns once accepting; may be called again to serve several listeners."""
+        if (path is None) == (sock is None):
+            raise ValueError("give exactly one of path, sock")
         if self._shutting_down:
             raise RuntimeError("server is shut down")
-        if fd is not None:
-            sock = socket.socket(fileno=fd)
         if sock is not None:
             if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
                 raise ValueError("ttrpc needs a unix stream socket")
@@ -174,10 +180,6 @@ class Server:
         await asyncio.gather(*(conn.close() for conn in list(self._connections)))
         self._closed.set()
 
-    async def wait_closed(self) -> None:
-        """Return once ``shutdown`` has completed."""
-        await self._closed.wait()
-
     async def _on_connection(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
@@ -201,8 +203,24 @@ class Server:
             self._connections.discard(conn)
 
     async def _dispatch(self, request: Request, peer: PeerCredentials | None) -> Response:
+        """The answer to ``request``: its handler's reply, or the status of what failed."""
+        try:
+            return Response(payload=await self._run(request, peer))
+        except Exception as exc:
+            if not isinstance(exc, ShimError):
+                # The one place an unexpected failure is logged, with its traceback.
+                log.error("ttrpc: /%s/%s failed", request.service, request.method, exc_info=exc)
+            return Response.from_error(exc)
+
+    async def _run(self, request: Request, peer: PeerCredentials | None) -> bytes:
+        """Decode, call the handler within the caller's deadline, encode its reply.
+
+        Raises the server's own refusals as shim.errors classes (Unavailable while shutting
+        down, Unimplemented, InvalidArgument for an undecodable request, DeadlineExceeded),
+        and whatever the handler raised.
+        """
         if self._shutting_down:
-            return Response(code=Code.UNAVAILABLE, message="ttrpc: server shutting down")
+            raise Unavailable("ttrpc: server shutting down")
         method = self._methods.get((request.service, request.method))
         if method is None:
             missing = (
@@ -210,11 +228,11 @@ class Server:
                 if request.service in self._services
                 else f"service {request.service}"
             )
-            return Response(code=Code.UNIMPLEMENTED, message=missing)
+            raise Unimplemented(missing)
         try:
             message = method.request_type.FromString(request.payload)
         except Exception as exc:  # protobuf's DecodeError and relatives
-            return Response(code=Code.INVALID_ARGUMENT, message=f"unmarshal argument: {exc}")
+            raise InvalidArgument(f"unmarshal argument: {exc}") from exc
         deadline = None
         if request.timeout_nano > 0:
             deadline = asyncio.get_running_loop().time() + request.timeout_nano / 1e9
@@ -229,29 +247,18 @@ class Server:
         try:
             async with timer:
                 result = await method.handler(message, ctx)
-            if method.response_type is not None and not isinstance(result, method.response_type):
-                raise TypeError(
-                    f"handler returned {type(result).__name__}, "
-                    f"expected {method.response_type.__name__}"
-                )
-            if not isinstance(result, Message):
-                raise TypeError(f"handler returned {type(result).__name__}, not a message")
-            payload = result.SerializeToString()
         except TimeoutError as exc:
             if timer.expired():
-                return Response(code=Code.DEADLINE_EXCEEDED, message="context deadline exceeded")
-            return self._failure(request, exc)
-        except Exception as exc:
-            return self._failure(request, exc)
-        return Response(payload=payload)
-
-    @staticmethod
-    def _failure(request: Request, exc: Exception) -> Response:
-        code, message = to_status(exc)
-        if not isinstance(exc, ShimError):
-            # The one place an unexpected failure is logged, with its traceback.
-            log.error("ttrpc: /%s/%s failed", request.service, request.method, exc_info=exc)
-        return Response(code=code, message=message)
+                raise DeadlineExceeded("context deadline exceeded") from exc
+            raise
+        if method.response_type is not None and not isinstance(result, method.response_type):
+            raise TypeError(
+                f"handler returned {type(result).__name__}, "
+                f"expected {method.response_type.__name__}"
+            )
+        if not isinstance(result, Message):
+            raise TypeError(f"handler returned {type(result).__name__}, not a message")
+        return result.SerializeToString()
 
 
 class _ServerConn:

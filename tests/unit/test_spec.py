@@ -48,8 +48,10 @@ def test_parse_ctr_like_spec() -> None:
     assert s.process.user.additional_gids == (10,)
     assert s.memory_limit == 1048576
     assert s.cgroups_path == "/default/c1"
-    assert s.namespace_path("network") == "/proc/1/ns/net"
-    assert s.namespace_path("pid") == ""
+    assert s.namespaces == (
+        spec.Namespace("pid"),
+        spec.Namespace("network", "/proc/1/ns/net"),
+    )
     proc, data, rw = s.mounts
     assert not proc.is_bind
     assert data.is_bind and data.readonly
@@ -93,11 +95,21 @@ def test_group_id_prefers_the_pod() -> None:
 
 
 def test_mount_options() -> None:
-    p = mounts.parse_options(["ro", "rbind", "rprivate", "nosuid"])
+    p = mounts.parse_mount_options(["ro", "rbind", "rprivate", "nosuid"])
     assert p.flags == MS_RDONLY | MS_BIND | MS_REC | MS_NOSUID
     assert p.propagation == MS_PRIVATE | MS_REC
     assert p.data == ""
-    p = mounts.parse_options(["index=off", "workdir=/w", "upperdir=/u", "lowerdir=/a:/b"])
+    p = mounts.parse_mount_options(["index=off", "workdir=/w", "upperdir=/u", "lowerdir=/a:/b"])
     assert p.flags == 0
     assert p.data == "index=off,workdir=/w,upperdir=/u,lowerdir=/a:/b"
-    assert mounts.parse_options(["ro", "rw"]).flags & MS_RDONLY == 0
+    assert mounts.parse_mount_options(["ro", "rw"]).flags & MS_RDONLY == 0
+
+
+
+def test_getenv_last_assignment_wins_and_needs_the_equals_sign() -> None:
+    env = ("PATH=/a", "PATHX=/x", "PATH", "PATH=/b", "EMPTY=")
+    assert spec.getenv(env, "PATH") == "/b"
+    assert spec.getenv(env, "EMPTY") == ""
+    assert spec.getenv(env, "PATHX") == "/x"
+    assert spec.getenv(env, "MISSING") is None
+    assert spec.Process(args=("x",), env=env).getenv("PATH") == "/b"

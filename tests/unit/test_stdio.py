@@ -31,7 +31,7 @@ from shim.errors import (
     NotFound,
 )
 from shim.io import ProcessIO, StdioConfig
-from shim.io.uri import Kind, Target, parse, plan
+from shim.io.uri import Scheme, Target, parse, plan
 
 HANG_GUARD = 20.0  # seconds; only ever reached when the code under test is broken
 
@@ -459,17 +459,17 @@ def test_close_before_start_releases_everything(client: Client) -> None:
 @pytest.mark.parametrize(
     ("uri", "target"),
     [
-        ("", Target(Kind.NULL)),
-        ("/run/fifo/a?b#c%20", Target(Kind.PATH, "/run/fifo/a?b#c%20")),
-        ("fifo:///run/x", Target(Kind.PATH, "/run/x")),
-        ("file:///var/log/a%20b.log", Target(Kind.FILE, "/var/log/a b.log")),
-        ("file://localhost/l", Target(Kind.FILE, "/l")),
-        ("binary:///bin/log", Target(Kind.BINARY, "/bin/log")),
+        ("", Target(Scheme.NULL)),
+        ("/run/fifo/a?b#c%20", Target(Scheme.PATH, "/run/fifo/a?b#c%20")),
+        ("fifo:///run/x", Target(Scheme.PATH, "/run/x")),
+        ("file:///var/log/a%20b.log", Target(Scheme.FILE, "/var/log/a b.log")),
+        ("file://localhost/l", Target(Scheme.FILE, "/l")),
+        ("binary:///bin/log", Target(Scheme.BINARY, "/bin/log")),
         (
             "binary:///bin/log?b=2&a=1&b=3&flag",
-            Target(Kind.BINARY, "/bin/log", ("b", "2", "a", "1", "flag", "")),
+            Target(Scheme.BINARY, "/bin/log", ("b", "2", "a", "1", "flag", "")),
         ),
-        ("binary-v2:///bin/log?x=y", Target(Kind.BINARY, "/bin/log", ("x", "y"), True)),
+        ("binary-v2:///bin/log?x=y", Target(Scheme.BINARY, "/bin/log", ("x", "y"), True)),
     ],
 )
 def test_parse(uri: str, target: Target) -> None:
@@ -498,11 +498,11 @@ def test_plan_shares_a_log_uri_between_the_output_streams() -> None:
         assert p.shared
         assert p.stdout == p.stderr == parse(log, "stdout")
     p = plan("/in", "/out", "")
-    assert (p.shared, p.stdin.kind, p.stdout.kind, p.stderr.kind) == (
+    assert (p.shared, p.stdin.scheme, p.stdout.scheme, p.stderr.scheme) == (
         False,
-        Kind.PATH,
-        Kind.PATH,
-        Kind.NULL,
+        Scheme.PATH,
+        Scheme.PATH,
+        Scheme.NULL,
     )
 
 
