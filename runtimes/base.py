@@ -2,9 +2,11 @@
 
 The shim never hands protobuf or OCI structures to an engine. The task layer distils a
 container's spec into one frozen `RunConfig`; the engine answers with an `Entrypoint` (cheaply,
-in the daemon, at Create) and later, inside the forked container process, turns both into a
-`Prepared` program and runs it. Splitting `prepare()` from `run()` is what lets Start fail with
-a precise reason (bad module, missing export) instead of a bare exit status: the zygote reports
+in the daemon, at Create). A compile job of the warm runtime turns the entrypoint's bytes into
+a verified cache entry (`compile()`), and inside the forked container process the engine loads
+that entry (`load()`, still as root), builds the `Instance` under the container's identity
+(`prepare()`) and runs it. Splitting `prepare()` from `run()` is what lets Start fail with a
+precise reason (bad module, missing export) instead of a bare exit status: the spawner reports
 "ready" only after `prepare()` returned.
 """
 
@@ -37,8 +39,24 @@ class RunConfig:
     cwd: str  # process.cwd, a guest path
     preopens: tuple[Preopen, ...]  # the rootfs at "/" first, then the spec's directory mounts
     memory_limit: int | None = None  # bytes; cap on each wasm linear memory
-    cache_dir: str | None = None  # where compiled artifacts may be cached (None = no cache)
+    cache: CacheSettings | None = None  # where compiled code is cached (None = no cache)
     artifact_dir: str | None = None  # outside the rootfs: holds a wasm OCI artifact's layer
+
+
+@dataclass(frozen=True, slots=True)
+class CacheSettings:
+    """The node's cache of compiled code: a directory only root can write, and its bound."""
+
+    dir: str
+    limit: int  # bytes; least recently used entries beyond it are evicted
+
+
+@dataclass(frozen=True, slots=True)
+class Compiled:
+    """A verified cache entry, ready to be mapped; `note` tells what it took (for the log)."""
+
+    path: str
+    note: str = ""
 
 
 class EntrypointKind(enum.Enum):
@@ -73,8 +91,12 @@ class NotWasm(FailedPrecondition):
         self.entry = entry
 
 
-class Prepared(Protocol):
-    """Engine-specific: what `prepare()` built (compiled, linked, instantiated) for `run()`.
+class Loaded(Protocol):
+    """Engine-specific: compiled code, as `load()` mapped it for `prepare()`. Opaque."""
+
+
+class Instance(Protocol):
+    """Engine-specific: what `prepare()` linked and instantiated for `run()`.
 
     Opaque to the shim; it only ever passes the object from `prepare()` to `run()` in the same
     process.
@@ -85,7 +107,7 @@ class Prepared(Protocol):
 
 
 class Runtime(Protocol):
-    """An engine. The methods run in three different processes, hence their constraints."""
+    """An engine. The methods run in four different processes, hence their constraints."""
 
     name: str
 
@@ -98,20 +120,42 @@ class Runtime(Protocol):
         """
         ...
 
-    def warm(self) -> None:
-        """In the zygote, before it forks anything: import what is slow. Starts no threads
-        and installs no signal handlers (the children reset every handler to SIG_DFL)."""
+    def open_source(self, cfg: RunConfig, entry: Entrypoint) -> int:
+        """In the daemon, at Create: a read-only descriptor of the entrypoint's bytes, for a
+        compile job. Raises `FailedPrecondition` naming the file."""
         ...
 
-    def prepare(self, cfg: RunConfig, entry: Entrypoint) -> Prepared:
-        """In the forked container process: read, compile (+ cache), link, instantiate.
+    def warm(self) -> None:
+        """In the warm runtime (or a spawner that started cold), before it forks anything:
+        import what is slow and create what every container process can share. Starts no
+        threads (the process forks afterwards). Idempotent."""
+        ...
 
-        Raises `FailedPrecondition` with a message for the user (invalid or truncated wasm,
-        a missing or unusable `#func`, a memory minimum above the limit, ...).
+    def compile(
+        self, source_fd: int, kind: EntrypointKind, name: str, cache: CacheSettings
+    ) -> Compiled:
+        """In a compile job (or a container process without a warm runtime): the verified
+        cache entry for the program read from `source_fd`, compiling it if there is none.
+
+        Raises `FailedPrecondition` naming `name` for a program that does not compile.
         """
         ...
 
-    def limit_memory(self, prepared: Prepared, max_bytes: int) -> None:
+    def load(self, cfg: RunConfig, entry: Entrypoint, compiled: Compiled | None) -> Loaded:
+        """In the forked container process, as root: map `compiled`, or compile the entrypoint
+        here (through `cfg.cache` when set). Raises `FailedPrecondition`."""
+        ...
+
+    def prepare(self, cfg: RunConfig, entry: Entrypoint, loaded: Loaded) -> Instance:
+        """In the forked container process, as the container's user: WASI context, link,
+        instantiate.
+
+        Raises `FailedPrecondition` with a message for the user (a missing or unusable
+        `#func`, a memory minimum above the limit, ...).
+        """
+        ...
+
+    def limit_memory(self, prepared: Instance, max_bytes: int) -> None:
         """In the forked container process, between prepare() and run(): cap each linear
         memory at `max_bytes` (never below its current size). The shim calls it with what the
         cgroup's memory limit leaves once the engine's own overhead is paid, so that a guest
@@ -119,6 +163,6 @@ class Runtime(Protocol):
         instead of being OOM-killed."""
         ...
 
-    def run(self, prepared: Prepared) -> int:
+    def run(self, prepared: Instance) -> int:
         """In the forked container process: run the guest; return its exit status (0-255)."""
         ...

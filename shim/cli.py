@@ -1,59 +1,78 @@
-"""The command-line contract with containerd: `-v`, `start`, `delete`, and the daemon.
+"""The command-line contract with containerd: `-v`, `-info`, `start`, `delete`, and `warm`.
 
 containerd runs `<shim> -namespace NS -address SOCK -publish-binary BIN -id ID [-debug] start`
-(and `... -bundle DIR delete`), with Go-style single-dash flags; newer releases add flags and
-write a bootstrap message on stdin. Unknown flags are therefore ignored, and stdin is never
-read: what it holds cannot break us. Imports stay light until the action is known, because
-`start` runs on every container start.
+(and `... -bundle DIR delete`), with Go-style flags (`-flag value`, `-flag=value`, one or two
+dashes); newer releases add flags and write a bootstrap message on stdin. Unknown flags are
+therefore ignored, and stdin is never read: what it holds cannot break us. `warm` runs this
+containerd's warm runtime (shim/warm/server.py); `start` launches it, people rarely do.
+
+No argparse: it imports `re`, `gettext`, `shutil` and more, and this module runs on every
+container's start and removal. The parser is the dozen lines below.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
 from shim import RUNTIME_NAME, __version__
 
+VALUE_FLAGS = frozenset(
+    {"namespace", "address", "publish-binary", "id", "bundle", "socket", "title-room"}
+)
+BOOL_FLAGS = frozenset({"debug", "v", "version", "info"})
+ACTIONS = ("start", "delete", "warm")
+USAGE = (
+    "containerd-shim-wasmtime-v1 is run by containerd (start, delete); "
+    "see `wasmtime-shim --help` for the user-facing command\n"
+)
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="containerd-shim-wasmtime-v1",
-        description="containerd runtime v2 shim that runs WebAssembly with wasmtime "
-        f"(runtime {RUNTIME_NAME}). containerd runs this binary; you rarely need to.",
-        allow_abbrev=False,
-    )
-    for name in ("namespace", "address", "publish-binary", "id", "bundle", "socket"):
-        p.add_argument(f"-{name}", f"--{name}", default="", dest=name.replace("-", "_"))
-    p.add_argument("-debug", "--debug", action="store_true")
-    p.add_argument("-v", "--version", action="store_true", dest="version")
-    p.add_argument("-info", "--info", action="store_true")
-    p.add_argument("action", nargs="?", choices=["start", "delete"], default=None)
-    return p
+
+def parse(argv: list[str]) -> tuple[dict[str, str], set[str], str | None]:
+    """(value flags, boolean flags set, action) from Go-style arguments."""
+    values: dict[str, str] = {}
+    bools: set[str] = set()
+    action = None
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        i += 1
+        if arg.startswith("-") and len(arg) > 1:
+            name, sep, value = arg.lstrip("-").partition("=")
+            if name in VALUE_FLAGS:
+                if not sep and i < len(argv):
+                    value = argv[i]
+                    i += 1
+                values[name] = value
+            elif name in BOOL_FLAGS and value.lower() not in ("false", "0"):
+                bools.add(name)
+            # any other flag: ignored (newer containerd releases add some)
+        elif action is None and arg in ACTIONS:
+            action = arg
+    return values, bools, action
 
 
 def main(argv: list[str] | None = None) -> int:
-    args, _unknown = _parser().parse_known_args(argv)
-    if args.version:
-        print(
-            f"containerd-shim-wasmtime-v1:\n  Version:  {__version__}\n  Runtime:  {RUNTIME_NAME}"
+    values, bools, action = parse(sys.argv[1:] if argv is None else argv)
+    if bools & {"v", "version"}:
+        sys.stdout.write(
+            f"containerd-shim-wasmtime-v1:\n  Version:  {__version__}\n  Runtime:  {RUNTIME_NAME}\n"
         )
         return 0
-    if args.info:
+    if "info" in bools:
         sys.stdout.write("-info is not supported by this shim\n")
         return 1
-
-    from shim.manager import ShimOptions
+    from shim.options import ShimOptions
 
     opts = ShimOptions(
-        namespace=args.namespace or os.environ.get("NAMESPACE", "default"),
-        address=args.address,
-        publish_binary=args.publish_binary,
-        id=args.id,
-        bundle=args.bundle,
-        debug=args.debug,
+        namespace=values.get("namespace") or os.environ.get("NAMESPACE", "default"),
+        address=values.get("address", ""),
+        publish_binary=values.get("publish-binary", ""),
+        id=values.get("id", ""),
+        bundle=values.get("bundle", ""),
+        debug="debug" in bools,
     )
-    if args.action == "start":
+    if action == "start":
         from shim import manager
 
         try:
@@ -63,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         sys.stdout.write(address)
         return 0
-    if args.action == "delete":
+    if action == "delete":
         from shim import manager
 
         try:
@@ -73,11 +92,11 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         sys.stdout.buffer.write(out)
         return 0
+    if action == "warm":
+        from shim.warm import server
 
-    sys.stdout.write(
-        "containerd-shim-wasmtime-v1 is run by containerd (start, delete); "
-        "see `wasmtime-shim --help` for the user-facing command\n"
-    )
+        return server.main(opts.address)
+    sys.stdout.write(USAGE)
     return 2
 
 

@@ -1,53 +1,164 @@
-"""The long-lived shim process: serves the Task API until the last container is gone.
+"""A pod daemon: its socket, the fork that makes it, and its boot.
 
-`start` (shim/manager.py) binds the group's socket and forks; the child calls `main` here.
-Forking instead of re-executing the binary saves a whole interpreter start on every container
-start, and the order below is chosen for the same reason: the zygote is forked first, before
-this process imports protobuf, asyncio and the task service, so that the zygote's import of
-wasmtime runs on the other core while this process loads the rest. Only then: logging to the
-bundle's `log` FIFO, the asyncio loop with the ttrpc server, the event publisher and the task
-logic. Shutdown (the RPC, when no task remains, or SIGTERM/SIGINT) stops accepting, lets calls
-in flight answer, flushes queued events, removes the socket file and exits.
+`spawn` is what serving `start` means, wherever it runs: in the warm runtime (the usual case)
+or in `start` itself (cold). It finds the container's group (its pod; shim/oci/spec.py),
+binds that group's socket (or finds a live daemon on it), records the address in the bundle,
+and forks the daemon. The socket is listening before `spawn` returns, because containerd dials
+the printed address exactly once.
+
+The daemon leaves its parent's process tree at once (a double fork): the warm runtime keeps
+no children, and a daemon outlives a runtime that crashes or retires. Its stdio is /dev/null
+(it must not hold containerd's output pipe of `start`), it holds no descriptor but its
+listening socket, and its environment is the one containerd gave `start`.
+
+`main` is the daemon's body: logging to the bundle's `log` FIFO first (this process has no
+stderr), then a child subreaper (native containers' init processes come back to it), then the
+spawner, forked while the daemon is still single-threaded, then the event loop
+(shim/serve.py).
 """
 
 from __future__ import annotations
 
-import ctypes
+import contextlib
+import errno
+import hashlib
 import logging
 import os
 import socket
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
 
 from runtimes.wasmtime import WasmtimeRuntime
-from shim import logs
-from shim.zygote import fork_zygote
-
-if TYPE_CHECKING:
-    from shim.manager import ShimOptions
+from shim import bundle as bundle_files
+from shim import libc, logs, proctitle
+from shim.oci import spec as oci_spec
+from shim.options import ShimOptions
+from shim.proc.spawner import fork_spawner
 
 log = logging.getLogger(__name__)
 
-PR_SET_CHILD_SUBREAPER = 36
-_libc = ctypes.CDLL(None, use_errno=True)
+SOCKET_ROOT = "/run/containerd"
+MAX_SOCKET_PATH = 106
 
 
-def main(opts: ShimOptions, listener: socket.socket) -> int:
-    """The daemon's main, in the process `start` forked; returns its exit code.
+def socket_address(containerd_address: str, namespace: str, group: str) -> str:
+    """The group's socket, computed exactly as containerd's shim package does."""
+    digest = hashlib.sha256(os.path.join(containerd_address, namespace, group).encode())
+    return f"unix://{SOCKET_ROOT}/s/{digest.hexdigest()}"
 
-    Logging comes first (it is cheap), so that even a failure to import or to fork reaches
-    containerd's log: this process has no stderr."""
-    logs.setup(os.getcwd(), opts.id, opts.debug)
+
+def group_address(opts: ShimOptions, bundle: str) -> str:
+    """The socket of the daemon serving this container's group (its pod, else itself)."""
     try:
-        # Native containers' init processes (runc double-forks them) must come back to us,
-        # so that we can reap them and learn their exit status.
-        if _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
-            log.warning("cannot become a child subreaper; native containers' exits are unknown")
+        annotations = oci_spec.read_document(bundle).get("annotations") or {}
+    except Exception:  # no readable config.json: the container is its own group
+        annotations = {}
+    group = oci_spec.group_id(annotations, opts.id)
+    return socket_address(opts.address, opts.namespace, group)
+
+
+def accepts(path: str) -> bool:
+    """Whether a daemon is alive behind the socket at `path`."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(2.0)
+        try:
+            probe.connect(path)
+        except OSError:
+            return False
+        return True
+
+
+def _listen(path: str) -> socket.socket | None:
+    """A listening socket at `path`, or None when a live daemon already owns it."""
+    if len(path) > MAX_SOCKET_PATH:
+        raise OSError(errno.ENAMETOOLONG, f"socket path {path} is longer than {MAX_SOCKET_PATH}")
+    os.makedirs(os.path.dirname(path), mode=0o711, exist_ok=True)
+    for _ in range(2):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(path)
+        except OSError as e:
+            sock.close()
+            if e.errno != errno.EADDRINUSE:
+                raise
+            if accepts(path):
+                return None
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)  # stale: its daemon is gone
+            continue
+        os.chmod(path, 0o600)
+        sock.listen(128)
+        return sock
+    raise OSError(errno.EADDRINUSE, f"{path} is in use and could not be replaced")
+
+
+def spawn(opts: ShimOptions, bundle: str, env: Mapping[str, str]) -> str:
+    """Make sure a daemon serves this container's group; the address for `start` to print."""
+    address = group_address(opts, bundle)
+    path = address[len("unix://") :]
+    listener = _listen(path)
+    if listener is not None:
+        try:
+            _fork(opts, bundle, env, listener)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            raise
+        finally:
+            listener.close()
+    bundle_files.write_address(bundle, address)
+    return address
+
+
+def _fork(opts: ShimOptions, bundle: str, env: Mapping[str, str], listener: socket.socket) -> None:
+    """Fork the daemon, detached (see the module docstring); returns in the caller only."""
+    pid = os.fork()
+    if pid:
+        os.waitpid(pid, 0)  # the intermediate exits at once
+        return
+    code = 1
+    try:
+        os.setsid()
+        if os.fork():
+            os._exit(0)
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)
+        keep = listener.fileno()
+        os.closerange(3, keep)
+        os.closerange(keep + 1, os.sysconf("SC_OPEN_MAX"))
+        os.chdir(bundle)
+        os.environ.clear()
+        os.environ.update(env)
+        proctitle.set_title(
+            [
+                proctitle.program(),
+                "-namespace",
+                opts.namespace,
+                "-id",
+                opts.id,
+                "-address",
+                opts.address,
+            ]
+        )
+        code = main(opts, bundle, listener)
+    finally:
+        os._exit(code)
+
+
+def main(opts: ShimOptions, bundle: str, listener: socket.socket) -> int:
+    """The daemon's body; returns its exit code (module docstring for the order)."""
+    logs.setup(bundle, opts.id, opts.debug)
+    try:
+        try:
+            libc.prctl(libc.PR_SET_CHILD_SUBREAPER, 1)
+        except OSError as e:
+            log.warning("cannot become a child subreaper (%s); native exits are unknown", e)
         runtime = WasmtimeRuntime()
-        zygote_pid, zygote_sock = fork_zygote(runtime, close=(listener.fileno(),))
+        spawner_pid, spawner_sock = fork_spawner(runtime, close=(listener.fileno(),))
 
-        from shim import serve  # only now, while the zygote loads wasmtime (module docstring)
+        from shim import serve  # loaded already when forked from the warm runtime
 
-        return serve.run(opts, listener, zygote_pid, zygote_sock, runtime)
+        return serve.run(opts, listener, spawner_pid, spawner_sock, runtime)
     except Exception:
         log.exception("the shim daemon failed")
         return 1

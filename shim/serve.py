@@ -1,9 +1,8 @@
-"""The daemon's event loop: the ttrpc Task server, the event publisher, the task logic.
+"""The pod daemon's event loop: the ttrpc Task server, the event publisher, the task logic.
 
-shim/daemon.py forks the zygote and then imports this module (the heavy imports live here, so
-that they load while the zygote loads wasmtime). `run` serves until the Shutdown RPC finds no
-container left, or until SIGTERM/SIGINT, then stops accepting, lets calls in flight answer,
-flushes queued events, removes the socket file and returns.
+shim/daemon.py forks the spawner and then calls `run`, which serves until the Shutdown RPC
+finds no container left, or until SIGTERM/SIGINT, then stops accepting, lets calls in flight
+answer, flushes queued events, removes the socket file and returns.
 """
 
 from __future__ import annotations
@@ -14,58 +13,92 @@ import logging
 import os
 import signal
 import socket
-from typing import TYPE_CHECKING
 
-from runtimes.base import Runtime
+from runtimes.base import CacheSettings, Runtime
 from shim.events import Publisher
+from shim.options import ShimOptions
+from shim.proc.client import SpawnerClient
+from shim.proc.reaper import Reaper
 from shim.task.service import SERVICE, ProtoEvents, TaskService
+from shim.task.supervisor import Host
 from shim.task.tasks import Tasks
 from shim.ttrpc.server import Server
-from shim.zygote import ZygoteClient
-
-if TYPE_CHECKING:
-    from shim.manager import ShimOptions
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CACHE_DIR = "/var/lib/containerd-shim-wasmtime/cache"
+DEFAULT_CACHE_LIMIT = 2 << 30
+CACHE_DIR_ENV = "WASMTIME_SHIM_CACHE_DIR"
+CACHE_LIMIT_ENV = "WASMTIME_SHIM_CACHE_SIZE"
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """ "2G", "512M", "1048576" -> bytes. Raises ValueError."""
+    text = text.strip().upper().removesuffix("B").removesuffix("I")
+    unit = text[-1:] if text[-1:] in _UNITS and not text[-1:].isdigit() else ""
+    number = text[: len(text) - len(unit)]
+    value = int(float(number) * _UNITS[unit])
+    if value < 0:
+        raise ValueError("a size cannot be negative")
+    return value
+
+
+def cache_settings(env: dict[str, str] | os._Environ[str]) -> CacheSettings | None:
+    """The compile cache from the environment containerd gave the shim: the directory
+    (`WASMTIME_SHIM_CACHE_DIR`, empty disables the cache) and its bound
+    (`WASMTIME_SHIM_CACHE_SIZE`, e.g. `2G`, the default)."""
+    directory = env.get(CACHE_DIR_ENV, DEFAULT_CACHE_DIR)
+    if not directory:
+        return None
+    limit = DEFAULT_CACHE_LIMIT
+    if env.get(CACHE_LIMIT_ENV):
+        try:
+            limit = parse_size(env[CACHE_LIMIT_ENV])
+        except ValueError:
+            log.warning("%s=%r is not a size; using 2G", CACHE_LIMIT_ENV, env[CACHE_LIMIT_ENV])
+    return CacheSettings(dir=os.path.abspath(directory), limit=limit)
 
 
 def run(
     opts: ShimOptions,
     listener: socket.socket,
-    zygote_pid: int,
-    zygote_sock: socket.socket,
+    spawner_pid: int,
+    spawner_sock: socket.socket,
     runtime: Runtime,
 ) -> int:
     """Serve until shutdown; returns the process exit code."""
-    return asyncio.run(_serve(opts, listener, zygote_pid, zygote_sock, runtime))
+    return asyncio.run(_serve(opts, listener, spawner_pid, spawner_sock, runtime))
 
 
 async def _serve(
     opts: ShimOptions,
     listener: socket.socket,
-    zygote_pid: int,
-    zygote_sock: socket.socket,
+    spawner_pid: int,
+    spawner_sock: socket.socket,
     runtime: Runtime,
 ) -> int:
     ttrpc_address = os.environ.get("TTRPC_ADDRESS") or opts.address + ".ttrpc"
-    cache_dir = os.environ.get("WASMTIME_SHIM_CACHE_DIR", DEFAULT_CACHE_DIR) or None
     loop = asyncio.get_running_loop()
     done = asyncio.Event()
     socket_path = listener.getsockname()
 
     publisher = Publisher(ttrpc_address, opts.namespace)
     publisher.start()
-    tasks: Tasks | None = None
-
-    def on_exit(pid: int, status: int) -> None:
-        if tasks is not None:
-            tasks.on_process_exit(pid, status)
-
-    zygote = ZygoteClient(zygote_pid, zygote_sock, on_exit)
-    zygote.start()
-    tasks = Tasks(runtime, zygote, ProtoEvents(publisher.publish), cache_dir=cache_dir)
+    reaper = Reaper()
+    reaper.start()
+    reaper.claim(spawner_pid)  # the spawner's end is the client's to notice
+    spawner = SpawnerClient(spawner_pid, spawner_sock, reaper)
+    spawner.start()
+    host = Host(
+        runtime=runtime,
+        spawner=spawner,
+        reaper=reaper,
+        containerd_address=opts.address,
+        cache=cache_settings(os.environ),
+        grpc_address=opts.address,
+    )
+    tasks = Tasks(host, ProtoEvents(publisher.publish))
     kill_first = False
 
     def request_shutdown(now: bool) -> None:
@@ -73,7 +106,7 @@ async def _serve(
         kill_first = kill_first or now
         loop.call_soon(done.set)  # after the Shutdown answer has been queued
 
-    service = TaskService(tasks, opts.namespace, request_shutdown, opts.address)
+    service = TaskService(tasks, opts.namespace, request_shutdown)
     server = Server()
     server.register_service(SERVICE, service.handlers())
     await server.start(sock=listener)
@@ -92,5 +125,6 @@ async def _serve(
     await asyncio.sleep(0.05)  # let the Shutdown reply reach containerd before we close
     await server.shutdown(grace=2.0)
     await publisher.close()
-    zygote.close()
+    spawner.close()
+    reaper.close()
     return 0

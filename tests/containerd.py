@@ -326,6 +326,7 @@ class PrivateContainerd:
             self._events = None
         if self._proc.poll() is None:
             _terminate(self._proc, timeout=15)
+        self.stop_warm_runtime()
         report = self.clean(known=known)
         self.stop_report = report
         if report:
@@ -335,6 +336,39 @@ class PrivateContainerd:
         if not self.keep and not _mounts_under([self.base]):
             shutil.rmtree(self.base, ignore_errors=True)
         return report
+
+    # ----------------------------------------------------------------- warm runtime
+
+    def warm_runtime_pid(self) -> int | None:
+        """The pid of the shim's warm runtime serving this containerd, if one is alive."""
+        from shim.warm import protocol
+
+        try:
+            pid = int(Path(protocol.control_path(str(self.address), ".pid")).read_text())
+        except (OSError, ValueError):
+            return None
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            return None
+        return pid if b"warm" in cmdline and str(self.address).encode() in cmdline else None
+
+    def stop_warm_runtime(self, timeout: float = 10.0) -> bool:
+        """Retire this containerd's warm runtime (it belongs to the containerd, not to any
+        namespace, so it is stopped with it, not counted as a leak). Whether one ran."""
+        from shim.warm import client
+
+        pid = self.warm_runtime_pid()
+        if pid is None:
+            return False
+        with contextlib.suppress(client.Unreachable):
+            client.call(str(self.address), "retire")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and _alive(pid):
+            time.sleep(0.02)
+        if _alive(pid):
+            _kill(pid)
+        return True
 
     # ----------------------------------------------------------------- ctr
 
@@ -613,6 +647,15 @@ def _kill(pid: int, timeout: float = 10.0) -> None:
         if state in ("Z", "X"):
             return
         time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
 
 
 def _unescape(field: str) -> str:

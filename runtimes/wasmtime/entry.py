@@ -100,14 +100,6 @@ def _candidates(path: str, cwd: str, path_env: str | None) -> list[str]:
     return found
 
 
-def _path_from_env(env: tuple[str, ...]) -> str | None:
-    value = None
-    for item in env:
-        if item.startswith("PATH="):
-            value = item[len("PATH=") :]  # the last one wins, as with getenv on a built env
-    return value
-
-
 def sniff(head: bytes) -> EntrypointKind:
     """Classify a file by its first bytes."""
     if head.startswith(WASM_MAGIC):
@@ -173,7 +165,8 @@ def _refuse(entry: Entrypoint, head: bytes) -> NotWasm:
 def resolve(cfg: RunConfig, path_env: str | None) -> Entrypoint:
     """Find args[0] inside the rootfs and classify it. See the module docstring.
 
-    `path_env` is the spec environment's PATH; when None, PATH is taken from `cfg.env`.
+    `path_env` is the spec environment's PATH (the caller reads it: shim.oci.spec's
+    `Process.getenv`), None when it has none.
     Raises InvalidArgument, NotFound or FailedPrecondition (see `runtimes.base.Runtime`).
     """
     if not cfg.args or not cfg.args[0]:
@@ -181,8 +174,6 @@ def resolve(cfg: RunConfig, path_env: str | None) -> Entrypoint:
     arg0 = cfg.args[0]
     path, func = split_func(arg0)
     cwd = cfg.cwd if cfg.cwd.startswith("/") else "/" + cfg.cwd
-    if path_env is None:
-        path_env = _path_from_env(cfg.env)
     root = os.path.realpath(cfg.rootfs)
     for guest in _candidates(path, cwd, path_env):
         hit = scoped_lookup(root, guest)
@@ -209,3 +200,23 @@ def resolve(cfg: RunConfig, path_env: str | None) -> Entrypoint:
         raise NotFound(f"entrypoint {path} not found in the container's rootfs")
     where = f"PATH ({path_env}) or " if path_env else ""
     raise NotFound(f"entrypoint {path!r} not found in {where}the working directory {cwd}")
+
+
+def open_source(cfg: RunConfig, entry: Entrypoint) -> int:
+    """A read-only descriptor of the entrypoint `resolve()` found, refusing it if it has since
+    become a symlink or moved out of the rootfs (the rootfs belongs to the image, but check
+    anyway: it is cheap). Raises FailedPrecondition naming the file."""
+    real = os.path.realpath(entry.host_path)
+    roots = [os.path.realpath(d) for d in (cfg.rootfs, cfg.artifact_dir) if d]
+    if not any(os.path.commonpath([root, real]) == root for root in roots):
+        raise FailedPrecondition(f"{entry.guest_path} resolves outside the container's rootfs")
+    try:
+        return os.open(entry.host_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as e:
+        raise FailedPrecondition(f"cannot open {entry.guest_path}: {e.strerror}") from e
+
+
+def read_source(fd: int) -> bytes:
+    """All of a program's bytes from `fd` (which is closed)."""
+    with os.fdopen(fd, "rb") as f:
+        return f.read()

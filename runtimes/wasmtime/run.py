@@ -1,7 +1,8 @@
-"""Linking, instantiating and running a program, and the exit status it ends with.
+"""Loading, linking, instantiating and running a program, and the exit status it ends with.
 
-`prepare()` does every step that can fail because of the *program* (read, compile, link,
-instantiate, find the entry function) so that Start reports the reason; `run()` only calls.
+`load()` maps the compiled code (or compiles it), `prepare()` does every other step that can
+fail because of the *program* (link, instantiate, find the entry function), so that Start
+reports the reason; `run()` only calls.
 
 Core modules (WASI preview 1) are linked with wasmtime's WASI and, for every other import,
 a stub that traps when called: a module built for another host (say, one that also imports an
@@ -30,8 +31,10 @@ from typing import Any
 import wasmtime
 import wasmtime.component
 
-from runtimes.base import Entrypoint, RunConfig
+from runtimes.base import CacheSettings, Compiled, Entrypoint, EntrypointKind, RunConfig
 from runtimes.wasmtime import engine as eng
+from runtimes.wasmtime.cache import entry_is_component, verified_or_compiled
+from runtimes.wasmtime.entry import open_source, read_source
 from runtimes.wasmtime.wasi import wasi_config
 from shim.errors import FailedPrecondition
 
@@ -61,35 +64,52 @@ class PreparedComponent:
 Prepared = PreparedModule | PreparedComponent
 
 
-def prepare(cfg: RunConfig, entry: Entrypoint) -> Prepared:
-    """Read, compile (through the cache), link and instantiate. Raises FailedPrecondition."""
+@dataclass(slots=True)
+class Loaded:
+    """Compiled code, mapped or compiled in this process."""
+
+    code: eng.Code
+
+
+def load(cfg: RunConfig, entry: Entrypoint, compiled: Compiled | None) -> Loaded:
+    """Map the verified cache entry the compile job named; without one (no warm runtime, or
+    the entry vanished), compile here, through the cache when `cfg.cache` is set. Raises
+    FailedPrecondition for a program that does not compile."""
+    if compiled is not None:
+        try:
+            return Loaded(eng.deserialize(compiled.path, entry_is_component(compiled.path)))
+        except (OSError, wasmtime.WasmtimeError):
+            pass  # evicted or replaced since the job checked it: compile below
     name = entry.guest_path
-    raw = _read_entrypoint(cfg, entry)
-    src = eng.load_source(raw, entry.kind, name)
-    engine = eng.new_engine()
-    compiled = eng.compile_source(engine, src, name, cfg.cache_dir)
-    store = wasmtime.Store(engine)
+    src = eng.load_source(read_source(open_source(cfg, entry)), entry.kind, name)
+    if cfg.cache is not None:
+        with contextlib.suppress(OSError):  # an unwritable cache only costs the caching
+            found = verified_or_compiled(
+                src.key, src.component, cfg.cache, lambda: eng.compile_source(src, name).serialize()
+            )
+            return Loaded(eng.deserialize(found.path, src.component))
+    return Loaded(eng.compile_source(src, name))
+
+
+def compile_to_cache(
+    source_fd: int, kind: EntrypointKind, name: str, cache: CacheSettings
+) -> Compiled:
+    """In a compile job: the verified cache entry for the program on `source_fd`."""
+    src = eng.load_source(read_source(source_fd), kind, name)
+    return verified_or_compiled(
+        src.key, src.component, cache, lambda: eng.compile_source(src, name).serialize()
+    )
+
+
+def prepare(cfg: RunConfig, entry: Entrypoint, loaded: Loaded) -> Prepared:
+    """WASI context, link and instantiate, as the container's user. Raises FailedPrecondition."""
+    store = wasmtime.Store(eng.shared_engine())
     if cfg.memory_limit is not None:
         store.set_limits(memory_size=cfg.memory_limit)
     store.set_wasi(wasi_config(cfg))
-    if isinstance(compiled, wasmtime.component.Component):
-        return _prepare_component(cfg, entry, engine, store, compiled)
-    return _prepare_module(cfg, entry, engine, store, compiled)
-
-
-def _read_entrypoint(cfg: RunConfig, entry: Entrypoint) -> bytes:
-    """Read the file `resolve()` found, refusing it if it has since become a symlink or moved
-    out of the rootfs (the rootfs belongs to the image, but check anyway: it is cheap)."""
-    real = os.path.realpath(entry.host_path)
-    roots = [os.path.realpath(d) for d in (cfg.rootfs, cfg.artifact_dir) if d]
-    if not any(os.path.commonpath([root, real]) == root for root in roots):
-        raise FailedPrecondition(f"{entry.guest_path} resolves outside the container's rootfs")
-    try:
-        fd = os.open(entry.host_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError as e:
-        raise FailedPrecondition(f"cannot open {entry.guest_path}: {e.strerror}") from e
-    with os.fdopen(fd, "rb") as f:
-        return f.read()
+    if isinstance(loaded.code, wasmtime.component.Component):
+        return _prepare_component(cfg, entry, store, loaded.code)
+    return _prepare_module(cfg, entry, store, loaded.code)
 
 
 def _instantiate_error(
@@ -102,11 +122,10 @@ def _instantiate_error(
 def _prepare_module(
     cfg: RunConfig,
     entry: Entrypoint,
-    engine: wasmtime.Engine,
     store: wasmtime.Store,
     module: wasmtime.Module,
 ) -> PreparedModule:
-    linker = wasmtime.Linker(engine)
+    linker = wasmtime.Linker(eng.shared_engine())
     linker.define_wasi()
     try:
         linker.define_unknown_imports_as_traps(module)
@@ -146,10 +165,10 @@ def _func_names(exports: Any) -> list[str]:
 def _prepare_component(
     cfg: RunConfig,
     entry: Entrypoint,
-    engine: wasmtime.Engine,
     store: wasmtime.Store,
     component: wasmtime.component.Component,
 ) -> PreparedComponent:
+    engine = eng.shared_engine()
     linker = wasmtime.component.Linker(engine)
     try:
         linker.add_wasip2()

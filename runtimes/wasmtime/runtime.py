@@ -1,14 +1,15 @@
 """`WasmtimeRuntime`: the `runtimes.base.Runtime` the shim uses, delegating by concern.
 
-`resolve()` runs in the daemon and needs only the standard library; everything that imports
-wasmtime is imported lazily, so the daemon never loads the wasmtime shared library.
+`resolve()` and `open_source()` run in the pod daemon and need only the standard library;
+everything that touches wasmtime is imported on first use, so a process that never runs or
+compiles a program (a `start` or `delete` command) never loads wasmtime's library.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from runtimes.base import Entrypoint, Prepared, RunConfig
+from runtimes.base import CacheSettings, Compiled, Entrypoint, EntrypointKind, Instance, RunConfig
 from runtimes.wasmtime import entry as _entry
 
 if TYPE_CHECKING:
@@ -23,27 +24,44 @@ class WasmtimeRuntime:
     def resolve(self, cfg: RunConfig, path_env: str | None) -> Entrypoint:
         return _entry.resolve(cfg, path_env)
 
+    def open_source(self, cfg: RunConfig, entry: Entrypoint) -> int:
+        return _entry.open_source(cfg, entry)
+
     def warm(self) -> None:
-        """Load wasmtime's shared library and Python modules, and nothing more: no Engine
-        (it would install signal handlers that the zygote's children reset; see engine.py)
-        and no compilation (it starts threads)."""
+        """Load wasmtime's library and Python modules and create the shared Engine: no
+        compilation (it starts threads; see engine.py)."""
         from runtimes.wasmtime import engine, run  # noqa: F401  (wasmtime + its component API)
 
         engine.wasmtime_version()  # reads package metadata once, for every child's cache key
+        engine.shared_engine()
 
-    def prepare(self, cfg: RunConfig, entry: Entrypoint) -> _run.Prepared:
+    def compile(
+        self, source_fd: int, kind: EntrypointKind, name: str, cache: CacheSettings
+    ) -> Compiled:
         from runtimes.wasmtime import run
 
-        return run.prepare(cfg, entry)
+        return run.compile_to_cache(source_fd, kind, name, cache)
 
-    def limit_memory(self, prepared: Prepared, max_bytes: int) -> None:
+    def load(self, cfg: RunConfig, entry: Entrypoint, compiled: Compiled | None) -> _run.Loaded:
+        from runtimes.wasmtime import run
+
+        return run.load(cfg, entry, compiled)
+
+    def prepare(self, cfg: RunConfig, entry: Entrypoint, loaded: object) -> _run.Prepared:
+        from runtimes.wasmtime import run
+
+        if not isinstance(loaded, run.Loaded):
+            raise TypeError(f"not loaded by WasmtimeRuntime: {type(loaded).__name__}")
+        return run.prepare(cfg, entry, loaded)
+
+    def limit_memory(self, prepared: Instance, max_bytes: int) -> None:
         from runtimes.wasmtime import run
 
         if not isinstance(prepared, run.PreparedModule | run.PreparedComponent):
             raise TypeError(f"not prepared by WasmtimeRuntime: {type(prepared).__name__}")
         prepared.store.set_limits(memory_size=max(0, max_bytes))
 
-    def run(self, prepared: Prepared) -> int:
+    def run(self, prepared: Instance) -> int:
         from runtimes.wasmtime import run
 
         if not isinstance(prepared, run.PreparedModule | run.PreparedComponent):

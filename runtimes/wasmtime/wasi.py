@@ -3,7 +3,8 @@
 - argv is `process.args` exactly, args[0] included as written (with any "#func" suffix), the
   way a native process sees its argv[0].
 - The environment is `process.env` exactly. Nothing of the shim's own environment leaks in.
-- stdio is inherited: the zygote has already put containerd's FIFOs on fds 0, 1 and 2.
+- stdio is inherited: the container process has already put containerd's FIFOs on fds 0,
+  1 and 2 (shim/proc/child.py).
 - Preopens are given in order (the rootfs at "/" first, then the spec's mounts), read-only
   ones with read-only directory and file permissions (wasmtime's `fs_mutable=False`).
 

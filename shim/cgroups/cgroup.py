@@ -123,7 +123,7 @@ class Cgroup:
         """The file holding the cgroup's current memory charge in bytes, if memory is managed.
 
         A container process reads it after its engine is ready, to leave the guest's linear
-        memory only the room its cgroup limit has left (see shim/zygote.py)."""
+        memory only the room its cgroup limit has left (see shim/proc/child.py)."""
         if self.layout.version is Version.V2:
             name = os.path.join(self.layout.mounts[""] + self.path, "memory.current")
         elif "memory" in self.layout.mounts:

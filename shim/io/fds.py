@@ -2,7 +2,7 @@
 
 Every descriptor this package creates is close-on-exec. The forker makes the child's 0/1/2 with
 dup2(), which clears the flag on the copies only; keeping our own copies CLOEXEC means a binary
-logger, the zygote or any other process the daemon spawns at the same moment can never inherit
+logger, the spawner or any other process the daemon spawns at the same moment can never inherit
 (and keep open) another container's pipe ends, which would withhold EOF from its client.
 """
 

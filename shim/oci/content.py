@@ -102,9 +102,10 @@ def load_wasm_from_content_store(
         for _ in range(4):
             if manifest.get("mediaType") not in INDEX_TYPES and "manifests" not in manifest:
                 break
-            desc = _pick_wasm(manifest.get("manifests"), what)
-            if desc is None:
+            picked = _pick_wasm(manifest.get("manifests"), what)
+            if picked is None:
                 return None
+            desc = picked
             manifest = store.read_json(desc, f"{what}: manifest")
         else:
             raise FailedPrecondition(f"{what}: indexes nested too deeply")
@@ -120,7 +121,7 @@ def load_wasm_from_content_store(
         layer = layers[0]
         title = (layer.get("annotations") or {}).get(ANNOTATION_TITLE)
         path = store.write_blob(layer, f"{what}: wasm layer 0", dest_dir)
-    runtime = config.get("config") if isinstance(config.get("config"), dict) else {}
+    runtime: dict[str, Any] = config["config"] if isinstance(config.get("config"), dict) else {}
     return WasmArtifact(
         path=path,
         media_type=str(layer["mediaType"]),

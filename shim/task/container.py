@@ -1,10 +1,12 @@
 """One container: what it owns on the host, and how that is acquired and released.
 
-A container owns its rootfs mount, its stdio, its cgroup and (once started) one process. All
-acquisition happens in `Container.prepare` (called by Create) and all release in
-`Container.release` (called by Delete, and on any Create failure), so nothing is leaked by a
-failure half-way: release undoes exactly what was done, in reverse, and is idempotent.
-The state (shim/task/states.py) is kept here but changed only by shim/task/tasks.py.
+A container owns its rootfs mount, its stdio and its `Supervisor` (shim/task/supervisor.py:
+the cgroup and the process, wasm or native). All acquisition happens in `Container.prepare`
+(called by Create) and all release in `Container.release` (called by Delete, and on any
+Create failure), so nothing is leaked by a failure half-way: release undoes exactly what was
+done, in reverse, and is idempotent. What is held is also written to the bundle's held
+record (shim/bundle.py) as it is acquired, for `delete` after a crash.
+The task state (shim/task/states.py) lives here and is changed only by shim/task/tasks.py.
 """
 
 from __future__ import annotations
@@ -17,18 +19,20 @@ import shutil
 import time
 from dataclasses import dataclass, field, replace
 
-from runtimes.base import Entrypoint, Preopen, RunConfig, Runtime
-from shim import manager
+from runtimes.base import Entrypoint, Preopen, RunConfig
+from shim import bundle as bundle_files
 from shim.cgroups import Cgroup
 from shim.errors import FailedPrecondition, InvalidArgument, NotFound
 from shim.io.stdio import ProcessIO, StdioConfig
 from shim.oci import mounts
 from shim.oci.spec import Spec, load
+from shim.proc.child import JOINABLE_NAMESPACES, ProcessSetup
+from shim.proc.process import Process
 from shim.task import workload
-from shim.task.native import NativeOptions, Runc
+from shim.task.native import NATIVE_PID_FILE, NativeOptions, NativeSupervisor, Runc
 from shim.task.states import State
+from shim.task.supervisor import Host, Supervisor, WasmSupervisor
 from shim.task.workload import Kind
-from shim.zygote import JOINABLE_NAMESPACES, ProcessSetup
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +49,6 @@ class CreateConfig:
     stdio: StdioConfig
     namespace: str
     native: NativeOptions = field(default_factory=NativeOptions)
-    grpc_address: str = ""  # containerd's API, for images whose wasm is in the content store
 
 
 @dataclass(eq=False)
@@ -59,23 +62,30 @@ class Container:
     rootfs_mounts: tuple[mounts.MountRequest, ...] = ()
     mounted: bool = False
     io: ProcessIO | None = None
-    cgroup: Cgroup | None = None
-    entry: Entrypoint | None = None
+    supervisor: Supervisor | None = None
+    entry: Entrypoint | None = None  # wasm only: the program
     run_config: RunConfig | None = None
-    kind: Kind = Kind.WASM
-    runc: Runc | None = None  # for native containers only
     state: State = State.CREATED
+    process: Process | None = None
     pid: int = 0
     exit_status: int = 0
     exited_at_ns: int = 0
-    pending_exit: int | None = None
+    kill_signal: int | None = None  # a Kill reached the process before it was ready
     exited: asyncio.Event = field(default_factory=asyncio.Event)
-    started: asyncio.Event = field(default_factory=asyncio.Event)
+    spawned: asyncio.Event = field(default_factory=asyncio.Event)  # Start has a process, or failed
+
+    @property
+    def kind(self) -> Kind:
+        return self.supervisor.kind if self.supervisor is not None else Kind.WASM
+
+    @property
+    def cgroup(self) -> Cgroup | None:
+        return self.supervisor.cgroup if self.supervisor is not None else None
 
     # ------------------------------------------------------------------ acquisition
 
     @classmethod
-    def prepare(cls, cfg: CreateConfig, runtime: Runtime, cache_dir: str | None) -> Container:
+    def prepare(cls, cfg: CreateConfig, host: Host) -> Container:
         """Do everything Create needs, blocking (run it in a thread). Undone on failure."""
         spec = load(cfg.bundle)
         if spec.process.terminal:
@@ -83,23 +93,40 @@ class Container:
         c = cls(id=cfg.id, bundle=cfg.bundle, namespace=cfg.namespace, spec=spec, stdio=cfg.stdio)
         try:
             c._mount_rootfs(cfg.rootfs)
-            c.run_config = c._run_config(cache_dir)
-            c.kind, c.entry = workload.choose(
-                spec.annotations,
-                spec.process.args[0],
-                lambda: c._resolve(runtime, cfg.grpc_address),
+            c.record()
+            c.run_config = c._run_config(host)
+            kind, c.entry = workload.choose(
+                spec.annotations, spec.process.args[0], lambda: c._resolve(host)
             )
-            if c.kind is Kind.NATIVE:
-                c.runc = Runc(cfg.native, cfg.namespace)  # runc makes the cgroup itself
-            elif spec.cgroups_path:
-                c.cgroup = Cgroup.create(spec.cgroups_path, spec.resources)
+            if kind is Kind.NATIVE:
+                runc = Runc(cfg.native, cfg.namespace, cfg.id, cfg.bundle, host.reaper)
+                c.supervisor = NativeSupervisor(runc, spec.cgroups_path)
+                c.record()
+            else:
+                assert c.entry is not None
+                cgroup = (
+                    Cgroup.create(spec.cgroups_path, spec.resources) if spec.cgroups_path else None
+                )
+                wasm = WasmSupervisor(host, c.run_config, c.entry, c.process_setup, cgroup)
+                c.supervisor = wasm
+                c.record()
+                wasm.request_compile()
             c.io = ProcessIO.open(cfg.stdio, container_id=cfg.id, namespace=cfg.namespace)
         except BaseException:
             c.release()
             raise
         return c
 
-    def _resolve(self, runtime: Runtime, grpc_address: str) -> Entrypoint:
+    def record(self) -> None:
+        """Write the bundle's held record: what `delete` must undo if the daemon dies now."""
+        held = dict(self.supervisor.held()) if self.supervisor is not None else {}
+        if self.mounted:
+            held[bundle_files.ROOTFS] = self.rootfs
+        if self.pid:
+            held[bundle_files.PID] = f"{self.pid} {bundle_files.start_time(self.pid)}"
+        bundle_files.write_held(self.bundle, held)
+
+    def _resolve(self, host: Host) -> Entrypoint:
         """The entrypoint in the rootfs; when the rootfs has none, layer 0 of a wasm OCI
         artifact, read from containerd's content store.
 
@@ -107,16 +134,17 @@ class Container:
         image unpacks to an empty rootfs, so the two never compete. A failure to read the
         artifact is reported as such, never hidden behind "not found"."""
         assert self.run_config is not None
+        runtime = host.runtime
         path_env = self.spec.process.getenv("PATH")
         try:
             return runtime.resolve(self.run_config, path_env)
         except NotFound:
-            if not grpc_address:
+            if not host.grpc_address:
                 raise
             from shim.oci.content import load_wasm_from_content_store
 
             art_dir = os.path.join(self.bundle, ARTIFACT_DIR)
-            art = load_wasm_from_content_store(grpc_address, self.namespace, self.id, art_dir)
+            art = load_wasm_from_content_store(host.grpc_address, self.namespace, self.id, art_dir)
             if art is None:
                 raise
         log.info("entrypoint is layer %s of %s (content store)", art.digest, art.image)
@@ -148,7 +176,7 @@ class Container:
         if not os.path.isdir(self.rootfs):
             raise FailedPrecondition(f"rootfs {self.rootfs} is not a directory")
 
-    def _run_config(self, cache_dir: str | None) -> RunConfig:
+    def _run_config(self, host: Host) -> RunConfig:
         """The engine's view: rootfs at "/", then every host-directory mount at its target."""
         preopens = [Preopen(host=self.rootfs, guest="/", readonly=self.spec.root_readonly)]
         for m in self.spec.mounts:
@@ -167,11 +195,11 @@ class Container:
             cwd=proc.cwd,
             preopens=tuple(preopens),
             memory_limit=self.spec.memory_limit,
-            cache_dir=cache_dir,
+            cache=host.cache,
         )
 
     def process_setup(self) -> ProcessSetup:
-        """What the forked child does before the engine runs (see shim/zygote.py)."""
+        """What the forked child does before the engine runs (see shim/proc/child.py)."""
         host_cwd = self._host_cwd()
         namespaces = tuple(
             (JOINABLE_NAMESPACES[ns.type], ns.path)
@@ -179,15 +207,16 @@ class Container:
             if ns.path and ns.type in JOINABLE_NAMESPACES
         )
         user = self.spec.process.user
+        cgroup = self.cgroup
         return ProcessSetup(
-            cgroup_files=self.cgroup.join_files() if self.cgroup else (),
+            cgroup_files=cgroup.join_files() if cgroup else (),
             namespaces=namespaces,
             host_cwd=host_cwd,
             uid=user.uid,
             gid=user.gid,
             additional_gids=user.additional_gids,
             hostname=self.spec.hostname,
-            memory_usage_file=(self.cgroup.memory_usage_file() or "") if self.cgroup else "",
+            memory_usage_file=(cgroup.memory_usage_file() or "") if cgroup else "",
         )
 
     def _host_cwd(self) -> str:
@@ -198,39 +227,28 @@ class Container:
             return candidate
         return root
 
-    def write_pid_file(self) -> None:
-        """Record the pid in the bundle so `delete` can find what is left after a shim crash."""
-        manager.write_pid_file(self.bundle, self.pid)
-
     # ------------------------------------------------------------------ exit and release
 
     def set_exited(self, status: int) -> None:
+        """Record how the task ended and wake its Waits (the state is tasks.py's to set)."""
         self.exit_status = status
         self.exited_at_ns = time.time_ns()
-        self.state = State.STOPPED
         self.exited.set()
 
     def release(self) -> None:
-        """Release everything this container holds; safe to call more than once."""
-        if self.runc is not None:
-            try:
-                self.runc.delete(self.id, self.bundle)
-            except Exception:
-                log.exception("deleting the native container %s", self.id)
+        """Release what Create acquired (the supervisor's part after `delete()`); safe to
+        call more than once. The held record goes last, once nothing is held."""
+        if self.supervisor is not None:
+            self.supervisor.release()
         if self.io is not None:
             try:
                 self.io.close()
             except Exception:
                 log.exception("closing stdio of %s", self.id)
-        if self.cgroup is not None:
-            try:
-                self.cgroup.remove()
-                self.cgroup = None
-            except Exception:
-                log.exception("removing the cgroup of %s", self.id)
         if self.mounted:
             mounts.unmount_all(self.rootfs)
             self.mounted = False
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(os.path.join(self.bundle, manager.PID_FILE))
         shutil.rmtree(os.path.join(self.bundle, ARTIFACT_DIR), ignore_errors=True)
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(self.bundle, NATIVE_PID_FILE))
+        bundle_files.write_held(self.bundle, {})

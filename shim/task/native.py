@@ -3,8 +3,9 @@
 Inside a Kubernetes pod a RuntimeClass sends every container of the pod to this shim: the pause
 sandbox and native sidecars too. Those run exactly as containerd's runc shim runs them: `runc
 create` with the bundle (its own namespaces, cgroup, mounts, seccomp from config.json) and
-`runc start`. The container's init is reparented to the shim (a child subreaper, set in
-shim/daemon.py), which watches it through a pidfd and reaps it to learn its exit status.
+`runc start`. The container's init is reparented to the daemon (a child subreaper, set in
+shim/daemon.py), whose reaper (shim/proc/reaper.py) watches it and reports its exit status;
+the runtime's commands run through the same reaper, so no exit is ever reaped twice.
 
 runc's own error messages go to a JSON log file in the bundle, not to the container's stderr,
 and are read back into the error the RPC returns.
@@ -12,17 +13,22 @@ and are read back into the error the RPC returns.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
 import os
-import subprocess
 import tomllib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from shim.errors import FailedPrecondition, Internal, InvalidArgument, NotFound
+from shim import bundle as bundle_files
+from shim.cgroups import Cgroup
+from shim.errors import Internal, InvalidArgument, NotFound, ShimError
+from shim.proc.process import Process
+from shim.proc.reaper import NotInstalled, Reaper
+from shim.task.workload import Kind
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +36,7 @@ DEFAULT_BINARY = "runc"
 RUNC_ROOT = "/run/containerd/wasmtime/runc"
 RUNC_LOG = "runc.log"
 NATIVE_PID_FILE = "native.pid"
-STATE_FILE = "native.json"  # which runtime binary and root, for `delete` after a shim crash
+COMMAND_TIMEOUT = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,29 +45,6 @@ class NativeOptions:
 
     binary: str = DEFAULT_BINARY
     root: str = RUNC_ROOT
-
-
-def parse_options(type_url: str, value: bytes) -> NativeOptions:
-    """Read Create's `options` Any. containerd's CRI passes a non-runc shim's options table as
-    runtimeoptions.v1.Options: the raw TOML in config_body (1.7+) or a file in config_path."""
-    if not type_url:
-        return NativeOptions()
-    if not type_url.endswith("runtimeoptions.v1.Options"):
-        log.debug("ignoring runtime options of type %s", type_url)
-        return NativeOptions()
-    from shim.api.runtimeoptions.v1 import api_pb2
-
-    opts = api_pb2.Options.FromString(value)
-    text = ""
-    if opts.config_body:
-        text = opts.config_body.decode("utf-8", "replace")
-    elif opts.config_path:
-        try:
-            with open(opts.config_path, encoding="utf-8") as f:
-                text = f.read()
-        except OSError as e:
-            raise InvalidArgument(f"runtime options file {opts.config_path}: {e.strerror}") from e
-    return options_from_toml(text)
 
 
 def options_from_toml(text: str) -> NativeOptions:
@@ -77,94 +60,125 @@ def options_from_toml(text: str) -> NativeOptions:
     return NativeOptions(binary=binary, root=root)
 
 
+def runtime_argv(options: NativeOptions, namespace: str, bundle: str) -> list[str]:
+    """The runtime binary with the global flags every command of ours takes."""
+    return [
+        options.binary,
+        "--root",
+        os.path.join(options.root, namespace),
+        "--log",
+        os.path.join(bundle, RUNC_LOG),
+        "--log-format",
+        "json",
+    ]
+
+
 class Runc:
-    """Drives the OCI runtime binary for the containers of one namespace."""
+    """Drives the OCI runtime binary for one container, through the daemon's reaper."""
 
-    def __init__(self, options: NativeOptions, namespace: str) -> None:
-        self.options = options
-        self.root = os.path.join(options.root, namespace)
-
-    def _base(self, bundle: str, systemd_cgroup: bool = False) -> list[str]:
-        args = [
-            self.options.binary,
-            "--root",
-            self.root,
-            "--log",
-            os.path.join(bundle, RUNC_LOG),
-            "--log-format",
-            "json",
-        ]
-        if systemd_cgroup:
-            args.append("--systemd-cgroup")
-        return args
-
-    def _run(
-        self, bundle: str, args: Sequence[str], *, stdio: Sequence[int] | None = None, **kw: Any
+    def __init__(
+        self, options: NativeOptions, namespace: str, container_id: str, bundle: str, reaper: Reaper
     ) -> None:
-        """Run one runtime command to completion (in a worker thread); errors carry its log."""
-        cmd = [*self._base(bundle, kw.pop("systemd_cgroup", False)), *args]
-        if stdio is None:
-            stdin = stdout = stderr = subprocess.DEVNULL
-        else:
-            stdin, stdout, stderr = stdio
+        self.options = options
+        self.id = container_id
+        self.bundle = bundle
+        self.reaper = reaper
+        self.root = os.path.join(options.root, namespace)
+        self.base = runtime_argv(options, namespace, bundle)
+
+    async def _run(
+        self, *args: str, stdio: Sequence[int] | None = None, systemd_cgroup: bool = False
+    ) -> None:
+        """Run one runtime command to completion; errors carry its log's last error."""
+        cmd = [*self.base, *(["--systemd-cgroup"] if systemd_cgroup else []), *args]
         try:
-            proc = subprocess.run(
-                cmd, stdin=stdin, stdout=stdout, stderr=stderr, timeout=60, check=False
-            )
-        except FileNotFoundError:
-            raise FailedPrecondition(
+            status = await self.reaper.run(cmd, stdio=stdio, timeout=COMMAND_TIMEOUT)
+        except NotInstalled:
+            raise NotInstalled(
                 f"the native runtime {self.options.binary!r} is not installed (needed for "
                 "non-wasm containers such as the pod sandbox)"
             ) from None
-        except subprocess.TimeoutExpired:
-            raise Internal(f"{self.options.binary} {args[0]} did not finish in 60s") from None
-        if proc.returncode != 0:
-            message = last_error(os.path.join(bundle, RUNC_LOG)) or f"exit {proc.returncode}"
+        if status != 0:
+            message = last_error(os.path.join(self.bundle, RUNC_LOG)) or f"exit {status}"
             cls = NotFound if "not exist" in message or "not running" in message else Internal
             raise cls(f"{self.options.binary} {args[0]}: {message}")
 
-    def create_and_start(
-        self, container_id: str, bundle: str, stdio: Sequence[int], systemd_cgroup: bool
-    ) -> int:
-        """`create` then `start`; returns the container init's pid. Blocking."""
-        pid_file = os.path.join(bundle, NATIVE_PID_FILE)
-        with open(os.path.join(bundle, STATE_FILE), "w") as f:
-            json.dump({"binary": self.options.binary, "root": self.options.root}, f)
-        self._run(
-            bundle,
-            ["create", "--bundle", bundle, "--pid-file", pid_file, container_id],
+    async def create_and_start(self, stdio: Sequence[int], systemd_cgroup: bool) -> int:
+        """`create` then `start`; returns the container init's pid."""
+        pid_file = os.path.join(self.bundle, NATIVE_PID_FILE)
+        await self._run(
+            "create",
+            "--bundle",
+            self.bundle,
+            "--pid-file",
+            pid_file,
+            self.id,
             stdio=stdio,
             systemd_cgroup=systemd_cgroup,
         )
         with open(pid_file) as f:
             pid = int(f.read().strip())
         try:
-            self._run(bundle, ["start", container_id], systemd_cgroup=systemd_cgroup)
+            await self._run("start", self.id, systemd_cgroup=systemd_cgroup)
         except BaseException:
-            self.delete(container_id, bundle)
+            await self.delete()
             raise
         return pid
 
-    def kill(self, container_id: str, bundle: str, sig: int, all_: bool) -> None:
-        self._run(bundle, ["kill", *(["--all"] if all_ else []), container_id, str(sig)])
+    async def kill(self, sig: int, all_: bool) -> None:
+        await self._run("kill", *(["--all"] if all_ else []), self.id, str(sig))
 
-    def delete(self, container_id: str, bundle: str) -> None:
+    async def delete(self) -> None:
         """`delete --force`: stops what is left and removes the runtime's state and cgroup."""
-        if not os.path.exists(os.path.join(self.root, container_id)):
+        if not os.path.exists(os.path.join(self.root, self.id)):
             return
         with contextlib.suppress(NotFound):
-            self._run(bundle, ["delete", "--force", container_id])
+            await self._run("delete", "--force", self.id)
 
 
-def from_bundle(bundle: str, namespace: str) -> Runc | None:
-    """The Runc that created this bundle's native container, if one did (for `delete`)."""
-    try:
-        with open(os.path.join(bundle, STATE_FILE)) as f:
-            saved = json.load(f)
-        options = NativeOptions(binary=str(saved["binary"]), root=str(saved["root"]))
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return Runc(options, namespace)
+class NativeSupervisor:
+    """A native container: runc (or crun) makes the process, its namespaces and cgroup."""
+
+    kind = Kind.NATIVE
+
+    def __init__(self, runc: Runc, cgroups_path: str) -> None:
+        self.runc = runc
+        self.cgroups_path = cgroups_path
+        self._cgroup: Cgroup | None = None
+        self._started = False
+
+    @property
+    def cgroup(self) -> Cgroup | None:
+        return self._cgroup
+
+    def held(self) -> dict[str, str]:
+        """Always the runtime's state: `runc delete --force` of a container that was never
+        created is a harmless error, and a crash during `runc create` must not leak one."""
+        return {bundle_files.NATIVE: f"{self.runc.options.binary} {self.runc.options.root}"}
+
+    async def start(self, stdio: tuple[int, int, int]) -> Process:
+        systemd = self.cgroups_path.count(":") == 2  # "slice:prefix:name"
+        self._started = True  # from here on there may be runtime state to delete
+        pid = await self.runc.create_and_start(stdio, systemd)
+        proc = Process(pid=pid)
+        proc.set_ready()
+        self.runc.reaper.watch(pid).add_done_callback(lambda f: proc.set_exited(f.result()))
+        if self.cgroups_path:
+            try:
+                self._cgroup = await asyncio.to_thread(Cgroup.load, self.cgroups_path)
+            except ShimError as e:
+                log.warning("no stats for %s: %s", self.runc.id, e)
+        return proc
+
+    async def kill(self, process: Process, sig: int, all_: bool) -> None:
+        await self.runc.kill(sig, all_)
+
+    async def delete(self) -> None:
+        if self._started:
+            await self.runc.delete()
+
+    def release(self) -> None:
+        return None  # runc made the cgroup and removes it at delete
 
 
 def last_error(log_path: str) -> str:
@@ -179,33 +193,3 @@ def last_error(log_path: str) -> str:
             if isinstance(entry, dict) and entry.get("level") in ("error", "fatal"):
                 message = str(entry.get("msg", ""))
     return message
-
-
-def watch_exit(pid: int, on_exit: Callable[[int, int], None]) -> None:
-    """Call `on_exit(pid, status)` on the loop when the reparented init exits, and reap it."""
-    import asyncio  # here, not at module level: `delete` imports this module and needs no loop
-
-    from shim.zygote import exit_code_from_wait_status
-
-    loop = asyncio.get_running_loop()
-    try:
-        pidfd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        pidfd = -1
-
-    def reap() -> None:
-        if pidfd >= 0:
-            loop.remove_reader(pidfd)
-            os.close(pidfd)
-        try:
-            _, status = os.waitpid(pid, 0)
-            code = exit_code_from_wait_status(status)
-        except ChildProcessError:  # not reparented to us (no subreaper): status unknown
-            log.warning("process %d was not our child; its exit status is unknown", pid)
-            code = 255
-        on_exit(pid, code)
-
-    if pidfd < 0:
-        loop.call_soon(reap)
-    else:
-        loop.add_reader(pidfd, reap)

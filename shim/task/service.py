@@ -1,14 +1,16 @@
 """The `containerd.task.v2.Task` ttrpc service: wire types in, plain calls out.
 
-This is the only module (with shim/events.py) that touches the task protobufs. Each handler
-unpacks its request, calls shim/task/tasks.py, and packs the answer; errors pass through as
-shim.errors classes, which the ttrpc server converts to status codes. Unsupported RPCs are
+This is the only module (with shim/events.py) that touches the task protobufs, and the only
+one that reads Create's runtime options Any. Each handler unpacks its request, calls
+shim/task/tasks.py, and packs the answer; errors pass through as shim.errors classes, which
+the ttrpc server converts to status codes. Unsupported RPCs are
 UNIMPLEMENTED, everywhere with the same wording, so containerd (and a user reading ctr's
 output) can tell "not supported" from "failed".
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from collections.abc import Awaitable, Callable
@@ -22,12 +24,12 @@ from shim.api.containerd.events import task_pb2 as events_pb2
 from shim.api.containerd.task.v2 import shim_pb2 as pb
 from shim.api.containerd.types import mount_pb2
 from shim.api.containerd.types.task import task_pb2 as types_pb2
-from shim.errors import Unimplemented
+from shim.errors import InvalidArgument, Unimplemented
 from shim.io.stdio import StdioConfig
 from shim.logs import current_container
 from shim.oci.mounts import MountRequest
 from shim.task.container import Container, CreateConfig
-from shim.task.native import parse_options
+from shim.task.native import NativeOptions, options_from_toml
 from shim.task.states import State
 from shim.task.tasks import Tasks
 
@@ -61,7 +63,30 @@ def _unsupported(what: str) -> Unimplemented:
     return Unimplemented(f"{what} is not supported by the wasmtime shim (UNIMPLEMENTED)")
 
 
-Handler = Callable[[Any, Any], Awaitable[Message]]
+RpcMethod = Callable[[Any, Any], Awaitable[Message]]
+
+
+def native_options(options: any_pb2.Any) -> NativeOptions:
+    """Create's `options` Any. containerd's CRI passes a non-runc shim's options table as
+    runtimeoptions.v1.Options: the raw TOML in config_body (1.7+) or a file in config_path.
+    Anything else is not ours to read."""
+    if not options.type_url.endswith("runtimeoptions.v1.Options"):
+        if options.type_url:
+            log.debug("ignoring runtime options of type %s", options.type_url)
+        return NativeOptions()
+    from shim.api.runtimeoptions.v1 import api_pb2
+
+    opts = api_pb2.Options.FromString(options.value)
+    text = ""
+    if opts.config_body:
+        text = opts.config_body.decode("utf-8", "replace")
+    elif opts.config_path:
+        try:
+            with open(opts.config_path, encoding="utf-8") as f:
+                text = f.read()
+        except OSError as e:
+            raise InvalidArgument(f"runtime options file {opts.config_path}: {e.strerror}") from e
+    return options_from_toml(text)
 
 
 class TaskService:
@@ -72,15 +97,13 @@ class TaskService:
         tasks: Tasks,
         namespace: str,
         request_shutdown: Callable[[bool], None],
-        grpc_address: str = "",
     ) -> None:
         self.tasks = tasks
         self.namespace = namespace
-        self.grpc_address = grpc_address
         self.request_shutdown = request_shutdown
 
-    def handlers(self) -> dict[str, tuple[Handler, type[Message]]]:
-        table: dict[str, tuple[Handler, type[Message]]] = {}
+    def handlers(self) -> dict[str, tuple[RpcMethod, type[Message]]]:
+        table: dict[str, tuple[RpcMethod, type[Message]]] = {}
         for name in pb.DESCRIPTOR.services_by_name["Task"].methods_by_name:
             method = pb.DESCRIPTOR.services_by_name["Task"].methods_by_name[name]
             request_type = getattr(pb, method.input_type.name)
@@ -88,7 +111,7 @@ class TaskService:
         return table
 
     @staticmethod
-    def _wrap(func: Handler) -> Handler:
+    def _wrap(func: RpcMethod) -> RpcMethod:
         async def handler(request: Any, ctx: Any) -> Message:
             current_container.set(getattr(request, "id", ""))
             return await func(request, ctx)
@@ -109,8 +132,7 @@ class TaskService:
             ),
             stdio=StdioConfig(stdin=r.stdin, stdout=r.stdout, stderr=r.stderr, terminal=r.terminal),
             namespace=self.namespace,
-            native=parse_options(r.options.type_url, r.options.value),
-            grpc_address=self.grpc_address,
+            native=native_options(r.options),
         )
         c = await self.tasks.create(cfg)
         return pb.CreateTaskResponse(pid=c.pid)
@@ -167,7 +189,8 @@ class TaskService:
         )
 
     async def Stats(self, r: pb.StatsRequest, ctx: Any) -> pb.StatsResponse:
-        return pb.StatsResponse(stats=pack_any(await self.tasks.stats(r.id)))
+        cgroup = self.tasks.cgroup_of(r.id)
+        return pb.StatsResponse(stats=pack_any(await asyncio.to_thread(cgroup.metrics)))
 
     async def CloseIO(self, r: pb.CloseIORequest, ctx: Any) -> empty_pb2.Empty:
         self.tasks.close_io(r.id, r.exec_id, r.stdin)

@@ -1,10 +1,19 @@
 """The task logic of one shim: the containers it serves and what each RPC does to them.
 
 Plain arguments in, plain values out: shim/task/service.py adapts the ttrpc wire types to these
-calls, and events leave through the `EventSink` protocol, so this module is testable without
-protobuf or sockets. The public method checks the state table (shim/task/states.py), a private
-step acts, and blocking host work (mounts, FIFOs, cgroups) runs in a worker thread so one slow
-Create never stalls another container's Wait or Kill.
+calls, and events leave through the `EventSink` protocol. The public method checks the state
+table (shim/task/states.py), a private step acts through the container's `Supervisor`
+(shim/task/supervisor.py: wasm or native, this module does not know which), and blocking
+host work (mounts, FIFOs, cgroups) runs in a worker thread so one slow Create never stalls
+another container's Wait or Kill.
+
+Start and Kill. A container process exists (its pid is known) the moment the supervisor has
+created it, long before it is ready (its program compiled, loaded and instantiated). Kill
+signals it at any point of that: a start function that loops for ever, or a compile that
+takes minutes, never makes a task unkillable. If the process ends before it was ready, Start
+fails with its reason, unless a Kill ended it: then Start succeeds (the container ran, and was
+killed) and the exit is reported like any other. TaskStart is published before the exit is
+even looked at, so it always precedes TaskExit.
 """
 
 from __future__ import annotations
@@ -17,19 +26,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from google.protobuf.message import Message
-
-from runtimes.base import Runtime
 from shim.cgroups import Cgroup
 from shim.errors import AlreadyExists, NotFound, ShimError
 from shim.logs import current_container
+from shim.proc.process import Process
 from shim.task.container import Container, CreateConfig
-from shim.task.native import watch_exit
 from shim.task.states import Event, State, next_state
-from shim.task.workload import Kind
-from shim.zygote import ZygoteClient
+from shim.task.supervisor import Host
 
 log = logging.getLogger(__name__)
+
+START_FAILED_STATUS = 1  # the exit status of a task whose process never ran
 
 
 class EventSink(Protocol):
@@ -52,19 +59,10 @@ class ExitInfo:
 class Tasks:
     """Every container this shim serves, keyed by container id."""
 
-    def __init__(
-        self,
-        runtime: Runtime,
-        zygote: ZygoteClient,
-        events: EventSink,
-        cache_dir: str | None = None,
-    ) -> None:
-        self.runtime = runtime
-        self.zygote = zygote
+    def __init__(self, host: Host, events: EventSink) -> None:
+        self.host = host
         self.events = events
-        self.cache_dir = cache_dir
         self.containers: dict[str, Container] = {}
-        self._by_pid: dict[int, Container] = {}
         self._creating: set[str] = set()
         self._on_idle: Callable[[], None] | None = None
 
@@ -83,9 +81,7 @@ class Tasks:
         if cfg.id in self.containers or cfg.id in self._creating:
             raise AlreadyExists(f"container {cfg.id} already exists")
         self._creating.add(cfg.id)
-        work = asyncio.ensure_future(
-            asyncio.to_thread(Container.prepare, cfg, self.runtime, self.cache_dir)
-        )
+        work = asyncio.ensure_future(asyncio.to_thread(Container.prepare, cfg, self.host))
         # The id stays reserved until the preparation really ends, cancelled or not: a retried
         # Create must not mount the same bundle while the first one is still at work.
         work.add_done_callback(lambda _: self._creating.discard(cfg.id))
@@ -97,7 +93,7 @@ class Tasks:
             work.add_done_callback(self._release_abandoned)
             raise
         self.containers[cfg.id] = c
-        log.info("created (entrypoint %s)", c.entry.host_path if c.entry else "?")
+        log.info("created (%s, entrypoint %s)", c.kind.value, c.spec.process.args[0])
         self.events.task_create(c)
         return c
 
@@ -109,75 +105,45 @@ class Tasks:
         return await asyncio.shield(self._start(c))
 
     async def _start(self, c: Container) -> int:
-        assert c.io is not None
+        assert c.io is not None and c.supervisor is not None
         try:
-            pid = await (self._start_native(c) if c.kind is Kind.NATIVE else self._start_wasm(c))
+            proc = await c.supervisor.start(c.io.child_fds())
         except Exception as e:  # ShimError, or the host failing under us (OSError)
-            c.state = next_state(c.state, Event.START_FAILED)
-            c.set_exited(1)
-            c.started.set()
-            await asyncio.to_thread(c.io.close)
+            c.spawned.set()
+            await self._start_failed(c, START_FAILED_STATUS)
             log.warning("start failed: %s", e)
             raise
-        # The process exists: from here on nothing may fail the Start, or the task would be
-        # STOPPED while its process runs on. What follows is best effort.
+        c.process, c.pid = proc, proc.pid
+        c.spawned.set()
         c.io.started()
         try:
-            await asyncio.to_thread(c.write_pid_file)
-        except OSError as e:
-            log.warning(
-                "cannot record pid %d in the bundle (delete after a crash will not find it): %s",
-                pid,
-                e,
-            )
+            await asyncio.to_thread(c.record)
+        except (OSError, ValueError) as e:
+            log.warning("cannot record pid %d (delete after a crash will miss it): %s", c.pid, e)
+        try:
+            await proc.ready
+        except ShimError as e:
+            if c.kill_signal is None:  # the program cannot run: Start fails with the reason
+                await self._start_failed(c, await proc.exited)
+                log.warning("start failed: %s", e)
+                raise
+            log.info("killed (signal %d) before it was ready", c.kill_signal)
         c.state = next_state(c.state, Event.STARTED)
-        self.events.task_start(c)  # before any TaskExit: the exit waits for this point
-        c.started.set()
-        log.info("started pid %d", pid)
-        if c.pending_exit is not None:
-            self._exited(c, c.pending_exit)
-        return pid
+        self.events.task_start(c)  # before any TaskExit: the exit is only watched from here
+        log.info("started pid %d", c.pid)
+        proc.exited.add_done_callback(lambda f: self._exited(c, f.result()))
+        return c.pid
 
-    async def _start_wasm(self, c: Container) -> int:
-        """Fork the container process from the zygote (shim/zygote.py)."""
-        assert c.io is not None and c.run_config is not None and c.entry is not None
-        pid = await self.zygote.spawn(c.run_config, c.entry, c.process_setup(), c.io.child_fds())
-        c.pid = pid
-        self._by_pid[pid] = c
-        self.zygote.claim(pid)  # an exit that already happened is held as pending_exit
-        return pid
-
-    async def _start_native(self, c: Container) -> int:
-        """`runc create` + `runc start`; the init is reparented to us and watched by pidfd."""
-        assert c.io is not None and c.runc is not None
-        systemd = c.spec.cgroups_path.count(":") == 2  # "slice:prefix:name"
-        pid = await asyncio.to_thread(
-            c.runc.create_and_start, c.id, c.bundle, c.io.child_fds(), systemd
-        )
-        c.pid = pid
-        self._by_pid[pid] = c
-        watch_exit(pid, self.on_process_exit)
-        if c.spec.cgroups_path:
-            try:
-                c.cgroup = await asyncio.to_thread(Cgroup.load, c.spec.cgroups_path)
-            except ShimError as e:
-                log.warning("no stats for %s: %s", c.id, e)
-        return pid
+    async def _start_failed(self, c: Container, status: int) -> None:
+        c.state = next_state(c.state, Event.START_FAILED)
+        c.set_exited(status)
+        assert c.io is not None
+        await asyncio.to_thread(c.io.close)
 
     # ------------------------------------------------------------------ exits
 
-    def on_process_exit(self, pid: int, status: int) -> None:
-        """Called by the zygote client for every container process that ends."""
-        c = self._by_pid.pop(pid, None)
-        if c is None:
-            return  # a process whose Start failed: already accounted for
-        current_container.set(c.id)
-        if c.state is State.STARTING:
-            c.pending_exit = status  # Start has not published TaskStart yet
-            return
-        self._exited(c, status)
-
     def _exited(self, c: Container, status: int) -> None:
+        current_container.set(c.id)
         c.state = next_state(c.state, Event.EXIT)
         c.set_exited(status)
         log.info("exited with status %d", status)
@@ -194,10 +160,11 @@ class Tasks:
     def _oom_killed(c: Container) -> bool:
         """Whether the kernel OOM-killed something in the container's cgroup (a small file
         read, done on exit only)."""
-        if c.cgroup is None:
+        cgroup = c.cgroup
+        if cgroup is None:
             return False
         try:
-            return c.cgroup.oom_killed_count() > 0
+            return cgroup.oom_killed_count() > 0
         except (ShimError, OSError):
             return False
 
@@ -217,19 +184,19 @@ class Tasks:
             self._exited(c, 128 + sig)
             return
         if c.state is State.STARTING:
-            await c.started.wait()
+            await c.spawned.wait()  # the process exists (or Start failed) within moments
             next_state(c.state, Event.KILL)
-        if c.runc is not None:
-            await asyncio.to_thread(c.runc.kill, c.id, c.bundle, sig, all_)
-            return
-        await self.zygote.kill(c.pid, sig)
-        if all_ and c.cgroup is not None:
-            await asyncio.to_thread(c.cgroup.kill_all, sig)
+            if c.process is not None and not c.process.ready.done():
+                c.kill_signal = sig
+        assert c.supervisor is not None and c.process is not None
+        await c.supervisor.kill(c.process, sig, all_)
 
     async def delete(self, container_id: str, exec_id: str = "") -> ExitInfo:
         c = self.get(container_id, exec_id)
         c.state = next_state(c.state, Event.DELETE)
         try:
+            if c.supervisor is not None:
+                await asyncio.shield(c.supervisor.delete())
             await asyncio.shield(asyncio.to_thread(c.release))
         finally:
             c.state = next_state(c.state, Event.DELETED)
@@ -244,17 +211,19 @@ class Tasks:
 
     def pids(self, container_id: str) -> list[int]:
         c = self.get(container_id)
-        if c.cgroup is not None and c.state is State.RUNNING:
-            pids = c.cgroup.pids()
-            if pids:
-                return pids
+        cgroup = c.cgroup
+        if cgroup is not None and c.state is State.RUNNING:
+            found = cgroup.pids()
+            if found:
+                return found
         return [c.pid] if c.pid and c.state is State.RUNNING else []
 
-    async def stats(self, container_id: str) -> Message:
-        c = self.get(container_id)
-        if c.cgroup is None:
+    def cgroup_of(self, container_id: str) -> Cgroup:
+        """The container's cgroup, for Stats; NotFound when it has none (CRI skips it)."""
+        cgroup = self.get(container_id).cgroup
+        if cgroup is None:
             raise NotFound(f"container {container_id} has no cgroup; no stats")
-        return await asyncio.to_thread(c.cgroup.metrics)
+        return cgroup
 
     def close_io(self, container_id: str, exec_id: str, stdin: bool) -> None:
         c = self.get(container_id, exec_id)
@@ -287,18 +256,19 @@ class Tasks:
 
     async def kill_everything(self) -> None:
         """Shutdown(now=true) or a signal: end every process and release every container."""
-        starting = [c.started.wait() for c in self.containers.values() if c.state is State.STARTING]
-        if starting:
-            await asyncio.wait_for(asyncio.gather(*starting), 30)
         for c in list(self.containers.values()):
-            if c.state is State.RUNNING:
+            if c.state in (State.STARTING, State.RUNNING):
                 with contextlib.suppress(ShimError):
                     await self.kill(c.id, "", signal.SIGKILL, True)
         for c in list(self.containers.values()):
-            if c.state is State.RUNNING:
+            process: Process | None = c.process
+            if process is not None and c.state in (State.STARTING, State.RUNNING):
                 try:
-                    await asyncio.wait_for(c.exited.wait(), 5)
+                    await asyncio.wait_for(asyncio.shield(process.exited), 5)
                 except TimeoutError:
                     log.warning("container %s did not exit after SIGKILL", c.id)
+            if c.supervisor is not None:
+                with contextlib.suppress(ShimError):
+                    await c.supervisor.delete()
             await asyncio.to_thread(c.release)
         self.containers.clear()

@@ -23,7 +23,7 @@ import pytest
 from google.protobuf import empty_pb2
 
 from shim.api.containerd.task.v2 import shim_pb2
-from shim.manager import socket_address
+from shim.daemon import socket_address
 from shim.ttrpc.client import Client
 from tests.containerd import default_shim
 from tests.prereq import require

@@ -123,10 +123,16 @@ def test_path_lookup_in_order_skipping_directories(root: Path) -> None:
     assert (e.guest_path, e.kind) == ("/b/tool.wasm", EntrypointKind.COMPONENT)
 
 
-def test_path_comes_from_the_spec_env_when_not_given(root: Path) -> None:
+def test_without_a_path_a_bare_name_is_looked_up_in_the_working_directory_only(
+    root: Path,
+) -> None:
+    """The caller reads PATH from the spec (shim.oci.spec.getenv); None means the spec has
+    none, and the env in the RunConfig is not searched again."""
     put(root, "/opt/bin/tool.wasm")
     env = ("HOME=/", "PATH=/usr/bin:/opt/bin")
-    assert resolve(cfg(root, "tool.wasm", env=env), None).guest_path == "/opt/bin/tool.wasm"
+    with pytest.raises(NotFound, match="working directory"):
+        resolve(cfg(root, "tool.wasm", env=env), None)
+    assert resolve(cfg(root, "tool.wasm", env=env), "/opt/bin").guest_path == "/opt/bin/tool.wasm"
 
 
 def test_bare_name_falls_back_to_cwd(root: Path) -> None:

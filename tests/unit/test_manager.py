@@ -1,24 +1,87 @@
-"""`start`/`delete` pieces that need no containerd: the socket address, the hand-encoded
-DeleteResponse, the pid file."""
+"""`start`/`delete` pieces that need no containerd: the flags, the socket address, the
+hand-encoded DeleteResponse, the held record and what `delete` undoes from it."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shim import manager
+from shim import bundle, cleanup, cli, manager
 from shim.api.containerd.task.v2 import shim_pb2
+from shim.daemon import socket_address
+from shim.options import ShimOptions
 
 
 def test_socket_address_is_containerds_formula() -> None:
     digest = hashlib.sha256(b"/run/containerd/containerd.sock/k8s.io/pod1").hexdigest()
-    addr = manager.socket_address("/run/containerd/containerd.sock", "k8s.io", "pod1")
+    addr = socket_address("/run/containerd/containerd.sock", "k8s.io", "pod1")
     assert addr == f"unix:///run/containerd/s/{digest}"
+
+
+@pytest.mark.parametrize(
+    ("argv", "values", "bools", "action"),
+    [
+        (
+            [
+                "-namespace",
+                "k8s.io",
+                "-address",
+                "/a.sock",
+                "-publish-binary",
+                "/b",
+                "-id",
+                "x",
+                "start",
+            ],
+            {"namespace": "k8s.io", "address": "/a.sock", "publish-binary": "/b", "id": "x"},
+            set(),
+            "start",
+        ),
+        (
+            ["--id=y", "-debug", "-bundle", "/b1", "delete"],
+            {"id": "y", "bundle": "/b1"},
+            {"debug"},
+            "delete",
+        ),
+        (["-debug=false", "-unknown", "-v"], {}, {"v"}, None),
+        (["-future-flag=1", "-id", "z", "start", "extra"], {"id": "z"}, set(), "start"),
+    ],
+)
+def test_go_style_flags(
+    argv: list[str], values: dict[str, str], bools: set[str], action: str | None
+) -> None:
+    assert cli.parse(argv) == (values, bools, action)
+
+
+HEAVY = ("asyncio", "google.protobuf", "wasmtime", "json", "argparse", "dataclasses", "socket")
+
+
+def test_start_and_delete_paths_import_nothing_heavy(tmp_path: Path) -> None:
+    """What `start` (with a warm runtime) and `delete` (no record) load: only light modules;
+    `python -X importtime` of both is in bench/start_delete.py's output."""
+    code = (
+        "import sys; from shim import cli, manager; cli.main(['-v']);"
+        f"manager.delete(manager.ShimOptions(namespace='n', address='/x', publish_binary='',"
+        f" id='c', bundle={str(tmp_path)!r}, debug=False));"
+        f"print(sorted(m for m in sys.modules if m.startswith({HEAVY!r})))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-S", "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+    )
+    assert "Runtime:  io.containerd.wasmtime.v1" in out.stdout
+    assert out.stdout.strip().splitlines()[-1] == "[]"
 
 
 @given(
@@ -38,17 +101,56 @@ def test_delete_response_matches_protobuf(pid: int, status: int, ns: int) -> Non
     )
 
 
-def test_pid_file_detects_a_recycled_pid(tmp_path: Path) -> None:
-    manager.write_pid_file(str(tmp_path), os.getpid())
-    assert manager.read_pid_file(str(tmp_path)) == (os.getpid(), True)
-    (tmp_path / manager.PID_FILE).write_text(f"{os.getpid()} 1")  # another start time
-    assert manager.read_pid_file(str(tmp_path)) == (os.getpid(), False)
-    (tmp_path / manager.PID_FILE).unlink()
-    assert manager.read_pid_file(str(tmp_path)) == (0, False)
+def test_held_record_round_trip_and_empty_removes_it(tmp_path: Path) -> None:
+    held = {"rootfs": "/b/rootfs", "cgroup": "/default/c1", "pid": "42 1234"}
+    bundle.write_held(str(tmp_path), held)
+    assert bundle.read_held(str(tmp_path)) == held
+    bundle.write_held(str(tmp_path), {})
+    assert not (tmp_path / bundle.HELD_FILE).exists()
+    assert bundle.read_held(str(tmp_path)) == {}
 
 
-@pytest.mark.parametrize("garbage", ["", "x", "12 ", "-"])
-def test_pid_file_garbage_is_no_process(tmp_path: Path, garbage: str) -> None:
-    (tmp_path / manager.PID_FILE).write_text(garbage)
-    _, alive = manager.read_pid_file(str(tmp_path))
-    assert not alive
+def test_held_record_refuses_what_it_could_not_read_back(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="cannot be written"):
+        bundle.write_held(str(tmp_path), {"rootfs": "/a\nb"})
+
+
+def _opts(tmp_path: Path) -> ShimOptions:
+    return ShimOptions(
+        namespace="default",
+        address="/x.sock",
+        publish_binary="",
+        id="c1",
+        bundle=str(tmp_path),
+        debug=False,
+    )
+
+
+def test_delete_without_a_record_does_nothing_and_answers_137(tmp_path: Path) -> None:
+    out = manager.delete(_opts(tmp_path))
+    decoded = shim_pb2.DeleteResponse.FromString(out)
+    assert (decoded.pid, decoded.exit_status) == (0, 137)
+    assert decoded.exited_at.ToNanoseconds() > 0
+
+
+def test_cleanup_kills_the_recorded_process_but_never_a_recycled_pid(tmp_path: Path) -> None:
+    victim = subprocess.Popen(["sleep", "60"])
+    try:
+        # A start time that is not the process's: the pid was recycled, leave it alone.
+        held = {bundle.PID: f"{victim.pid} 1"}
+        assert cleanup.undo(_opts(tmp_path), str(tmp_path), held) == victim.pid
+        assert victim.poll() is None
+        held = {bundle.PID: f"{victim.pid} {bundle.start_time(victim.pid)}"}
+        bundle.write_held(str(tmp_path), held)
+        cleanup.undo(_opts(tmp_path), str(tmp_path), held)
+        assert victim.wait(timeout=5) == -signal.SIGKILL
+        assert bundle.read_held(str(tmp_path)) == {}  # the record goes once undone
+    finally:
+        if victim.poll() is None:
+            victim.kill()
+            victim.wait()
+
+
+def test_start_time_names_one_process() -> None:
+    assert bundle.start_time(os.getpid()).isdigit()
+    assert bundle.start_time(2**22 + 12345) == ""

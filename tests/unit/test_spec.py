@@ -105,7 +105,6 @@ def test_mount_options() -> None:
     assert mounts.parse_mount_options(["ro", "rw"]).flags & MS_RDONLY == 0
 
 
-
 def test_getenv_last_assignment_wins_and_needs_the_equals_sign() -> None:
     env = ("PATH=/a", "PATHX=/x", "PATH", "PATH=/b", "EMPTY=")
     assert spec.getenv(env, "PATH") == "/b"

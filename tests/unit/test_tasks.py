@@ -1,66 +1,69 @@
 """The task logic (shim/task/tasks.py) with fakes at its edges: the order of events, exits that
-race Start, Kill and Delete of tasks that never ran, OOM reporting, and shutdown when idle.
+race Start, Kill of a process that never becomes ready, Kill and Delete of tasks that never ran,
+OOM reporting, and shutdown when idle.
 
-The zygote and the cgroup are fakes; the Container, its state table and its stdio are real.
+The supervisor (the process side) is a fake whose processes the test drives; the Container, its
+state table and its stdio are real.
 """
 
 from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from runtimes.base import Entrypoint, EntrypointKind, Preopen, RunConfig
-from shim.errors import NotFound
+from shim.errors import FailedPrecondition, NotFound
 from shim.io.stdio import ProcessIO, StdioConfig
 from shim.oci import spec
+from shim.proc.process import Process
 from shim.task.container import Container
 from shim.task.states import State
 from shim.task.tasks import Tasks
-
-
-class FakeZygote:
-    """Spawns nothing; exits are injected by the test, held until claimed like the real one."""
-
-    def __init__(self) -> None:
-        self.next_pid = 1000
-        self.on_spawn: Callable[[int], None] = lambda pid: None
-        self.held: dict[int, int] = {}
-        self.killed: list[tuple[int, int]] = []
-        self.tasks: Tasks | None = None
-
-    async def spawn(self, *args: Any) -> int:
-        self.next_pid += 1
-        self.on_spawn(self.next_pid)
-        return self.next_pid
-
-    def claim(self, pid: int) -> None:
-        if pid in self.held and self.tasks is not None:
-            self.tasks.on_process_exit(pid, self.held.pop(pid))
-
-    async def kill(self, pid: int, sig: int) -> None:
-        self.killed.append((pid, sig))
+from shim.task.workload import Kind
 
 
 class FakeCgroup:
     def __init__(self, ooms: int = 0) -> None:
         self.ooms = ooms
 
-    def join_files(self) -> tuple[str, ...]:
-        return ()
-
-    def memory_usage_file(self) -> str | None:
-        return None
-
     def oom_killed_count(self) -> int:
         return self.ooms
 
-    def remove(self) -> None:
-        pass
+
+class FakeSupervisor:
+    """Creates Processes the test resolves; records the signals sent to them."""
+
+    kind = Kind.WASM
+
+    def __init__(self, cgroup: FakeCgroup | None = None) -> None:
+        self.cgroup = cgroup
+        self.process: Process | None = None
+        self.killed: list[int] = []
+        self.may_start = asyncio.Event()
+        self.may_start.set()
+        self.kill_ends_it = False
+
+    def held(self) -> dict[str, str]:
+        return {}
+
+    async def start(self, stdio: tuple[int, int, int]) -> Process:
+        await self.may_start.wait()
+        self.process = Process(pid=1000 + len(self.killed))
+        return self.process
+
+    async def kill(self, process: Process, sig: int, all_: bool) -> None:
+        self.killed.append(sig)
+        if self.kill_ends_it:  # as the spawner reports a child killed during setup
+            process.set_ready(FailedPrecondition("the container process ended during setup"))
+            process.set_exited(128 + sig)
+
+    async def delete(self) -> None:
+        return None
+
+    def release(self) -> None:
+        return None
 
 
 class Events:
@@ -86,16 +89,17 @@ class Events:
         self._add("oom", c)
 
 
-def _setup(tmp_path: Path) -> tuple[Tasks, FakeZygote, Events]:
-    zygote, events = FakeZygote(), Events()
-    tasks = Tasks(runtime=None, zygote=zygote, events=events)  # type: ignore[arg-type]
-    zygote.tasks = tasks
-    return tasks, zygote, events
+def _setup(tmp_path: Path) -> tuple[Tasks, Events]:
+    events = Events()
+    return Tasks(host=None, events=events), events  # type: ignore[arg-type]
 
 
-def _add(tasks: Tasks, tmp_path: Path, cid: str, cgroup: FakeCgroup | None = None) -> Container:
+def _add(
+    tasks: Tasks, tmp_path: Path, cid: str, supervisor: FakeSupervisor | None = None
+) -> tuple[Container, FakeSupervisor]:
     bundle = tmp_path / cid
     bundle.mkdir()
+    sup = supervisor or FakeSupervisor()
     c = Container(
         id=cid,
         bundle=str(bundle),
@@ -103,21 +107,23 @@ def _add(tasks: Tasks, tmp_path: Path, cid: str, cgroup: FakeCgroup | None = Non
         spec=spec.parse({"process": {"args": ["/x.wasm"]}}),
         stdio=StdioConfig("", "", ""),
         rootfs=str(bundle),
-        io=ProcessIO.null(),
-        cgroup=cgroup,  # type: ignore[arg-type]
-        entry=Entrypoint(str(bundle / "x.wasm"), "/x.wasm", None, EntrypointKind.MODULE),
-        run_config=RunConfig(cid, str(bundle), ("/x.wasm",), (), "/", (Preopen("/", "/", True),)),
+        io=ProcessIO.open(StdioConfig("", "", ""), container_id=cid, namespace="ns"),
+        supervisor=sup,  # type: ignore[arg-type]
     )
     tasks.containers[cid] = c
-    return c
+    return c, sup
 
 
 def test_an_exit_before_start_resumes_comes_after_task_start(tmp_path: Path) -> None:
     async def main() -> None:
-        tasks, zygote, events = _setup(tmp_path)
-        _add(tasks, tmp_path, "fast")
-        zygote.on_spawn = lambda pid: zygote.held.__setitem__(pid, 3)
-        pid = await tasks.start("fast")
+        tasks, events = _setup(tmp_path)
+        _, sup = _add(tasks, tmp_path, "fast")
+        start = asyncio.ensure_future(tasks.start("fast"))
+        while sup.process is None:
+            await asyncio.sleep(0)
+        sup.process.set_exited(3)  # it ran and ended before the readiness news arrived
+        sup.process.set_ready()
+        pid = await start
         info = await asyncio.wait_for(tasks.wait("fast"), 5)
         assert (info.pid, info.exit_status) == (pid, 3)
         assert [e[0] for e in events.seen] == ["start", "exit"]
@@ -127,13 +133,81 @@ def test_an_exit_before_start_resumes_comes_after_task_start(tmp_path: Path) -> 
 
 def test_oom_is_published_before_the_exit(tmp_path: Path) -> None:
     async def main() -> None:
-        tasks, _, events = _setup(tmp_path)
-        _add(tasks, tmp_path, "oom", FakeCgroup(ooms=1))
-        _add(tasks, tmp_path, "fine", FakeCgroup(ooms=0))
-        pids = {cid: await tasks.start(cid) for cid in ("oom", "fine")}
-        tasks.on_process_exit(pids["oom"], 137)
-        tasks.on_process_exit(pids["fine"], 0)
+        tasks, events = _setup(tmp_path)
+        sups = {}
+        for cid, ooms in (("oom", 1), ("fine", 0)):
+            _, sups[cid] = _add(tasks, tmp_path, cid, FakeSupervisor(FakeCgroup(ooms)))
+            start = asyncio.ensure_future(tasks.start(cid))
+            while sups[cid].process is None:
+                await asyncio.sleep(0)
+            sups[cid].process.set_ready()
+            await start
+        sups["oom"].process.set_exited(137)
+        sups["fine"].process.set_exited(0)
+        await asyncio.wait_for(tasks.wait("fine"), 5)
         assert events.seen[2:] == [("oom", "oom", 137), ("exit", "oom", 137), ("exit", "fine", 0)]
+
+    asyncio.run(main())
+
+
+def test_a_process_that_never_gets_ready_is_killable_and_start_then_succeeds(
+    tmp_path: Path,
+) -> None:
+    """A start function that loops for ever: Start waits, Kill reaches the process at once,
+    and the task ends with the signal's status, as `ctr run --rm` then reports."""
+
+    async def main() -> None:
+        tasks, events = _setup(tmp_path)
+        c, sup = _add(tasks, tmp_path, "loop")
+        sup.kill_ends_it = True
+        start = asyncio.ensure_future(tasks.start("loop"))
+        while sup.process is None:
+            await asyncio.sleep(0)
+        await asyncio.sleep(0.05)
+        assert not start.done() and c.state is State.STARTING
+        await tasks.kill("loop", "", signal.SIGKILL, False)
+        assert sup.killed == [signal.SIGKILL]
+        assert await asyncio.wait_for(start, 5) == sup.process.pid
+        info = await asyncio.wait_for(tasks.wait("loop"), 5)
+        assert info.exit_status == 137
+        assert [e[0] for e in events.seen] == ["start", "exit"]
+
+    asyncio.run(main())
+
+
+def test_a_setup_failure_fails_start_with_its_reason(tmp_path: Path) -> None:
+    async def main() -> None:
+        tasks, events = _setup(tmp_path)
+        c, sup = _add(tasks, tmp_path, "bad")
+        start = asyncio.ensure_future(tasks.start("bad"))
+        while sup.process is None:
+            await asyncio.sleep(0)
+        sup.process.set_ready(FailedPrecondition("/x.wasm is not a valid wasm module"))
+        sup.process.set_exited(1)
+        with pytest.raises(FailedPrecondition, match="not a valid wasm module"):
+            await start
+        assert c.state is State.STOPPED
+        assert (await asyncio.wait_for(tasks.wait("bad"), 5)).exit_status == 1
+        assert events.seen == []  # no TaskStart for a task that never ran
+
+    asyncio.run(main())
+
+
+def test_a_kill_before_the_process_exists_waits_for_it(tmp_path: Path) -> None:
+    async def main() -> None:
+        tasks, _ = _setup(tmp_path)
+        _, sup = _add(tasks, tmp_path, "slow")
+        sup.may_start.clear()
+        start = asyncio.ensure_future(tasks.start("slow"))
+        kill = asyncio.ensure_future(tasks.kill("slow", "", signal.SIGTERM, False))
+        await asyncio.sleep(0.05)
+        assert not kill.done() and sup.killed == []
+        sup.may_start.set()
+        await asyncio.wait_for(kill, 5)
+        assert sup.killed == [signal.SIGTERM]
+        assert sup.process is not None
+        sup.process.set_ready()
+        await start
 
     asyncio.run(main())
 
@@ -142,22 +216,22 @@ def test_kill_of_a_created_task_ends_its_wait_and_a_second_kill_is_not_found(
     tmp_path: Path,
 ) -> None:
     async def main() -> None:
-        tasks, zygote, _ = _setup(tmp_path)
-        _add(tasks, tmp_path, "c")
+        tasks, _ = _setup(tmp_path)
+        _, sup = _add(tasks, tmp_path, "c")
         waiter = asyncio.ensure_future(tasks.wait("c"))
         await tasks.kill("c", "", signal.SIGTERM, False)
         assert (await asyncio.wait_for(waiter, 5)).exit_status == 128 + signal.SIGTERM
         with pytest.raises(NotFound, match="process already finished"):
             await tasks.kill("c", "", signal.SIGKILL, False)
-        assert zygote.killed == []  # there was never a process to signal
+        assert sup.killed == []  # there was never a process to signal
 
     asyncio.run(main())
 
 
 def test_delete_of_a_created_task_releases_its_wait(tmp_path: Path) -> None:
     async def main() -> None:
-        tasks, _, events = _setup(tmp_path)
-        c = _add(tasks, tmp_path, "never")
+        tasks, events = _setup(tmp_path)
+        c, _ = _add(tasks, tmp_path, "never")
         waiter = asyncio.ensure_future(tasks.wait("never"))
         await asyncio.sleep(0)
         await tasks.delete("never")
@@ -172,7 +246,7 @@ def test_delete_of_a_created_task_releases_its_wait(tmp_path: Path) -> None:
 
 def test_a_refused_shutdown_exits_once_the_last_task_is_deleted(tmp_path: Path) -> None:
     async def main() -> None:
-        tasks, _, _ = _setup(tmp_path)
+        tasks, _ = _setup(tmp_path)
         _add(tasks, tmp_path, "a")
         _add(tasks, tmp_path, "b")
         calls: list[str] = []

@@ -1,29 +1,29 @@
-"""WasmtimeRuntime end to end on real wasm, without containerd.
+"""WasmtimeRuntime end to end on real wasm, through the real container-process code, without
+containerd.
 
-Each case runs in a fresh interpreter that plays the zygote: it calls `resolve()`, `warm()`,
-then forks; the child resets every signal handler to SIG_DFL (as shim/zygote.py does), chdirs,
-calls `prepare()` and `run()` and exits with the status. The test reads the child's stdout and
-stderr from files and the verdict (exit status, prepare/resolve error, thread count after
-warm) from a JSON file. The same file is the driver: run as a script, it executes `_zygote`.
+Each case runs in a fresh interpreter that plays the spawner: it calls `resolve()` and
+`warm()` (which creates the shared Engine), then forks, and the child runs
+`shim.proc.child.run_child` exactly as a container process does (signal reset, chdir,
+`load()`, `prepare()`, ready report, `run()`). The test reads the child's stdout and stderr
+from files and the verdict (exit status, the ready pipe's error, thread count after warm)
+from a JSON file. The same file is the driver: run as a script, it executes `_spawn`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from runtimes.base import Preopen, RunConfig
+from runtimes.base import CacheSettings, Preopen, RunConfig
+from shim import errors
 from shim.errors import ShimError
 
 WAT_DIR = Path(__file__).resolve().parents[1] / "wasm" / "wat"
@@ -33,15 +33,17 @@ LEAK = "SHIM_TEST_MUST_NOT_LEAK"
 # --------------------------------------------------------------------------- the driver
 
 
-def _zygote(spec_path: str, result_path: str) -> None:
-    """Resolve, warm, fork; in the child: reset signals, chdir, prepare, run, _exit."""
+def _spawn(spec_path: str, result_path: str) -> None:
+    """Resolve, warm, fork; the child is a real container process (shim/proc/child.py)."""
     from runtimes.wasmtime import WasmtimeRuntime
+    from shim.proc.child import ProcessSetup, decode_report, run_child
 
     spec = json.loads(Path(spec_path).read_text())
     cfg_fields = dict(spec["cfg"])
     cfg_fields["args"] = tuple(cfg_fields["args"])
     cfg_fields["env"] = tuple(cfg_fields["env"])
     cfg_fields["preopens"] = tuple(Preopen(**p) for p in cfg_fields["preopens"])
+    cfg_fields["cache"] = CacheSettings(**cfg_fields["cache"]) if cfg_fields["cache"] else None
     cfg = RunConfig(**cfg_fields)
     runtime = WasmtimeRuntime()
     result: dict[str, Any] = {}
@@ -56,39 +58,24 @@ def _zygote(spec_path: str, result_path: str) -> None:
     ready_r, ready_w = os.pipe()
     pid = os.fork()
     if pid == 0:
-        code = 1
-        try:
-            os.close(ready_r)
-            for sig in signal.valid_signals():
-                if sig not in (signal.SIGKILL, signal.SIGSTOP):
-                    with contextlib.suppress(OSError, ValueError):
-                        signal.signal(sig, signal.SIG_DFL)
-            os.chdir(spec["host_cwd"])
-            try:
-                prepared = runtime.prepare(cfg, entry)
-            except ShimError as e:
-                err = {"stage": "prepare", "kind": type(e).__name__, "message": str(e)}
-                os.write(ready_w, json.dumps(err).encode())
-                os._exit(code)
-            os.close(ready_w)
-            code = runtime.run(prepared)
-        except BaseException:
-            traceback.print_exc()
-        finally:
-            os._exit(code)
+        os.close(ready_r)
+        run_child(runtime, cfg, entry, ProcessSetup(host_cwd=spec["host_cwd"]), (0, 1, 2), ready_w)
     os.close(ready_w)
     chunks = []
     while chunk := os.read(ready_r, 65536):
         chunks.append(chunk)
     _, status = os.waitpid(pid, 0)
-    if chunks:
-        result["error"] = json.loads(b"".join(chunks))
+    failure = decode_report(b"".join(chunks)) if chunks else None
+    if failure is not None:
+        code, message = failure
+        kind = type(errors.from_status(int(code), message)).__name__
+        result["error"] = {"stage": "prepare", "kind": kind, "message": message}
     result["exit"] = os.waitstatus_to_exitcode(status)
     Path(result_path).write_text(json.dumps(result))
 
 
 if __name__ == "__main__":
-    _zygote(sys.argv[1], sys.argv[2])
+    _spawn(sys.argv[1], sys.argv[2])
     sys.exit(0)
 
 
@@ -115,7 +102,7 @@ class Container:
     cwd: str = "/"
     mounts: list[Preopen] = field(default_factory=list)
     memory_limit: int | None = None
-    cache_dir: str | None = None
+    cache: CacheSettings | None = None
 
     def add(self, guest: str, wat_name: str, *, binary: bool = True) -> str:
         """Put tests/wasm/wat/<wat_name> at `guest` in the rootfs, as .wasm (or as text)."""
@@ -137,7 +124,7 @@ class Container:
             cwd=self.cwd,
             preopens=(Preopen(str(self.root), "/", False), *self.mounts),
             memory_limit=self.memory_limit,
-            cache_dir=self.cache_dir,
+            cache=self.cache,
         )
         spec = {"cfg": asdict(cfg), "path_env": path_env, "host_cwd": str(self.root)}
         spec_path, result_path = self.work / "spec.json", self.work / "result.json"
@@ -201,7 +188,7 @@ def test_wat_text_is_an_entrypoint_and_found_relative_to_cwd(box: Container) -> 
 def test_entrypoint_found_through_spec_path(box: Container) -> None:
     box.add("/opt/tools/echo.wasm", "echo.wat")
     box.args, box.env = ["echo.wasm"], ["PATH=/usr/bin:/opt/tools"]
-    out = box.launch()  # path_env None: PATH comes from the spec env
+    out = box.launch("/usr/bin:/opt/tools")  # the daemon reads PATH from the spec's env
     assert (out.error, out.exit) == (None, 42)
 
 
@@ -359,39 +346,46 @@ def test_component_missing_func_fails_prepare(box: Container) -> None:
 # --------------------------------------------------------------------------- the compile cache
 
 
-def _cache_file(cache: Path, box: Container, guest: str) -> Path:
-    from runtimes.base import EntrypointKind
-    from runtimes.wasmtime import engine
-
-    src = engine.load_source((box.root / guest.lstrip("/")).read_bytes(), EntrypointKind.MODULE, "")
-    return Path(engine.cache_path(str(cache), src))
+def _entries(cache: Path) -> list[Path]:
+    return sorted(cache.rglob("*.cwasm"))
 
 
-def test_cache_is_written_then_used(box: Container, tmp_path: Path) -> None:
+def test_without_a_warm_runtime_the_process_compiles_into_the_cache_then_maps_it(
+    box: Container, tmp_path: Path
+) -> None:
     cache = tmp_path / "cache"
-    box.cache_dir = str(cache)
+    box.cache = CacheSettings(str(cache), 1 << 30)
     box.args = [box.add("/echo.wasm", "echo.wat")]
     assert box.launch().exit == 42
-    echo_entry = _cache_file(cache, box, "/echo.wasm")
-    assert echo_entry.is_file()
-    assert not [p for p in cache.rglob(".tmp-*")]  # written atomically, nothing left over
-    # Prove the second run reads the cache: swap in the compiled funcs module (exit 3).
+    [echo_entry] = _entries(cache)
+    assert not list(cache.rglob(".tmp-*"))  # written atomically, nothing left over
     box.args = [box.add("/f.wasm", "funcs.wat")]
     assert box.launch().exit == 3
-    shutil.copy(_cache_file(cache, box, "/f.wasm"), echo_entry)
+    [funcs_entry] = [p for p in _entries(cache) if p != echo_entry]
+    # Prove the next run maps the cache: give echo's key funcs' (valid, verified) code.
+    key = echo_entry.name.split("-", 1)[0]
+    echo_entry.unlink()
+    funcs_entry.rename(echo_entry.parent / (key + "-" + funcs_entry.name.split("-", 1)[1]))
     box.args = ["/echo.wasm"]
     assert box.launch().exit == 3
 
 
-def test_corrupt_cache_entry_is_ignored_and_replaced(box: Container, tmp_path: Path) -> None:
+def test_a_cache_entry_damaged_in_the_middle_is_removed_and_recompiled(
+    box: Container, tmp_path: Path
+) -> None:
     cache = tmp_path / "cache"
-    box.cache_dir = str(cache)
+    box.cache = CacheSettings(str(cache), 1 << 30)
     box.args = [box.add("/echo.wasm", "echo.wat")]
-    entry = _cache_file(cache, box, "/echo.wasm")
-    entry.parent.mkdir(parents=True)
-    entry.write_bytes(b"not a compiled artifact")
     assert box.launch().exit == 42
-    assert entry.read_bytes() != b"not a compiled artifact"
+    [entry] = _entries(cache)
+    data = bytearray(entry.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 16] = bytes(b ^ 0xFF for b in data[middle : middle + 16])
+    entry.write_bytes(data)
+    out = box.launch()
+    assert (out.exit, out.error) == (42, None)
+    [again] = _entries(cache)
+    assert again.read_bytes() != bytes(data)
 
 
 def test_component_with_a_non_wasi_import_fails_prepare_naming_it(box: Container) -> None:

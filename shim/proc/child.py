@@ -1,0 +1,190 @@
+"""A wasm container process, between the spawner's fork and the guest's first instruction.
+
+In order: a new session; the container's cgroup (by writing our pid into its files) and the
+pod's namespaces; the hostname; stdio onto 0/1/2 and every other descriptor closed; signal
+dispositions back to their defaults; the working directory. Then, still as root, the engine
+loads the program's compiled code (`Runtime.load`: the verified cache entry the warm
+runtime's compile job named, or a compile of its own), because the cache is readable by root
+only. Only then does the process drop to the spec's uid and gids, so that everything the
+guest can reach (WASI preopens, instantiation, `run`) happens with the container's
+identity. "Ready" is written on the ready pipe once the program is instantiated; any failure
+before that is written there instead, as an error code and a message, so Start fails with the
+engine's reason rather than a bare exit status.
+
+Signals: SIGSEGV, SIGBUS, SIGILL and SIGFPE keep the handlers wasmtime installed when the
+warm runtime created the Engine (a process-wide, once-only installation that a reset here
+could never redo): they turn a guest's out-of-bounds access into a trap. Every other signal
+gets its default disposition, as a freshly exec'd program would.
+
+The process does not die with the spawner: like a runc container, it outlives the daemon's
+helpers, and `delete` kills it from the bundle's record if the whole shim is gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from runtimes.base import Entrypoint, RunConfig, Runtime
+from shim import errors, libc
+from shim.warm.compiling import read_compile_reply
+
+ENGINE_SIGNALS = frozenset({signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE})
+MAX_ERROR = 16 << 10  # an error text is cut to this: it travels in one datagram
+READY = b"R"
+FAILED = b"E"
+
+# Namespaces a container process may join by path (CRI pods); others are not for wasm.
+JOINABLE_NAMESPACES = {"network": "net", "ipc": "ipc", "uts": "uts"}
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessSetup:
+    """What the forked child does to itself before the engine runs."""
+
+    cgroup_files: tuple[str, ...] = ()  # cgroup.procs files to write our pid into
+    namespaces: tuple[tuple[str, str], ...] = ()  # (nsfs type, path) to setns into
+    host_cwd: str = "/"  # the directory to chdir to, on the host
+    uid: int = 0
+    gid: int = 0
+    additional_gids: tuple[int, ...] = ()
+    hostname: str = ""
+    memory_usage_file: str = ""  # the cgroup's memory charge, for the linear-memory cap
+    compile_channel: bool = False  # a 4th descriptor carries the compile job's answer
+
+
+def memory_headroom(limit: int, usage_file: str) -> int:
+    """How large the guest's linear memory may grow: the cgroup limit, less what the process
+    is already charged once the engine is ready (compiled code, the interpreter's pages it
+    has touched since fork), less a margin for what running costs besides linear memory.
+    Without this the guest's memory alone could reach the limit and the kernel would
+    OOM-kill the process (status 137) instead of memory.grow failing inside the guest."""
+    with open(usage_file) as f:
+        used = int(f.read().strip() or 0)
+    margin = max(4 << 20, limit // 16)
+    return max(0, limit - used - margin)
+
+
+def encode_failure(code: errors.Code, message: str) -> bytes:
+    """What a child writes on its ready pipe when it cannot run the guest."""
+    text = message if len(message) <= MAX_ERROR else message[:MAX_ERROR] + " [...]"
+    return FAILED + json.dumps({"code": int(code), "message": text}).encode()
+
+
+def decode_report(data: bytes) -> tuple[errors.Code, str] | None:
+    """None when the child said it is ready; else (code, message) of why it is not.
+
+    A child that died without a word (killed during setup) reads as an empty report, which
+    the spawner words itself."""
+    if data[:1] == READY:
+        return None
+    try:
+        err = json.loads(data[1:])
+        return errors.Code(int(err["code"])), str(err["message"])
+    except (ValueError, KeyError, TypeError):
+        return errors.Code.FAILED_PRECONDITION, "the container process died during setup"
+
+
+def _failure(e: BaseException) -> bytes:
+    if isinstance(e, errors.ShimError):
+        return encode_failure(e.code, e.message)
+    return encode_failure(errors.Code.FAILED_PRECONDITION, f"{type(e).__name__}: {e}")
+
+
+def _setns(ns_type: str, path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        libc.setns(fd)
+    except OSError as e:
+        raise OSError(e.errno, f"setns {ns_type} {path}: {e.strerror}") from None
+    finally:
+        os.close(fd)
+
+
+def _default_signals() -> None:
+    for sig in signal.valid_signals():
+        if sig in (signal.SIGKILL, signal.SIGSTOP) or sig in ENGINE_SIGNALS:
+            continue
+        with contextlib.suppress(OSError, ValueError, RuntimeError):
+            signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+
+
+COMPILE_FD = 4
+
+
+def _enter(setup: ProcessSetup, fds: Sequence[int], ready_w: int) -> int:
+    """Everything up to the engine; returns the ready pipe's new descriptor (3). `fds`: the
+    stdio descriptors, then the compile channel when `setup.compile_channel`."""
+    os.setsid()
+    pid = str(os.getpid())
+    for path in setup.cgroup_files:
+        with open(path, "w") as f:
+            f.write(pid)
+    for ns_type, path in setup.namespaces:
+        _setns(ns_type, path)
+    if setup.hostname and any(t == "uts" for t, _ in setup.namespaces):
+        socket.sethostname(setup.hostname)
+    # Move every descriptor we keep above the ones we are about to fill, then into place.
+    high = 10 + max((*fds, ready_w))
+    moved = [os.dup2(fd, high + i, inheritable=False) for i, fd in enumerate((*fds, ready_w))]
+    *stdio, ready_w = moved
+    for target, fd in enumerate(stdio[:3]):
+        os.dup2(fd, target, inheritable=True)
+    ready_w = os.dup2(ready_w, 3, inheritable=False)
+    keep = 4
+    if setup.compile_channel:
+        os.dup2(stdio[3], COMPILE_FD, inheritable=False)
+        keep = COMPILE_FD + 1
+    os.closerange(keep, os.sysconf("SC_OPEN_MAX"))
+    _default_signals()
+    os.chdir(setup.host_cwd)
+    return ready_w
+
+
+def _drop_privileges(setup: ProcessSetup) -> None:
+    if setup.gid or setup.additional_gids:
+        os.setgroups(list(setup.additional_gids))
+    if setup.gid:
+        os.setgid(setup.gid)
+    if setup.uid:
+        os.setuid(setup.uid)
+
+
+def run_child(
+    runtime: Runtime,
+    cfg: RunConfig,
+    entry: Entrypoint,
+    setup: ProcessSetup,
+    fds: Sequence[int],
+    ready_w: int,
+) -> None:
+    """The body of a forked container process; never returns."""
+    try:
+        ready_w = _enter(setup, fds, ready_w)
+        compiled = read_compile_reply(COMPILE_FD) if setup.compile_channel else None
+        loaded = runtime.load(cfg, entry, compiled)
+        _drop_privileges(setup)
+        prepared = runtime.prepare(cfg, entry, loaded)
+        if cfg.memory_limit and setup.memory_usage_file:
+            runtime.limit_memory(
+                prepared, memory_headroom(cfg.memory_limit, setup.memory_usage_file)
+            )
+    except BaseException as e:  # every failure must reach the daemon, then exit
+        with contextlib.suppress(BaseException):
+            os.write(ready_w, _failure(e))
+        os._exit(1)
+    code = 134
+    try:
+        os.write(ready_w, READY)
+        os.close(ready_w)
+        code = runtime.run(prepared)
+    except BaseException as e:
+        with contextlib.suppress(BaseException):
+            os.write(2, f"shim: {type(e).__name__}: {e}\n".encode())
+    os._exit(code & 0xFF)

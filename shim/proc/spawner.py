@@ -1,0 +1,227 @@
+"""The spawner: the pod daemon's fork server for wasm container processes.
+
+Why a separate process: a container process must be its own OS process (per-container
+kill, cgroup and memory accounting; a crashing guest cannot take the shim down), and forking
+the daemon itself is unsafe once it runs threads (a lock held by another thread at the fork
+stays held for ever in the child). The daemon forks the spawner first thing, while it is
+still single-threaded; the spawner never starts a thread, so it can fork at any time. It
+imports nothing of its own: it inherits every page the warm runtime loaded, and so does
+every process it forks (`Runtime.warm()` only does work in a shim that started cold).
+
+One selector loop over the daemon's socket, the children's ready pipes and their pidfds. The
+pid goes back the moment the child exists, so the daemon can signal a child that never
+becomes ready (a start function that loops); readiness and the exit status follow as
+separate messages (shim/proc/wire.py). Signals go through the pidfd, so a recycled pid is
+never hit. One bad request never ends the loop: its error goes back to the daemon.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import selectors
+import signal
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from runtimes.base import Runtime
+from shim import errors, libc
+from shim.proc import wire
+from shim.proc.child import decode_report, run_child
+from shim.proc.process import exit_code_from_wait_status
+
+log = logging.getLogger(__name__)
+
+SO_SNDBUFFORCE = 32
+
+
+@dataclass(slots=True)
+class _Child:
+    pid: int
+    pidfd: int
+    ready_fd: int  # -1 once the child has reported
+    report: bytearray = field(default_factory=bytearray)
+
+
+class Spawner:
+    """The loop (runs in the spawner process)."""
+
+    def __init__(self, sock: socket.socket, runtime: Runtime) -> None:
+        self.sock = sock
+        self.runtime = runtime
+        self.sel = selectors.DefaultSelector()
+        self.by_pid: dict[int, _Child] = {}
+
+    def send(self, msg: dict[str, Any]) -> None:
+        """A failed send is logged, never raised: the loop must outlive any one request."""
+        try:
+            self.sock.send(wire.encode(msg))
+        except OSError as e:
+            log.error("spawner: cannot answer the daemon (%s): %s", e, str(msg)[:200])
+
+    def serve(self) -> None:
+        self.sel.register(self.sock, selectors.EVENT_READ, None)
+        while True:
+            for key, _ in self.sel.select():
+                if key.data is None:
+                    if not self._on_request():
+                        return
+                    continue
+                kind, child = key.data
+                if kind == "ready":
+                    self._on_report(child)
+                else:
+                    self._on_exit(child)
+
+    def _on_request(self) -> bool:
+        try:
+            data, fds, _flags, _addr = socket.recv_fds(self.sock, wire.MAX_REQUEST, 4)
+        except ConnectionError:
+            return False
+        if not data:
+            return False
+        msg: Any = None
+        try:
+            msg = wire.decode(data)
+            if msg["op"] == "spawn":
+                self._spawn(msg, fds)
+                return True
+            for fd in fds:
+                os.close(fd)
+            if msg["op"] == "kill":
+                self._kill(msg)
+            else:
+                raise ValueError(f"unknown op {msg['op']!r}")
+        except Exception as e:  # one bad request must not end the spawner (and its children)
+            log.exception("spawner: request failed")
+            req = msg.get("req") if isinstance(msg, dict) else None
+            self.send(wire.error_reply(req, errors.Code.INTERNAL, f"spawner: {e}"))
+        return True
+
+    def _spawn(self, msg: dict[str, Any], fds: list[int]) -> None:
+        req = msg["req"]
+        ready_r = ready_w = -1
+        try:
+            cfg, entry, setup = wire.parse_spawn(msg)
+            if len(fds) != 3 + setup.compile_channel:
+                raise ValueError(
+                    f"a spawn request carries {len(fds)} descriptors, not "
+                    f"{3 + setup.compile_channel}"
+                )
+            ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
+            pid = os.fork()
+        except (KeyError, TypeError, ValueError, OSError) as e:
+            for fd in (*fds, ready_r, ready_w):
+                if fd >= 0:
+                    os.close(fd)
+            code = errors.Code.INTERNAL if isinstance(e, OSError) else errors.Code.INVALID_ARGUMENT
+            self.send(wire.error_reply(req, code, f"cannot start a container process: {e}"))
+            return
+        if pid == 0:
+            run_child(self.runtime, cfg, entry, setup, fds, ready_w)
+        os.close(ready_w)
+        for fd in fds:
+            os.close(fd)
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError as e:  # no way to watch it: end it rather than lose its exit
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            os.close(ready_r)
+            self.send(wire.error_reply(req, errors.Code.INTERNAL, f"cannot watch it: {e}"))
+            return
+        child = _Child(pid=pid, pidfd=pidfd, ready_fd=ready_r)
+        self.by_pid[pid] = child
+        self.sel.register(ready_r, selectors.EVENT_READ, ("ready", child))
+        self.sel.register(pidfd, selectors.EVENT_READ, ("exit", child))
+        self.send({"req": req, "pid": pid})
+
+    def _on_report(self, child: _Child) -> None:
+        chunk = os.read(child.ready_fd, 65536)
+        child.report += chunk
+        if not chunk or child.report[:1] == b"R":
+            self._finish_report(child, None)
+
+    def _finish_report(self, child: _Child, status: int | None) -> None:
+        """Tell the daemon whether the child got ready; `status` when it is already gone."""
+        self.sel.unregister(child.ready_fd)
+        os.close(child.ready_fd)
+        child.ready_fd = -1
+        failure = decode_report(bytes(child.report)) if child.report else None
+        if child.report and failure is None:
+            self.send({"ready": child.pid})
+            return
+        if failure is None:
+            what = f"exit status {status}" if status is not None else "no report"
+            failure = (
+                errors.Code.FAILED_PRECONDITION,
+                f"the container process ended during setup ({what})",
+            )
+        code, message = failure
+        self.send({"failed": child.pid, "code": int(code), "message": message})
+
+    def _on_exit(self, child: _Child) -> None:
+        self.sel.unregister(child.pidfd)
+        _, wait_status = os.waitpid(child.pid, 0)
+        os.close(child.pidfd)
+        del self.by_pid[child.pid]
+        status = exit_code_from_wait_status(wait_status)
+        if child.ready_fd >= 0:  # its ready pipe holds all it will ever say: answer first
+            with contextlib.suppress(OSError):
+                while chunk := os.read(child.ready_fd, 65536):
+                    child.report += chunk
+            self._finish_report(child, status)
+        self.send({"exit": child.pid, "status": status})
+
+    def _kill(self, msg: dict[str, Any]) -> None:
+        req = msg["req"]
+        child = self.by_pid.get(int(msg["pid"]))
+        if child is None:
+            self.send(wire.error_reply(req, errors.Code.NOT_FOUND, "process already finished"))
+            return
+        try:
+            signal.pidfd_send_signal(child.pidfd, int(msg["signal"]))
+        except ProcessLookupError:
+            self.send(wire.error_reply(req, errors.Code.NOT_FOUND, "process already finished"))
+            return
+        except OSError as e:
+            self.send(wire.error_reply(req, errors.Code.INTERNAL, f"kill: {e.strerror}"))
+            return
+        self.send({"req": req, "ok": True})
+
+
+def fork_spawner(runtime: Runtime, close: Sequence[int] = ()) -> tuple[int, socket.socket]:
+    """Fork the spawner and return (its pid, the daemon's end of the socket).
+
+    Call before any thread exists in this process. `close`: descriptors of the daemon the
+    spawner must not hold (the listening socket). The spawner dies with the daemon."""
+    parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    for sock in (parent_sock, child_sock):  # room for a spawn request with a large env
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, wire.SOCKET_BUFFER)
+        except OSError:  # without CAP_NET_ADMIN: as much as net.core.wmem_max allows
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, wire.SOCKET_BUFFER)
+    daemon_pid = os.getpid()
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            parent_sock.close()
+            for fd in close:
+                os.close(fd)
+            libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGKILL)
+            if os.getppid() != daemon_pid:
+                os._exit(0)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            runtime.warm()
+            Spawner(child_sock, runtime).serve()
+        except BaseException:
+            log.exception("spawner failed")
+            code = 1
+        os._exit(code)
+    child_sock.close()
+    return pid, parent_sock

@@ -1,0 +1,355 @@
+"""The warm runtime: boot, and the loop that forks pod daemons and compile jobs.
+
+Boot (`main`): take this containerd's lock (another live runtime holds it: exit at once);
+import everything a pod daemon, a spawner and a container process use, and create the shared
+wasmtime Engine (`Runtime.warm()`); `gc.freeze()`, so that the garbage collector of a forked
+process never writes to the pages it shares with us; bind the control socket under a
+temporary name and rename it over the old one (a retired runtime's socket is replaced
+atomically, never missing); record our pid.
+
+The loop is single-threaded (selectors), because it forks: a pod daemon per `start` that
+needs one (shim/daemon.py), a compile job per compile request. A job inherits the request's
+connection, answers on it when the cache entry is verified or made, and exits; the runtime
+only reaps it. So the runtime never blocks on a compile, never runs guest code, and holds no
+state a daemon or a container depends on: kill it at any time, and the next `start` launches
+another.
+
+Every request is checked: the peer must be root (or our own uid), the message well formed,
+the start request's bundle a directory. A `start` from another build (its identity differs)
+is answered `retire`: we unlink our socket (if it is still ours), release the lock and exit,
+and that `start` launches the new build's runtime.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import gc
+import logging
+import logging.handlers
+import os
+import selectors
+import signal
+import socket
+import struct
+import time
+from dataclasses import dataclass
+
+from runtimes.base import CacheSettings, EntrypointKind, Runtime
+from runtimes.wasmtime import WasmtimeRuntime
+from shim import errors, proctitle
+from shim.options import ShimOptions
+from shim.warm import protocol
+from shim.warm.identity import build_identity
+
+log = logging.getLogger(__name__)
+
+REQUEST_TIMEOUT = 5.0  # a connection that sends nothing for this long is dropped
+MAX_CONNECTIONS = 256
+LOG_BYTES = 1 << 20
+
+
+@dataclass(slots=True)
+class _Conn:
+    sock: socket.socket
+    since: float
+
+
+class WarmRuntime:
+    def __init__(
+        self, containerd_address: str, runtime: Runtime, identity: str, lock_fd: int
+    ) -> None:
+        self.address = containerd_address
+        self.lock_fd = lock_fd
+        self.runtime = runtime
+        self.identity = identity
+        self.path = protocol.control_path(containerd_address)
+        self.sel = selectors.DefaultSelector()
+        self.listener: socket.socket | None = None
+        self.socket_inode = 0  # of our socket file: whether the path is still ours
+        self.conns: dict[int, _Conn] = {}
+        self.retiring = False
+
+    # ------------------------------------------------------------------ socket
+
+    def bind(self) -> None:
+        tmp = f"{self.path}.{os.getpid()}"
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        sock.bind(tmp)
+        os.chmod(tmp, 0o600)
+        sock.listen(128)
+        self.socket_inode = os.stat(tmp).st_ino
+        os.replace(tmp, self.path)
+        sock.setblocking(False)
+        self.listener = sock
+        self.sel.register(sock, selectors.EVENT_READ, None)
+
+    def _still_ours(self) -> bool:
+        try:
+            return os.stat(self.path).st_ino == self.socket_inode
+        except OSError:
+            return False
+
+    def retire(self, why: str) -> None:
+        """Stop serving: from now on `start` finds no runtime here (or a new one)."""
+        if self.retiring:
+            return
+        self.retiring = True
+        log.info("retiring: %s", why)
+        if self.listener is not None:
+            if self._still_ours():
+                with contextlib.suppress(OSError):
+                    os.unlink(self.path)
+            self.sel.unregister(self.listener)
+            self.listener.close()
+
+    # ------------------------------------------------------------------ loop
+
+    def serve(self) -> None:
+        while not self.retiring:
+            for key, _ in self.sel.select(timeout=1.0):
+                if key.data is None:
+                    self._accept()
+                elif isinstance(key.data, int):
+                    self._reap_job(key.fd, key.data)
+                else:
+                    self._on_request(key.data)
+                if self.retiring:
+                    break
+            self._drop_idle()
+
+    def _accept(self) -> None:
+        assert self.listener is not None
+        while True:
+            try:
+                sock, _ = self.listener.accept()
+            except BlockingIOError:
+                return
+            except OSError as e:
+                log.warning("accept: %s", e)
+                return
+            if len(self.conns) >= MAX_CONNECTIONS:
+                oldest = min(self.conns.values(), key=lambda c: c.since)
+                self._close(oldest)
+            sock.setblocking(False)
+            conn = _Conn(sock, time.monotonic())
+            self.conns[sock.fileno()] = conn
+            self.sel.register(sock, selectors.EVENT_READ, conn)
+
+    def _close(self, conn: _Conn) -> None:
+        self.conns.pop(conn.sock.fileno(), None)
+        with contextlib.suppress(KeyError, ValueError):
+            self.sel.unregister(conn.sock)
+        conn.sock.close()
+
+    def _drop_idle(self) -> None:
+        now = time.monotonic()
+        for conn in [c for c in self.conns.values() if now - c.since > REQUEST_TIMEOUT]:
+            self._close(conn)
+
+    def _reap_job(self, pidfd: int, pid: int) -> None:
+        self.sel.unregister(pidfd)
+        os.close(pidfd)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+
+    def _on_request(self, conn: _Conn) -> None:
+        fds: list[int] = []
+        try:
+            data, fds, _flags, _ = socket.recv_fds(conn.sock, protocol.MAX_MESSAGE, 1)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            for fd in fds:
+                os.close(fd)
+            self._close(conn)
+            return
+        try:
+            self._check_peer(conn.sock)
+            msg = protocol.decode(data)
+            if msg.op == "compile":
+                self._compile(conn, msg, fds)
+                fds = []  # the job owns them now
+                return
+            reply = self._answer(msg)
+        except (errors.ShimError, ValueError, OSError) as e:
+            code = e.code if isinstance(e, errors.ShimError) else errors.Code.INVALID_ARGUMENT
+            reply = protocol.encode("error", [("code", str(int(code))), ("message", str(e))])
+        finally:
+            for fd in fds:
+                os.close(fd)
+        with contextlib.suppress(OSError):
+            conn.sock.send(reply)
+        self._close(conn)
+
+    @staticmethod
+    def _check_peer(sock: socket.socket) -> None:
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        _pid, uid, _gid = struct.unpack("3i", creds)
+        if uid not in (0, os.getuid()):
+            raise errors.PermissionDenied(f"uid {uid} may not use the warm runtime")
+
+    def _answer(self, msg: protocol.Message) -> bytes:
+        if msg.op == "ping":
+            return protocol.encode("ok", [("identity", self.identity), ("pid", str(os.getpid()))])
+        if msg.op == "retire":
+            self.retire("asked to")
+            return protocol.encode("ok")
+        if msg.op == "start":
+            if msg.get("identity") != self.identity:
+                self.retire(f"a start from another build ({msg.get('identity')})")
+                return protocol.encode("retire")
+            return protocol.encode("ok", [("address", self._start(msg))])
+        raise errors.InvalidArgument(f"unknown operation {msg.op!r}")
+
+    # ------------------------------------------------------------------ start
+
+    @staticmethod
+    def _start(msg: protocol.Message) -> str:
+        from shim import daemon
+
+        bundle = msg.get("bundle")
+        if not os.path.isabs(bundle) or not os.path.isdir(bundle):
+            raise errors.InvalidArgument(f"bundle {bundle!r} is not a directory")
+        opts = ShimOptions(
+            namespace=msg.get("namespace"),
+            address=msg.get("address"),
+            publish_binary=msg.get("publish_binary"),
+            id=msg.get("id"),
+            bundle=bundle,
+            debug=msg.get("debug") == "1",
+        )
+        if not opts.id or not opts.namespace:
+            raise errors.InvalidArgument("a start request names an id and a namespace")
+        env = dict(item.partition("=")[::2] for item in msg.all("env"))
+        return daemon.spawn(opts, bundle, env)
+
+    # ------------------------------------------------------------------ compile
+
+    def _compile(self, conn: _Conn, msg: protocol.Message, fds: list[int]) -> None:
+        """Fork a job that answers on `conn`; the runtime keeps neither."""
+        self.sel.unregister(conn.sock)
+        self.conns.pop(conn.sock.fileno(), None)
+        try:
+            if len(fds) != 1:
+                raise errors.InvalidArgument("a compile request carries the program's descriptor")
+            kind = EntrypointKind(msg.get("kind"))
+            cache = CacheSettings(dir=msg.get("cache_dir"), limit=int(msg.get("cache_limit")))
+            if not os.path.isabs(cache.dir):
+                raise errors.InvalidArgument(f"cache directory {cache.dir!r} is not absolute")
+            pid = os.fork()
+        except (errors.ShimError, ValueError, OSError) as e:
+            code = e.code if isinstance(e, errors.ShimError) else errors.Code.INVALID_ARGUMENT
+            with contextlib.suppress(OSError):
+                conn.sock.send(
+                    protocol.encode("error", [("code", str(int(code))), ("message", str(e))])
+                )
+            conn.sock.close()
+            for fd in fds:
+                os.close(fd)
+            return
+        if pid == 0:
+            self._job(conn.sock, fds[0], kind, msg.get("name"), cache)
+        conn.sock.close()
+        os.close(fds[0])
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError:  # cannot watch it: wait for it now rather than leave a zombie
+            os.waitpid(pid, 0)
+            return
+        self.sel.register(pidfd, selectors.EVENT_READ, pid)
+
+    def _job(
+        self,
+        sock: socket.socket,
+        source_fd: int,
+        kind: EntrypointKind,
+        name: str,
+        cache: CacheSettings,
+    ) -> None:
+        """In the forked job; never returns."""
+        code = 0
+        try:
+            # Hold nothing of the runtime's: not its lock (a successor must get it while a
+            # long compile runs), not another client's connection (its EOF must not wait).
+            os.close(self.lock_fd)
+            if self.listener is not None:
+                self.listener.close()
+            for other in self.conns.values():
+                other.sock.close()
+            self.sel.close()
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            sock.setblocking(True)
+            try:
+                done = self.runtime.compile(source_fd, kind, name, cache)
+                reply = protocol.encode("ok", [("path", done.path), ("note", done.note)])
+                if done.note:
+                    log.info("compile %s: %s", name, done.note)
+            except errors.ShimError as e:
+                reply = protocol.encode(
+                    "error", [("code", str(int(e.code))), ("message", e.message)]
+                )
+            with contextlib.suppress(OSError):
+                sock.send(reply)
+        except BaseException:
+            log.exception("compile job for %s failed", name)
+            code = 1
+        os._exit(code)
+
+
+def _setup_logging(path: str) -> None:
+    handler = logging.handlers.RotatingFileHandler(path, maxBytes=LOG_BYTES, backupCount=1)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(process)d %(levelname)s %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+
+
+def _preload() -> None:
+    """Everything a daemon, a spawner and a container process import, loaded once here."""
+    import shim.serve  # noqa: F401  (the daemon: asyncio, protobuf, ttrpc, the task layer)
+    from runtimes.wasmtime import run  # noqa: F401
+
+
+def main(containerd_address: str) -> int:
+    """The runtime's main (`<shim> -address A warm`); see the module docstring."""
+    os.makedirs(protocol.CONTROL_DIR, mode=0o700, exist_ok=True)
+    lock = os.open(
+        protocol.control_path(containerd_address, ".lock"),
+        os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+        0o600,
+    )
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return 0  # another runtime serves this containerd
+    os.chdir("/")
+    proctitle.set_title([proctitle.program(), "-address", containerd_address, "warm"])
+    _setup_logging(protocol.control_path(containerd_address, ".log"))
+    try:
+        runtime = WasmtimeRuntime()
+        _preload()
+        runtime.warm()
+        server = WarmRuntime(containerd_address, runtime, build_identity(), lock)
+        gc.collect()
+        gc.freeze()
+        server.bind()
+        with open(protocol.control_path(containerd_address, ".pid"), "w") as f:
+            f.write(str(os.getpid()))
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: server.retire("signal"))
+        log.info(
+            "serving %s for containerd %s (%s)", server.path, containerd_address, server.identity
+        )
+        server.serve()
+    except Exception:
+        log.exception("the warm runtime failed")
+        return 1
+    finally:
+        os.close(lock)
+    return 0
