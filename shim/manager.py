@@ -24,14 +24,15 @@ import time
 
 from shim import bundle as bundle_files
 from shim.options import ShimOptions
-from shim.warm import client, launch
-from shim.warm.identity import build_identity
 
 DELETE_EXIT_STATUS = 137  # 128 + SIGKILL, what runc's shim reports: the process is killed
 
 
 def start(opts: ShimOptions) -> str:
     """The address of the daemon that serves this container's group (see the docstring)."""
+    from shim.warm import client, launch
+    from shim.warm.identity import build_identity
+
     bundle = os.getcwd()
     fields = [
         ("id", opts.id),
@@ -42,7 +43,8 @@ def start(opts: ShimOptions) -> str:
         ("debug", "1" if opts.debug else "0"),
         ("identity", build_identity()),
     ]
-    fields += [("env", f"{k}={v}") for k, v in os.environ.items()]
+    env = launch.containerd_environment()
+    fields += [("env", f"{k}={v}") for k, v in env.items()]
     try:
         reply = client.call(opts.address, "start", fields)
     except client.Unreachable:
@@ -53,7 +55,7 @@ def start(opts: ShimOptions) -> str:
         launch.launch(opts.address)
     from shim import daemon  # cold: this process forks the daemon (and imports what it needs)
 
-    return daemon.spawn(opts, bundle, os.environ)
+    return daemon.spawn(opts, bundle, env)
 
 
 def delete(opts: ShimOptions) -> bytes:

@@ -5,7 +5,8 @@ A pod daemon is forked from the warm runtime, so it would show the runtime's com
 `-namespace NS -id ID -address A`, and operators (and the test suite's leak finder) tell
 them apart by that. `set_title` writes such an argument list over the process's original
 argv area, NUL-separated as a real one, when it fits; the warm runtime is launched with a
-padding argument (`ROOM`) so that it does, and clears it from its own title at boot. A title
+padding argument (shim/warm/launch.py) so that it does, and clears it from its own title at
+boot. A title
 that does not fit is written as one line over the environment area that follows, which the
 kernel then reads as the rest of the command line; `/proc/PID/environ` is garbage then,
 which is harmless: Python copied the environment at start-up.
@@ -19,7 +20,6 @@ import os
 import sys
 
 PR_SET_NAME = 15
-ROOM = 512  # bytes of argv the warm runtime reserves for its daemons' titles
 
 
 def _areas() -> tuple[int, int, int] | None:

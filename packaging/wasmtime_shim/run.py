@@ -2,17 +2,18 @@
 
 ``run_image`` unpacks the image once per manifest digest under the cache directory
 (``$XDG_CACHE_HOME/wasmtime-shim`` or ``~/.cache/wasmtime-shim``: ``rootfs/<hex>`` plus
-``compiled/`` for wasmtime's compiled artifacts), then runs the program in a child it forks
-itself: ``resolve()`` in this process, ``prepare()`` and ``run()`` in the child, so a trap, a
-``proc_exit`` or a crash of the engine cannot take the CLI down. The child's exit status is
-passed through (death by signal n gives 128+n, as in the shim); a program that cannot start
-(invalid wasm, missing export) is reported through a pipe and raised here as a ShimError.
+``compiled/``, a compile cache of the shim's own kind), then forks a child that runs the very
+code of a shim's container process (``shim.proc.child.run_child``: signal defaults, load,
+prepare, ready report, run), so a trap, a ``proc_exit`` or a crash of the engine cannot take
+the CLI down. The child's exit status is passed through (death by signal n gives 128+n, as in
+the shim); a program that cannot start (invalid wasm, missing export) is reported on the
+child's ready pipe and raised here as a ShimError. SIGINT and SIGTERM are passed on to the
+child (it runs in a session of its own, as a container process does).
 
-This is NOT the shim's path to a guest. The shim's daemon asks its zygote (shim/zygote.py) to
-fork each container process, which joins a cgroup and the pod's namespaces, drops to the
-spec's uid/gid and has its linear memory capped before it runs. None of that happens here.
-What the two share is the engine: the same ``runtimes.wasmtime`` calls through the interface
-of runtimes/base.py, so a module that runs here behaves the same under containerd.
+What the shim does besides, and this command does not: a cgroup, the pod's namespaces, the
+spec's uid/gid, the linear-memory cap from the cgroup's limit, a warm runtime compiling once
+per node. The engine path itself is the same, so a module that runs here runs the same under
+containerd.
 
 What the guest sees: args = the image's Entrypoint + Cmd (``ARGS`` given on the command line
 replace Cmd, as ``docker run IMAGE ARGS`` does), env = the image's Env then ``--env`` entries
@@ -33,12 +34,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from runtimes.base import Preopen, RunConfig
-from shim.errors import FailedPrecondition, InvalidArgument, ShimError, from_status
+from runtimes.base import CacheSettings, Preopen, RunConfig
+from shim.errors import FailedPrecondition, InvalidArgument, from_status
 from wasmtime_shim.images.read import ImageSource
 from wasmtime_shim.images.unpack import UnpackedImage, unpack_image
 
 CACHE_NAME = "wasmtime-shim"
+COMPILED_CACHE_LIMIT = 2 << 30
 DESCRIPTION = """\
 `wasmtime-shim run IMAGE`: run a wasm image on this machine, no containerd needed.
 
@@ -182,65 +184,40 @@ def run_image(
         env=(*unpacked.env, *env),
         cwd=unpacked.working_dir,
         preopens=preopens,
-        cache_dir=str(cache / "compiled"),
+        cache=CacheSettings(str(cache / "compiled"), COMPILED_CACHE_LIMIT),
     )
     return _run_forked(cfg)
 
 
 def _run_forked(cfg: RunConfig) -> int:
     from runtimes.wasmtime import WasmtimeRuntime
+    from shim.oci.spec import getenv
+    from shim.proc.child import ProcessSetup, decode_report, run_child
+    from shim.proc.process import exit_code_from_wait_status
 
     runtime = WasmtimeRuntime()
-    entry = runtime.resolve(cfg, _path_env(cfg.env))
+    entry = runtime.resolve(cfg, getenv(cfg.env, "PATH"))
+    runtime.warm()
+    host_cwd = os.path.join(cfg.rootfs, cfg.cwd.lstrip("/"))
+    setup = ProcessSetup(host_cwd=host_cwd if os.path.isdir(host_cwd) else cfg.rootfs)
     sys.stdout.flush()
     sys.stderr.flush()
-    err_r, err_w = os.pipe()
+    ready_r, ready_w = os.pipe()
     pid = os.fork()
     if pid == 0:  # the container process: never returns
-        code = 1
-        try:
-            os.close(err_r)
-            signal.signal(signal.SIGINT, signal.SIG_DFL)
-            host_cwd = os.path.join(cfg.rootfs, cfg.cwd.lstrip("/"))
-            with contextlib.suppress(OSError):
-                os.chdir(host_cwd)
-            try:
-                prepared = runtime.prepare(cfg, entry)
-            except ShimError as e:
-                os.write(err_w, json.dumps([int(e.code), e.message]).encode())
-                os._exit(1)
-            os.close(err_w)
-            code = runtime.run(prepared)
-        except BaseException as e:  # report, never unwind into the CLI's code
-            with contextlib.suppress(Exception):
-                os.write(2, f"wasmtime-shim run: {type(e).__name__}: {e}\n".encode())
-        finally:
-            os._exit(code)
-    os.close(err_w)
-    with os.fdopen(err_r, "rb") as r:
+        os.close(ready_r)
+        run_child(runtime, cfg, entry, setup, (0, 1, 2), ready_w)
+    os.close(ready_w)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, _frame: os.kill(pid, signum))
+    with os.fdopen(ready_r, "rb") as r:
         report = r.read()
-    while True:
-        try:
-            _, status = os.waitpid(pid, 0)
-            break
-        except InterruptedError:
-            continue
-        except KeyboardInterrupt:  # ^C went to the child too; wait for it to go
-            continue
-    if report:
-        code, message = json.loads(report)
-        raise from_status(code, message)
-    if os.WIFSIGNALED(status):
-        return 128 + os.WTERMSIG(status)
-    return os.waitstatus_to_exitcode(status)
-
-
-def _path_env(env: Sequence[str]) -> str | None:
-    path = None
-    for item in env:
-        if item.startswith("PATH="):
-            path = item[len("PATH=") :]
-    return path
+    _, status = os.waitpid(pid, 0)
+    failure = decode_report(report) if report else None
+    if failure is not None:
+        code, message = failure
+        raise from_status(int(code), message)
+    return exit_code_from_wait_status(status)
 
 
 def _to_json(image: UnpackedImage) -> dict[str, object]:

@@ -15,10 +15,27 @@ import os
 import sys
 import time
 
-from shim.proctitle import ROOM
 from shim.warm import protocol
 
 RETRY_SECONDS = 5.0
+TITLE_ROOM = 512  # bytes of argv reserved for the daemons' titles (shim/proctitle.py)
+
+
+def containerd_environment() -> dict[str, str]:
+    """The environment containerd gave this process. The PyInstaller bundle's bootloader adds
+    its own variables (`_PYI_*`, and its `_internal/` at the head of LD_LIBRARY_PATH, the old
+    value kept in LD_LIBRARY_PATH_ORIG); a daemon, runc or a logger must not inherit those:
+    the bundle's libraries would shadow the node's."""
+    env = dict(os.environ)
+    if getattr(sys, "frozen", False):
+        for key in [k for k in env if k.startswith("_PYI") or k == "_MEIPASS2"]:
+            del env[key]
+        original = env.pop("LD_LIBRARY_PATH_ORIG", None)
+        if original is None:
+            env.pop("LD_LIBRARY_PATH", None)
+        else:
+            env["LD_LIBRARY_PATH"] = original
+    return env
 
 
 def self_argv() -> list[str]:
@@ -55,7 +72,7 @@ def launch(containerd_address: str) -> bool:
     if not _due(protocol.control_path(containerd_address, ".launched")):
         return False
     # The padding argument leaves room in the runtime's argv for its daemons' titles.
-    argv = [*self_argv(), "-address", containerd_address, "warm", "-title-room", "." * ROOM]
+    argv = [*self_argv(), "-address", containerd_address, "warm", "-title-room", "." * TITLE_ROOM]
     try:
         pid = os.fork()
     except OSError:
@@ -68,7 +85,7 @@ def launch(containerd_address: str) -> bool:
                 for fd in (0, 1, 2):
                     os.dup2(devnull, fd)
                 os.closerange(3, os.sysconf("SC_OPEN_MAX"))
-                os.execv(argv[0], argv)
+                os.execve(argv[0], argv, containerd_environment())
         finally:
             os._exit(0)
     os.waitpid(pid, 0)

@@ -241,21 +241,24 @@ def _ppid(pid: int) -> int:
 
 
 def shim_daemons(containerd: PrivateContainerd) -> list[int]:
-    """The long-lived shim processes of this containerd: ``-address <ours>`` in the command
-    line and not forked from another such process (that excludes the zygote and its children,
-    which keep the daemon's command line). Sorted pids."""
-    shims = set()
+    """The pod daemons of this containerd: ``-address <ours>`` in the command line, not its
+    warm runtime (``warm``) and not forked from another such process (that excludes the
+    spawners and container processes, which keep their daemon's command line, and the warm
+    runtime's compile jobs). Sorted pids."""
+    shims, warm = set(), set()
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
         try:
-            pairs = set(itertools.pairwise(_argv(int(proc.name))))
+            argv = _argv(int(proc.name))
         except OSError:
             continue
-        if ("-address", str(containerd.address)) in pairs:
+        if ("-address", str(containerd.address)) in set(itertools.pairwise(argv)):
             shims.add(int(proc.name))
+            if "warm" in argv:
+                warm.add(int(proc.name))
     daemons = []
-    for pid in shims:
+    for pid in shims - warm:
         try:
             if _ppid(pid) not in shims:
                 daemons.append(pid)

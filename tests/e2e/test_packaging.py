@@ -119,11 +119,11 @@ def _env_path(containerd: PrivateContainerd) -> str:
 
 
 def test_bench_prints_medians(frozen: Path) -> None:
-    require(os.geteuid() == 0, "the bench's socket lives in /run/containerd/s")
+    require(os.geteuid() == 0, "the bench's sockets live in /run/containerd")
     out = subprocess.run(
         [
             sys.executable,
-            str(REPO / "bench" / "start_latency.py"),
+            str(REPO / "bench" / "start_delete.py"),
             "--runs",
             "3",
             "--modes",
@@ -135,6 +135,12 @@ def test_bench_prints_medians(frozen: Path) -> None:
         check=False,
     )
     assert out.returncode == 0, out.stderr
-    rows = {line.split()[0]: line.split() for line in out.stdout.splitlines()[2:]}
+    lines = out.stdout.splitlines()
+    rows = {line.split()[0]: line.split() for line in lines[2:4]}
     assert set(rows) == {"venv", "onedir"}
     assert float(rows["venv"][2]) == 1.0 and float(rows["onedir"][1]) > 0
+    assert float(rows["onedir"][3]) > 0  # delete
+    # The import lists: `delete` loads the bundle record's module and nothing heavy.
+    delete_imports = lines[lines.index(next(ln for ln in lines if ln.startswith("`delete`"))) :]
+    assert any(ln.strip().endswith("shim.bundle") for ln in delete_imports)
+    assert not any(ln.strip().endswith(("asyncio", "json", "google.protobuf")) for ln in lines)

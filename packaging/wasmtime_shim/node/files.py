@@ -6,7 +6,7 @@ targets and paths written into config files stay host paths, because that is wha
 on the host will read.
 
 The shipped bundle is PyInstaller's onedir layout (the binary beside `_internal/`), chosen for
-start latency (bench/start_latency.py). It is copied whole into a lib dir and the bin dir gets
+start latency (bench/start_delete.py). It is copied whole into a lib dir and the bin dir gets
 symlinks: containerd runs `containerd-shim-wasmtime-v1` from its PATH, the bootloader resolves
 the symlink to find `_internal/`, and `wasmtime-shim` is the same binary under the tool's name.
 A onefile binary is copied as a single file instead.
