@@ -6,10 +6,11 @@ binds that group's socket (or finds a live daemon on it), records the address in
 and forks the daemon. The socket is listening before `spawn` returns, because containerd dials
 the printed address exactly once.
 
-The daemon leaves its parent's process tree at once (a double fork): the warm runtime keeps
-no children, and a daemon outlives a runtime that crashes or retires. Its stdio is /dev/null
-(it must not hold containerd's output pipe of `start`), it holds no descriptor but its
-listening socket, and its environment is the one containerd gave `start`.
+The daemon is a child of whoever forked it, in a session of its own: the warm runtime reaps
+it when it ends, and a daemon outlives a runtime that crashes or retires (it is reparented,
+as it is when a cold `start` exits). Its stdio is /dev/null (it must not hold containerd's
+output pipe of `start`), it holds no descriptor but its listening socket, and its
+environment is the one containerd gave `start`.
 
 `main` is the daemon's body: logging to the bundle's `log` FIFO first (this process has no
 stderr), then a child subreaper (native containers' init processes come back to it), then the
@@ -91,14 +92,16 @@ def _listen(path: str) -> socket.socket | None:
     raise OSError(errno.EADDRINUSE, f"{path} is in use and could not be replaced")
 
 
-def spawn(opts: ShimOptions, bundle: str, env: Mapping[str, str]) -> str:
-    """Make sure a daemon serves this container's group; the address for `start` to print."""
+def spawn(opts: ShimOptions, bundle: str, env: Mapping[str, str]) -> tuple[str, int]:
+    """Make sure a daemon serves this container's group: (the address for `start` to print,
+    the pid of the daemon forked now, or 0 when a live one serves the group already)."""
     address = group_address(opts, bundle)
     path = address[len("unix://") :]
     listener = _listen(path)
+    pid = 0
     if listener is not None:
         try:
-            _fork(opts, bundle, env, listener)
+            pid = _fork(opts, bundle, env, listener)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(path)
@@ -106,20 +109,17 @@ def spawn(opts: ShimOptions, bundle: str, env: Mapping[str, str]) -> str:
         finally:
             listener.close()
     bundle_files.write_address(bundle, address)
-    return address
+    return address, pid
 
 
-def _fork(opts: ShimOptions, bundle: str, env: Mapping[str, str], listener: socket.socket) -> None:
-    """Fork the daemon, detached (see the module docstring); returns in the caller only."""
+def _fork(opts: ShimOptions, bundle: str, env: Mapping[str, str], listener: socket.socket) -> int:
+    """Fork the daemon (see the module docstring); returns its pid, in the caller only."""
     pid = os.fork()
     if pid:
-        os.waitpid(pid, 0)  # the intermediate exits at once
-        return
+        return pid
     code = 1
     try:
         os.setsid()
-        if os.fork():
-            os._exit(0)
         devnull = os.open(os.devnull, os.O_RDWR)
         for fd in (0, 1, 2):
             os.dup2(devnull, fd)

@@ -55,7 +55,8 @@ def start(opts: ShimOptions) -> str:
         launch.launch(opts.address)
     from shim import daemon  # cold: this process forks the daemon (and imports what it needs)
 
-    return daemon.spawn(opts, bundle, env)
+    address, _pid = daemon.spawn(opts, bundle, env)  # the daemon outlives us: init reaps it
+    return address
 
 
 def delete(opts: ShimOptions) -> bytes:

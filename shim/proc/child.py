@@ -1,15 +1,15 @@
 """A wasm container process, between the spawner's fork and the guest's first instruction.
 
-In order: a new session; the container's cgroup (by writing our pid into its files) and the
-pod's namespaces; the hostname; stdio onto 0/1/2 and every other descriptor closed; signal
-dispositions back to their defaults; the working directory. Then, still as root, the engine
-loads the program's compiled code (`Runtime.load`: the verified cache entry the warm
-runtime's compile job named, or a compile of its own), because the cache is readable by root
-only. Only then does the process drop to the spec's uid and gids, so that everything the
-guest can reach (WASI preopens, instantiation, `run`) happens with the container's
-identity. "Ready" is written on the ready pipe once the program is instantiated; any failure
-before that is written there instead, as an error code and a message, so Start fails with the
-engine's reason rather than a bare exit status.
+In order: a new session; the container's cgroup (while the process still has one thread:
+see `Cgroup.join_files`) and the pod's namespaces; the hostname; stdio onto 0/1/2 and every
+other descriptor closed; signal dispositions back to their defaults; the working directory.
+Then, still as root, the engine loads the program's compiled code (`Runtime.load`: the
+verified cache entry the warm runtime's compile job named, or a compile of its own), because
+the cache is readable by root only. Only then does the process drop to the spec's uid and
+gids, so that everything the guest can reach (WASI preopens, instantiation, `run`) happens
+with the container's identity. "Ready" is written on the ready pipe once the program is
+instantiated; any failure before that is written there instead, as an error code and a
+message, so Start fails with the engine's reason rather than a bare exit status.
 
 Signals: SIGSEGV, SIGBUS, SIGILL and SIGFPE keep the handlers wasmtime installed when the
 warm runtime created the Engine (a process-wide, once-only installation that a reset here
@@ -47,7 +47,7 @@ JOINABLE_NAMESPACES = {"network": "net", "ipc": "ipc", "uts": "uts"}
 class ProcessSetup:
     """What the forked child does to itself before the engine runs."""
 
-    cgroup_files: tuple[str, ...] = ()  # cgroup.procs files to write our pid into
+    cgroup_files: tuple[str, ...] = ()  # files to write "0" into: join (see Cgroup.join_files)
     namespaces: tuple[tuple[str, str], ...] = ()  # (nsfs type, path) to setns into
     host_cwd: str = "/"  # the directory to chdir to, on the host
     uid: int = 0
@@ -122,10 +122,9 @@ def _enter(setup: ProcessSetup, fds: Sequence[int], ready_w: int) -> int:
     """Everything up to the engine; returns the ready pipe's new descriptor (3). `fds`: the
     stdio descriptors, then the compile channel when `setup.compile_channel`."""
     os.setsid()
-    pid = str(os.getpid())
-    for path in setup.cgroup_files:
+    for path in setup.cgroup_files:  # single-threaded still: "0" moves the whole process
         with open(path, "w") as f:
-            f.write(pid)
+            f.write("0")
     for ns_type, path in setup.namespaces:
         _setns(ns_type, path)
     if setup.hostname and any(t == "uts" for t, _ in setup.namespaces):

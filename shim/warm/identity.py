@@ -1,11 +1,11 @@
 """Which build of the shim a process runs, so that a binary upgraded on the node is noticed.
 
-The identity is a checksum of the version and of the size, mtime and inode of the executable
-(the frozen binary, or the venv's interpreter) and of every source file of the `shim` and
-`runtimes` packages as they lie on disk (`.py` in a checkout, `.pyc` in the PyInstaller
-bundle). `start` computes its own and sends it; a warm
-runtime whose identity differs retires, and `start` launches one of the new build. Computing
-it costs ~a hundred stat calls and no import.
+The identity is a checksum of the version and of the size, mtime and inode of the code: in
+the PyInstaller bundle, its binary (an upgrade replaces the whole bundle, binary included);
+in a checkout, the interpreter and every `.py` file of the `shim` and `runtimes` packages.
+`start` computes its own and sends it; a warm runtime whose identity differs retires, and
+`start` launches one of the new build. It costs one stat call (bundle) or about a hundred
+(checkout), and no import.
 """
 
 from __future__ import annotations
@@ -19,11 +19,13 @@ import shim
 
 def _files() -> list[str]:
     found = [sys.executable]
+    if getattr(sys, "frozen", False):
+        return found
     top = os.path.dirname(os.path.dirname(os.path.abspath(shim.__file__)))
     for package in ("shim", "runtimes"):
         for root, dirs, files in os.walk(os.path.join(top, package)):
             dirs[:] = sorted(d for d in dirs if d != "__pycache__")
-            found += [os.path.join(root, f) for f in sorted(files) if f.endswith((".py", ".pyc"))]
+            found += [os.path.join(root, f) for f in sorted(files) if f.endswith(".py")]
     return found
 
 

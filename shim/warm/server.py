@@ -10,7 +10,8 @@ atomically, never missing); record our pid.
 The loop is single-threaded (selectors), because it forks: a pod daemon per `start` that
 needs one (shim/daemon.py), a compile job per compile request. A job inherits the request's
 connection, answers on it when the cache entry is verified or made, and exits; the runtime
-only reaps it. So the runtime never blocks on a compile, never runs guest code, and holds no
+only reaps its children (a pidfd each on the loop). So the runtime never blocks on a compile,
+never runs guest code, and holds no
 state a daemon or a container depends on: kill it at any time, and the next `start` launches
 another.
 
@@ -113,7 +114,7 @@ class WarmRuntime:
                 if key.data is None:
                     self._accept()
                 elif isinstance(key.data, int):
-                    self._reap_job(key.fd, key.data)
+                    self._reap_child(key.fd, key.data)
                 else:
                     self._on_request(key.data)
                 if self.retiring:
@@ -149,7 +150,7 @@ class WarmRuntime:
         for conn in [c for c in self.conns.values() if now - c.since > REQUEST_TIMEOUT]:
             self._close(conn)
 
-    def _reap_job(self, pidfd: int, pid: int) -> None:
+    def _reap_child(self, pidfd: int, pid: int) -> None:
         self.sel.unregister(pidfd)
         os.close(pidfd)
         with contextlib.suppress(ChildProcessError):
@@ -203,13 +204,16 @@ class WarmRuntime:
             if msg.get("identity") != self.identity:
                 self.retire(f"a start from another build ({msg.get('identity')})")
                 return protocol.encode("retire")
-            return protocol.encode("ok", [("address", self._start(msg))])
+            address, pid = self._start(msg)
+            if pid:
+                self._watch_child(pid)
+            return protocol.encode("ok", [("address", address)])
         raise errors.InvalidArgument(f"unknown operation {msg.op!r}")
 
     # ------------------------------------------------------------------ start
 
     @staticmethod
-    def _start(msg: protocol.Message) -> str:
+    def _start(msg: protocol.Message) -> tuple[str, int]:
         from shim import daemon
 
         bundle = msg.get("bundle")
@@ -256,6 +260,10 @@ class WarmRuntime:
             self._job(conn.sock, fds[0], kind, msg.get("name"), cache)
         conn.sock.close()
         os.close(fds[0])
+        self._watch_child(pid)
+
+    def _watch_child(self, pid: int) -> None:
+        """Reap `pid` (a pod daemon or a compile job) when it ends, from the loop."""
         try:
             pidfd = os.pidfd_open(pid)
         except OSError:  # cannot watch it: wait for it now rather than leave a zombie

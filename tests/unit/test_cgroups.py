@@ -8,7 +8,7 @@ On a pure-v2 host the real-kernel tests cover v2 in full.
 
 The root tests work under a unique top-level cgroup per test in every hierarchy, and the fixture
 removes it (killing any stray child first) even when the test fails. Test children are forked
-from pytest and join by writing "0" into join_files(), as the zygote's children do; they report
+from pytest and join by writing "0" into join_files(), as container processes do; they report
 each step through a pipe, so no test waits on a clock.
 """
 
@@ -172,11 +172,12 @@ def test_detect_layout_hybrid_v1(tmp_path: Path) -> None:
         "cpuacct": "/sys/fs/cgroup/cpu,cpuacct",
         "memory": "/sys/fs/cgroup/memory",
     }
-    # co-mounted controllers share one leaf, so one join file
+    # co-mounted controllers share one leaf, so one join file; v1 joins through `tasks`
+    # ("0" there moves the writing thread without the global threadgroup lock)
     cg = Cgroup(layout, "/a")
     assert cg.join_files() == (
-        "/sys/fs/cgroup/cpu,cpuacct/a/cgroup.procs",
-        "/sys/fs/cgroup/memory/a/cgroup.procs",
+        "/sys/fs/cgroup/cpu,cpuacct/a/tasks",
+        "/sys/fs/cgroup/memory/a/tasks",
     )
 
 
