@@ -141,6 +141,14 @@ class Runtime(Protocol):
         """
         ...
 
+    def find(
+        self, source_fd: int, kind: EntrypointKind, name: str, cache: CacheSettings
+    ) -> Compiled:
+        """Like `compile()`, but never compiles: path "" when the cache has no valid entry
+        (the note says so if it removed a damaged one). The warm runtime calls it itself for
+        small programs, so the usual case costs no fork. `source_fd` is closed."""
+        ...
+
     def load(self, cfg: RunConfig, entry: Entrypoint, compiled: Compiled | None) -> Loaded:
         """In the forked container process, as root: map `compiled`, or compile the entrypoint
         here (through `cfg.cache` when set). Raises `FailedPrecondition`."""

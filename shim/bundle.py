@@ -10,13 +10,13 @@
   and has nothing to do; after a crash it finds exactly what to undo, and touches nothing
   the shim did not create.
 
-Standard library only, no `json`: `start` and `delete` import this on every container.
+Standard library only, no `json` (not even `contextlib`): `start` and `delete` import this on
+every container.
 Records are `key=value` lines, written to a temporary file and renamed into place.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 
 ADDRESS_FILE = "address"
@@ -68,8 +68,10 @@ def write_held(bundle: str, held: dict[str, str]) -> None:
     """Record what is held; an empty record removes the file."""
     path = os.path.join(bundle, HELD_FILE)
     if not held:
-        with contextlib.suppress(FileNotFoundError):
+        try:
             os.unlink(path)
+        except FileNotFoundError:
+            return
         return
     for key, value in held.items():
         if "\n" in key or "=" in key or "\n" in value:

@@ -12,10 +12,12 @@ as it is when a cold `start` exits). Its stdio is /dev/null (it must not hold co
 output pipe of `start`), it holds no descriptor but its listening socket, and its
 environment is the one containerd gave `start`.
 
-`main` is the daemon's body: logging to the bundle's `log` FIFO first (this process has no
-stderr), then a child subreaper (native containers' init processes come back to it), then the
-spawner, forked while the daemon is still single-threaded, then the event loop
-(shim/serve.py).
+The spawner is forked first of all, while the daemon is single-threaded and has written as
+little memory as it ever will (every page written before that fork would end up copied in
+both). Then `main`, the daemon's body: logging to the bundle's `log` FIFO (this process has
+no stderr), a child subreaper (native containers' init processes come back to it), and the
+event loop (shim/serve.py). A failure to fork the spawner never reaches containerd's log:
+the daemon exits, and containerd's Create fails on the closed socket.
 """
 
 from __future__ import annotations
@@ -120,15 +122,13 @@ def _fork(opts: ShimOptions, bundle: str, env: Mapping[str, str], listener: sock
     code = 1
     try:
         os.setsid()
+        logs.forget()  # the parent's log files, closed by their objects, before closerange
         devnull = os.open(os.devnull, os.O_RDWR)
         for fd in (0, 1, 2):
             os.dup2(devnull, fd)
         keep = listener.fileno()
         os.closerange(3, keep)
         os.closerange(keep + 1, os.sysconf("SC_OPEN_MAX"))
-        os.chdir(bundle)
-        os.environ.clear()
-        os.environ.update(env)
         proctitle.set_title(
             [
                 proctitle.program(),
@@ -140,12 +140,29 @@ def _fork(opts: ShimOptions, bundle: str, env: Mapping[str, str], listener: sock
                 opts.address,
             ]
         )
-        code = main(opts, bundle, listener)
+        os.chdir(bundle)
+        # The spawner first, while this process has touched as little memory as it ever
+        # will: every page written before this fork would be copied into both processes.
+        runtime = WasmtimeRuntime()
+        spawner = fork_spawner(
+            runtime,
+            close=(listener.fileno(),),
+            on_start=lambda: logs.setup(bundle, opts.id, opts.debug),
+        )
+        os.environ.clear()
+        os.environ.update(env)
+        code = main(opts, bundle, listener, runtime, spawner)
     finally:
         os._exit(code)
 
 
-def main(opts: ShimOptions, bundle: str, listener: socket.socket) -> int:
+def main(
+    opts: ShimOptions,
+    bundle: str,
+    listener: socket.socket,
+    runtime: WasmtimeRuntime,
+    spawner: tuple[int, socket.socket],
+) -> int:
     """The daemon's body; returns its exit code (module docstring for the order)."""
     logs.setup(bundle, opts.id, opts.debug)
     try:
@@ -153,12 +170,10 @@ def main(opts: ShimOptions, bundle: str, listener: socket.socket) -> int:
             libc.prctl(libc.PR_SET_CHILD_SUBREAPER, 1)
         except OSError as e:
             log.warning("cannot become a child subreaper (%s); native exits are unknown", e)
-        runtime = WasmtimeRuntime()
-        spawner_pid, spawner_sock = fork_spawner(runtime, close=(listener.fileno(),))
 
         from shim import serve  # loaded already when forked from the warm runtime
 
-        return serve.run(opts, listener, spawner_pid, spawner_sock, runtime)
+        return serve.run(opts, listener, spawner[0], spawner[1], runtime)
     except Exception:
         log.exception("the shim daemon failed")
         return 1

@@ -46,6 +46,19 @@ class LogfmtFormatter(logging.Formatter):
         )
 
 
+def forget() -> None:
+    """Close and drop every log handler this process inherited.
+
+    A process forked from the warm runtime inherits its handlers, file objects included. Call
+    this before closing descriptors by number (`os.closerange`): a handler dropped afterwards
+    would close, when collected, a descriptor number that by then belongs to something else.
+    """
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+        h.close()
+
+
 def setup(bundle: str, shim_id: str, debug: bool) -> None:
     """Send the root logger to `<bundle>/log` when containerd created it; else to nowhere.
 

@@ -217,6 +217,8 @@ def open_source(cfg: RunConfig, entry: Entrypoint) -> int:
 
 
 def read_source(fd: int) -> bytes:
-    """All of a program's bytes from `fd` (which is closed)."""
+    """All of a program's bytes from `fd`, from its start, whoever read it before (`fd` is
+    closed)."""
     with os.fdopen(fd, "rb") as f:
+        f.seek(0)
         return f.read()

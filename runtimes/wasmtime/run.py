@@ -33,7 +33,7 @@ import wasmtime.component
 
 from runtimes.base import CacheSettings, Compiled, Entrypoint, EntrypointKind, RunConfig
 from runtimes.wasmtime import engine as eng
-from runtimes.wasmtime.cache import entry_is_component, verified_or_compiled
+from runtimes.wasmtime.cache import Cache, entry_is_component, verified_or_compiled
 from runtimes.wasmtime.entry import open_source, read_source
 from runtimes.wasmtime.wasi import wasi_config
 from shim.errors import FailedPrecondition
@@ -99,6 +99,16 @@ def compile_to_cache(
     return verified_or_compiled(
         src.key, src.component, cache, lambda: eng.compile_source(src, name).serialize()
     )
+
+
+def find_in_cache(
+    source_fd: int, kind: EntrypointKind, name: str, cache: CacheSettings
+) -> Compiled:
+    """The verified cache entry for the program on `source_fd`; path "" when there is none
+    (never compiles; the note tells of a damaged entry it removed)."""
+    src = eng.load_source(read_source(source_fd), kind, name)
+    path, note = Cache(cache).lookup(src.key)
+    return Compiled(path=path or "", note=note)
 
 
 def prepare(cfg: RunConfig, entry: Entrypoint, loaded: Loaded) -> Prepared:

@@ -42,6 +42,13 @@ class WasmtimeRuntime:
 
         return run.compile_to_cache(source_fd, kind, name, cache)
 
+    def find(
+        self, source_fd: int, kind: EntrypointKind, name: str, cache: CacheSettings
+    ) -> Compiled:
+        from runtimes.wasmtime import run
+
+        return run.find_in_cache(source_fd, kind, name, cache)
+
     def load(self, cfg: RunConfig, entry: Entrypoint, compiled: Compiled | None) -> _run.Loaded:
         from runtimes.wasmtime import run
 

@@ -8,7 +8,8 @@ verified cache entry the warm runtime's compile job named, or a compile of its o
 the cache is readable by root only. Only then does the process drop to the spec's uid and
 gids, so that everything the guest can reach (WASI preopens, instantiation, `run`) happens
 with the container's identity. "Ready" is written on the ready pipe once the program is
-instantiated; any failure before that is written there instead, as an error code and a
+instantiated, with the compile job's note if it had one (a damaged cache entry replaced: the
+daemon logs it); any failure before that is written there instead, as an error code and a
 message, so Start fails with the engine's reason rather than a bare exit status.
 
 Signals: SIGSEGV, SIGBUS, SIGILL and SIGFPE keep the handlers wasmtime installed when the
@@ -36,6 +37,7 @@ from shim.warm.compiling import read_compile_reply
 
 ENGINE_SIGNALS = frozenset({signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE})
 MAX_ERROR = 16 << 10  # an error text is cut to this: it travels in one datagram
+MAX_NOTE = 2000  # a ready note (from the compile job) is cut to this
 READY = b"R"
 FAILED = b"E"
 
@@ -74,6 +76,11 @@ def encode_failure(code: errors.Code, message: str) -> bytes:
     """What a child writes on its ready pipe when it cannot run the guest."""
     text = message if len(message) <= MAX_ERROR else message[:MAX_ERROR] + " [...]"
     return FAILED + json.dumps({"code": int(code), "message": text}).encode()
+
+
+def ready_note(data: bytes) -> str:
+    """What a ready child had to say for the log (how its code was found), if anything."""
+    return data[1:].decode("utf-8", "replace") if data[:1] == READY else ""
 
 
 def decode_report(data: bytes) -> tuple[errors.Code, str] | None:
@@ -180,7 +187,8 @@ def run_child(
         os._exit(1)
     code = 134
     try:
-        os.write(ready_w, READY)
+        note = compiled.note[:MAX_NOTE] if compiled is not None else ""
+        os.write(ready_w, READY + note.encode("utf-8", "replace"))  # atomic: < PIPE_BUF
         os.close(ready_w)
         code = runtime.run(prepared)
     except BaseException as e:

@@ -66,6 +66,7 @@ class SpawnerClient:
         if "ready" in msg:
             proc = self._live.get(msg["ready"])
             if proc is not None:
+                proc.note = str(msg.get("note") or "")
                 proc.set_ready()
         elif "failed" in msg:
             proc = self._live.get(msg["failed"])

@@ -25,6 +25,7 @@ class Process:
     """One container process. Created on the daemon's event loop; resolve only there."""
 
     pid: int
+    note: str = ""  # for the log, once ready: how its compiled code was found
     ready: asyncio.Future[None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )

@@ -23,14 +23,14 @@ import os
 import selectors
 import signal
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from runtimes.base import Runtime
 from shim import errors, libc
 from shim.proc import wire
-from shim.proc.child import decode_report, run_child
+from shim.proc.child import decode_report, ready_note, run_child
 from shim.proc.process import exit_code_from_wait_status
 
 log = logging.getLogger(__name__)
@@ -152,7 +152,7 @@ class Spawner:
         child.ready_fd = -1
         failure = decode_report(bytes(child.report)) if child.report else None
         if child.report and failure is None:
-            self.send({"ready": child.pid})
+            self.send({"ready": child.pid, "note": ready_note(bytes(child.report))})
             return
         if failure is None:
             what = f"exit status {status}" if status is not None else "no report"
@@ -193,11 +193,14 @@ class Spawner:
         self.send({"req": req, "ok": True})
 
 
-def fork_spawner(runtime: Runtime, close: Sequence[int] = ()) -> tuple[int, socket.socket]:
+def fork_spawner(
+    runtime: Runtime, close: Sequence[int] = (), on_start: Callable[[], None] | None = None
+) -> tuple[int, socket.socket]:
     """Fork the spawner and return (its pid, the daemon's end of the socket).
 
     Call before any thread exists in this process. `close`: descriptors of the daemon the
-    spawner must not hold (the listening socket). The spawner dies with the daemon."""
+    spawner must not hold (the listening socket); `on_start`: run first in the spawner (its
+    logging). The spawner dies with the daemon."""
     parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     for sock in (parent_sock, child_sock):  # room for a spawn request with a large env
         try:
@@ -212,6 +215,8 @@ def fork_spawner(runtime: Runtime, close: Sequence[int] = ()) -> tuple[int, sock
             parent_sock.close()
             for fd in close:
                 os.close(fd)
+            if on_start is not None:
+                on_start()
             libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGKILL)
             if os.getppid() != daemon_pid:
                 os._exit(0)

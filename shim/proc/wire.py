@@ -12,7 +12,8 @@ spawner -> daemon:
     {"req": n, "pid": p}                      the process exists (sent right after the fork)
     {"req": n, "code": c, "message": m}       the request failed (no process, or kill failed)
     {"req": n, "ok": true}                    the signal was sent
-    {"ready": p}                              the program is instantiated and runs now
+    {"ready": p, "note": t}                   the program is instantiated and runs now (t: for
+                                              the log, how its compiled code was found)
     {"failed": p, "code": c, "message": m}    setup failed; its exit follows
     {"exit": p, "status": s}                  always after "ready" or "failed" for that p
 """

@@ -131,6 +131,8 @@ class Tasks:
         c.state = next_state(c.state, Event.STARTED)
         self.events.task_start(c)  # before any TaskExit: the exit is only watched from here
         log.info("started pid %d", c.pid)
+        if proc.note:
+            log.info("compiled code: %s", proc.note)
         proc.exited.add_done_callback(lambda f: self._exited(c, f.result()))
         return c.pid
 

@@ -8,9 +8,11 @@ temporary name and rename it over the old one (a retired runtime's socket is rep
 atomically, never missing); record our pid.
 
 The loop is single-threaded (selectors), because it forks: a pod daemon per `start` that
-needs one (shim/daemon.py), a compile job per compile request. A job inherits the request's
-connection, answers on it when the cache entry is verified or made, and exits; the runtime
-only reaps its children (a pidfd each on the loop). So the runtime never blocks on a compile,
+needs one (shim/daemon.py), a compile job per compile request that the cache cannot answer
+at once (a program up to `INLINE_LIMIT` whose entry is there is answered inline: the usual
+case costs no fork). A job inherits the request's connection, answers on it when the cache
+entry is verified or made, and exits; the runtime only reaps its children (a pidfd each on
+the loop). So the runtime never blocks on a compile,
 never runs guest code, and holds no
 state a daemon or a container depends on: kill it at any time, and the next `start` launches
 another.
@@ -46,6 +48,7 @@ from shim.warm.identity import build_identity
 log = logging.getLogger(__name__)
 
 REQUEST_TIMEOUT = 5.0  # a connection that sends nothing for this long is dropped
+INLINE_LIMIT = 4 << 20  # programs up to this size are looked up without forking a job
 MAX_CONNECTIONS = 256
 LOG_BYTES = 1 << 20
 
@@ -235,7 +238,8 @@ class WarmRuntime:
     # ------------------------------------------------------------------ compile
 
     def _compile(self, conn: _Conn, msg: protocol.Message, fds: list[int]) -> None:
-        """Fork a job that answers on `conn`; the runtime keeps neither."""
+        """Answer at once when a small program's entry is in the cache; else fork a job that
+        answers on `conn`. Either way the runtime keeps neither the connection nor the fd."""
         self.sel.unregister(conn.sock)
         self.conns.pop(conn.sock.fileno(), None)
         try:
@@ -245,6 +249,14 @@ class WarmRuntime:
             cache = CacheSettings(dir=msg.get("cache_dir"), limit=int(msg.get("cache_limit")))
             if not os.path.isabs(cache.dir):
                 raise errors.InvalidArgument(f"cache directory {cache.dir!r} is not absolute")
+            note = ""
+            if os.fstat(fds[0]).st_size <= INLINE_LIMIT:
+                answered, note = self._answer_from_cache(
+                    conn.sock, fds[0], kind, msg.get("name"), cache
+                )
+                if answered:
+                    conn.sock.close()
+                    return
             pid = os.fork()
         except (errors.ShimError, ValueError, OSError) as e:
             code = e.code if isinstance(e, errors.ShimError) else errors.Code.INVALID_ARGUMENT
@@ -257,7 +269,7 @@ class WarmRuntime:
                 os.close(fd)
             return
         if pid == 0:
-            self._job(conn.sock, fds[0], kind, msg.get("name"), cache)
+            self._job(conn.sock, fds[0], kind, msg.get("name"), cache, note)
         conn.sock.close()
         os.close(fds[0])
         self._watch_child(pid)
@@ -271,6 +283,30 @@ class WarmRuntime:
             return
         self.sel.register(pidfd, selectors.EVENT_READ, pid)
 
+    def _answer_from_cache(
+        self,
+        sock: socket.socket,
+        source_fd: int,
+        kind: EntrypointKind,
+        name: str,
+        cache: CacheSettings,
+    ) -> tuple[bool, str]:
+        """(whether the verified entry was found and sent: the usual case, with no fork;
+        a note for the log, about a damaged entry found and removed)."""
+        try:
+            found = self.runtime.find(os.dup(source_fd), kind, name, cache)
+        except (errors.ShimError, OSError):
+            return False, ""  # the job says what is wrong, or compiles
+        if found.note:
+            log.warning("compile %s: %s", name, found.note)
+        if not found.path:
+            return False, found.note
+        with contextlib.suppress(OSError):
+            sock.setblocking(True)
+            sock.send(protocol.encode("ok", [("path", found.path), ("note", found.note)]))
+        os.close(source_fd)
+        return True, found.note
+
     def _job(
         self,
         sock: socket.socket,
@@ -278,8 +314,9 @@ class WarmRuntime:
         kind: EntrypointKind,
         name: str,
         cache: CacheSettings,
+        note: str,
     ) -> None:
-        """In the forked job; never returns."""
+        """In the forked job; never returns. `note`: what the runtime found before it."""
         code = 0
         try:
             # Hold nothing of the runtime's: not its lock (a successor must get it while a
@@ -295,7 +332,8 @@ class WarmRuntime:
             sock.setblocking(True)
             try:
                 done = self.runtime.compile(source_fd, kind, name, cache)
-                reply = protocol.encode("ok", [("path", done.path), ("note", done.note)])
+                note = "; ".join(n for n in (note, done.note) if n)
+                reply = protocol.encode("ok", [("path", done.path), ("note", note)])
                 if done.note:
                     log.info("compile %s: %s", name, done.note)
             except errors.ShimError as e:
