@@ -116,15 +116,13 @@ class Cgroup:
     # ---- processes ---------------------------------------------------------------------------
 
     def join_files(self) -> tuple[str, ...]:
-        """The files a *single-threaded* process writes "0" into to join (itself, whole).
+        """The cgroup.procs files a process writes "0" (itself) into to join, whole.
 
-        v1: each hierarchy's `tasks` file. Writing "0" there moves the calling thread only,
-        which the kernel does without taking the global threadgroup lock; cgroup.procs takes
-        it, and its first writer after a quiet moment waits for an RCU grace period (5 to 25
-        ms here, measured). For a process with one thread, moving that thread is moving the
-        process. v2: cgroup.procs (cgroup.threads only moves threads within one domain)."""
-        name = "cgroup.procs" if self.layout.version is Version.V2 else "tasks"
-        return tuple(os.path.join(d, name) for d in self._leaves())
+        On v1 a process with a single thread may write "0" into the `tasks` file beside
+        each instead (shim/proc/child.py does): the kernel moves the calling thread without
+        taking the global threadgroup lock, whose first writer after a quiet moment waits
+        for an RCU grace period (5 to 25 ms on this host, measured)."""
+        return tuple(os.path.join(d, "cgroup.procs") for d in self._leaves())
 
     def memory_usage_file(self) -> str | None:
         """The file holding the cgroup's current memory charge in bytes, if memory is managed.

@@ -49,7 +49,7 @@ JOINABLE_NAMESPACES = {"network": "net", "ipc": "ipc", "uts": "uts"}
 class ProcessSetup:
     """What the forked child does to itself before the engine runs."""
 
-    cgroup_files: tuple[str, ...] = ()  # files to write "0" into: join (see Cgroup.join_files)
+    cgroup_files: tuple[str, ...] = ()  # cgroup.procs files to join by (see `join_cgroup`)
     namespaces: tuple[tuple[str, str], ...] = ()  # (nsfs type, path) to setns into
     host_cwd: str = "/"  # the directory to chdir to, on the host
     uid: int = 0
@@ -103,6 +103,23 @@ def _failure(e: BaseException) -> bytes:
     return encode_failure(errors.Code.FAILED_PRECONDITION, f"{type(e).__name__}: {e}")
 
 
+def join_cgroup(procs_file: str) -> None:
+    """Move this process into the cgroup whose cgroup.procs file is `procs_file`.
+
+    While the process has one thread, and on cgroup v1 (where a `tasks` file sits beside
+    cgroup.procs), "0" goes into `tasks`: that moves the calling thread, i.e. the whole
+    process, without the global threadgroup lock whose first writer waits for an RCU grace
+    period (see `Cgroup.join_files`); this alone took most of a hello world's start. With
+    more threads (a library that starts some at fork), cgroup.procs, which moves them all.
+    """
+    tasks = os.path.join(os.path.dirname(procs_file), "tasks")
+    target = procs_file
+    if os.path.exists(tasks) and len(os.listdir("/proc/self/task")) == 1:
+        target = tasks
+    with open(target, "w") as f:
+        f.write("0")
+
+
 def _setns(ns_type: str, path: str) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
@@ -129,9 +146,8 @@ def _enter(setup: ProcessSetup, fds: Sequence[int], ready_w: int) -> int:
     """Everything up to the engine; returns the ready pipe's new descriptor (3). `fds`: the
     stdio descriptors, then the compile channel when `setup.compile_channel`."""
     os.setsid()
-    for path in setup.cgroup_files:  # single-threaded still: "0" moves the whole process
-        with open(path, "w") as f:
-            f.write("0")
+    for path in setup.cgroup_files:
+        join_cgroup(path)
     for ns_type, path in setup.namespaces:
         _setns(ns_type, path)
     if setup.hostname and any(t == "uts" for t, _ in setup.namespaces):

@@ -260,7 +260,7 @@ def shim_daemons(containerd: PrivateContainerd) -> list[int]:
     daemons = []
     for pid in shims - warm:
         try:
-            if _ppid(pid) not in shims:
+            if _ppid(pid) not in shims - warm:
                 daemons.append(pid)
         except OSError:
             continue

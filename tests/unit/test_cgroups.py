@@ -19,6 +19,7 @@ import ctypes
 import os
 import select
 import signal
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -42,6 +43,7 @@ from shim.cgroups import (
     expand_slice,
     systemd_path,
 )
+from shim.proc.child import join_cgroup
 from tests.prereq import needs, require
 
 MiB = 1 << 20
@@ -172,12 +174,11 @@ def test_detect_layout_hybrid_v1(tmp_path: Path) -> None:
         "cpuacct": "/sys/fs/cgroup/cpu,cpuacct",
         "memory": "/sys/fs/cgroup/memory",
     }
-    # co-mounted controllers share one leaf, so one join file; v1 joins through `tasks`
-    # ("0" there moves the writing thread without the global threadgroup lock)
+    # co-mounted controllers share one leaf, so one join file
     cg = Cgroup(layout, "/a")
     assert cg.join_files() == (
-        "/sys/fs/cgroup/cpu,cpuacct/a/tasks",
-        "/sys/fs/cgroup/memory/a/tasks",
+        "/sys/fs/cgroup/cpu,cpuacct/a/cgroup.procs",
+        "/sys/fs/cgroup/memory/a/cgroup.procs",
     )
 
 
@@ -503,8 +504,16 @@ class Env:
     def dirs(self, name: str = "c") -> list[str]:
         return sorted({mount + self.path(name) for mount in self.layout.mounts.values()})
 
-    def fork(self, cg: Cgroup, then: Callable[[int], None]) -> int:
-        """Fork a child that joins ``cg`` by file writes alone, writes one byte, runs ``then``."""
+    def fork(
+        self,
+        cg: Cgroup,
+        then: Callable[[int], None],
+        join: Callable[[str], None] | None = None,
+        threads: int = 0,
+    ) -> int:
+        """Fork a child that starts ``threads`` idle threads, joins ``cg`` by file writes
+        alone (``join`` per join file: by default "0" into it), writes one byte, runs
+        ``then``."""
         rfd, wfd = os.pipe()
         parent = os.getpid()
         pid = os.fork()
@@ -516,7 +525,12 @@ class Env:
                 _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
                 if os.getppid() != parent:
                     os._exit(112)
+                for _ in range(threads):
+                    threading.Thread(target=threading.Event().wait, daemon=True).start()
                 for path in cg.join_files():
+                    if join is not None:
+                        join(path)
+                        continue
                     fd = os.open(path, os.O_WRONLY)
                     os.write(fd, b"0")
                     os.close(fd)
@@ -659,6 +673,24 @@ def test_create_applies_limits(memory_env: Env) -> None:
         assert _read(leaf + "/cpu.max") == "50000 100000"
         assert _read(leaf + "/cpu.weight") == str(cpu_weight(512))
         assert _read(leaf + "/pids.max") == "20"
+
+
+@root
+@needs_root
+@pytest.mark.parametrize("threads", [0, 3])
+def test_a_container_process_joins_whole_with_one_thread_or_many(env: Env, threads: int) -> None:
+    """shim/proc/child.py's join: one thread takes v1's `tasks` shortcut, several the whole
+    cgroup.procs; either way every thread of the process ends up in every hierarchy."""
+    cg = Cgroup.create(env.path(), None, layout=env.layout)
+    pid = env.fork(cg, _busy, join=join_cgroup, threads=threads)
+    assert cg.pids() == [pid]
+    members = "cgroup.threads" if env.layout.version is Version.V2 else "tasks"
+    tids = sorted(os.listdir(f"/proc/{pid}/task"))
+    assert len(tids) >= threads + 1  # (a library may start more at fork: see below)
+    for leaf in cg._leaves():
+        assert sorted(_read(os.path.join(leaf, members)).split()) == tids, leaf
+    cg.kill_all(signal.SIGKILL)
+    assert os.WTERMSIG(env.reap(pid)) == signal.SIGKILL
 
 
 @root
