@@ -18,7 +18,7 @@ import sys
 from shim import RUNTIME_NAME, __version__
 
 VALUE_FLAGS = frozenset(
-    {"namespace", "address", "publish-binary", "id", "bundle", "socket", "title-room"}
+    {"namespace", "address", "publish-binary", "id", "bundle", "socket", "title-room", "lock-fd"}
 )
 BOOL_FLAGS = frozenset({"debug", "v", "version", "info"})
 ACTIONS = ("start", "delete", "warm")
@@ -104,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     if action == "warm":
         from shim.warm import server
 
-        return server.main(opts.address)
+        lock_fd = values.get("lock-fd", "")
+        return server.main(opts.address, int(lock_fd) if lock_fd.isdigit() else None)
     sys.stdout.write(USAGE)
     return 2
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -41,6 +43,32 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         fixtures = getattr(item, "fixturenames", ())
         if "containerd" in fixtures and item.get_closest_marker("containerd") is None:
             item.add_marker(pytest.mark.containerd)
+
+
+def _warm_runtimes() -> set[int]:
+    """Pids of every shim warm runtime on the machine (its command line ends in `warm`)."""
+    found = set()
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if (
+            b"-address" in argv
+            and b"warm" in argv
+            and any(b"containerd-shim-wasmtime" in a for a in argv)
+        ):
+            found.add(int(proc.name))
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_stray_warm_runtimes() -> Iterator[None]:
+    """Every warm runtime a test caused (any `start` may launch one) is stopped by the end."""
+    before = _warm_runtimes()
+    yield
+    stray = _warm_runtimes() - before
+    assert not stray, f"warm runtimes left running: {sorted(stray)}"
 
 
 @pytest.fixture(scope="session")
@@ -160,3 +188,22 @@ def crictl(cri_bed: tuple[PrivateContainerd, CriClient]) -> Iterator[CriClient]:
     yield client
     left = client.cleanup()
     assert not left, f"test left pods behind: {left}"
+
+
+@pytest.fixture(scope="session")
+def frozen() -> Path:
+    """The onedir build's binary (built now, or reused from the cache): what ships."""
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(Path(__file__).resolve().parents[1] / "packaging" / "build.py"),
+            "--mode",
+            "onedir",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    return Path(out.stdout.strip().splitlines()[-1])

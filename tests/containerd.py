@@ -255,6 +255,17 @@ class PrivateContainerd:
             raise
         return self
 
+    def restart(self) -> None:
+        """Stop containerd alone and start it again, as `systemctl restart containerd` does:
+        its shims (and the shim's warm runtime) go on, and it reconnects to them."""
+        if self._events is not None:
+            _terminate(self._events, timeout=5)
+            self._events = None
+        if self._proc is not None and self._proc.poll() is None:
+            _terminate(self._proc, timeout=15)
+        self._proc = None
+        self.start()
+
     def config_toml(self) -> str:
         """containerd's config.toml (version 2) for this instance; ``opt`` stays private too."""
         disabled = [] if self.cri else [CRI_PLUGIN]
@@ -341,34 +352,12 @@ class PrivateContainerd:
 
     def warm_runtime_pid(self) -> int | None:
         """The pid of the shim's warm runtime serving this containerd, if one is alive."""
-        from shim.warm import protocol
-
-        try:
-            pid = int(Path(protocol.control_path(str(self.address), ".pid")).read_text())
-        except (OSError, ValueError):
-            return None
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            return None
-        return pid if b"warm" in cmdline and str(self.address).encode() in cmdline else None
+        return warm_runtime_pid(str(self.address))
 
     def stop_warm_runtime(self, timeout: float = 10.0) -> bool:
         """Retire this containerd's warm runtime (it belongs to the containerd, not to any
         namespace, so it is stopped with it, not counted as a leak). Whether one ran."""
-        from shim.warm import client
-
-        pid = self.warm_runtime_pid()
-        if pid is None:
-            return False
-        with contextlib.suppress(client.Unreachable):
-            client.call(str(self.address), "retire")
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and _alive(pid):
-            time.sleep(0.02)
-        if _alive(pid):
-            _kill(pid)
-        return True
+        return stop_warm_runtime(str(self.address), timeout)
 
     # ----------------------------------------------------------------- ctr
 
@@ -647,6 +636,46 @@ def _kill(pid: int, timeout: float = 10.0) -> None:
         if state in ("Z", "X"):
             return
         time.sleep(0.05)
+
+
+def warm_runtime_pid(address: str) -> int | None:
+    """The pid of the shim's warm runtime for the containerd at ``address``, if one lives."""
+    from shim.warm import protocol
+
+    try:
+        pid = int(Path(protocol.control_path(address, ".pid")).read_text())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (OSError, ValueError):
+        return None
+    return pid if b"warm" in cmdline and address.encode() in cmdline else None
+
+
+def stop_warm_runtime(address: str, timeout: float = 10.0) -> bool:
+    """Retire the warm runtime of the containerd at ``address``, even one still booting (it
+    holds its lock from the first moment), and wait until it is gone (SIGKILL after
+    ``timeout``); remove its control files. Whether one ran."""
+    from shim.warm import client, launch, protocol
+
+    deadline = time.monotonic() + timeout
+    found = False
+    while True:
+        lock = launch.take_lock(address)
+        if lock is not None:  # nobody holds it: no runtime lives for this containerd
+            os.close(lock)
+            break
+        found = True
+        pid = warm_runtime_pid(address)
+        if pid is not None:
+            with contextlib.suppress(client.Unreachable):
+                client.call(address, "retire", timeout=2)
+            if time.monotonic() > deadline and _alive(pid):
+                _kill(pid)
+        elif time.monotonic() > deadline + timeout:
+            raise ContainerdError(f"a warm runtime holds {address}'s lock and never answers")
+        time.sleep(0.02)
+    for suffix in (".sock", ".lock", ".pid", ".log", ".log.1", ".failed"):
+        Path(protocol.control_path(address, suffix)).unlink(missing_ok=True)
+    return found
 
 
 def _alive(pid: int) -> bool:

@@ -3,14 +3,19 @@
 `start` never waits for the runtime it launches: it serves its own container cold
 (shim/manager.py) while the runtime boots. The runtime is this very binary, run as
 `<binary> -address <containerd socket> warm`, detached from containerd (its own session,
-stdio on /dev/null, reparented away from `start`). Launches are rate-limited by the mtime of
-a stamp file, and a runtime that finds another holding its lock exits at once, so a burst of
-cold starts launches one runtime, and a runtime that cannot boot is retried every few
-seconds, not on every container start.
+stdio on /dev/null, reparented away from `start`).
+
+One runtime per containerd: a live runtime holds an exclusive lock on `<key>.lock` for its
+whole life. `start` launches one only when it can take that lock itself, and hands its
+descriptor to the runtime it executes (the lock belongs to the open file, so it never comes
+free in between): a burst of cold starts launches exactly one runtime. A runtime that fails
+to boot leaves `<key>.failed`; for `RETRY_SECONDS` after that nobody launches another, so a
+broken install costs a cold start per container, not a failed boot as well.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sys
 import time
@@ -49,33 +54,53 @@ def self_argv() -> list[str]:
     return [sys.executable, "-m", "shim"]
 
 
-def _due(stamp: str) -> bool:
-    """Whether no launch happened in the last RETRY_SECONDS; records this one if so."""
+def _recently_failed(containerd_address: str) -> bool:
     try:
-        if time.time() - os.stat(stamp).st_mtime < RETRY_SECONDS:
-            return False
-    except FileNotFoundError:
-        pass
-    try:
-        os.makedirs(protocol.CONTROL_DIR, mode=0o700, exist_ok=True)
-        with open(stamp, "a"):
-            pass
-        os.utime(stamp)
+        since = time.time() - os.stat(protocol.control_path(containerd_address, ".failed")).st_mtime
     except OSError:
         return False
-    return True
+    return since < RETRY_SECONDS
+
+
+def take_lock(containerd_address: str) -> int | None:
+    """The runtime lock's descriptor, locked; None when a live runtime holds it."""
+    os.makedirs(protocol.CONTROL_DIR, mode=0o700, exist_ok=True)
+    path = protocol.control_path(containerd_address, ".lock")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
 
 
 def launch(containerd_address: str) -> bool:
-    """Launch a warm runtime for this containerd unless one was launched moments ago.
-    Returns whether it launched one. Never raises for a failed launch: `start` goes on cold."""
-    if not _due(protocol.control_path(containerd_address, ".launched")):
+    """Launch a warm runtime for this containerd unless one lives (or one failed to boot
+    moments ago). Returns whether it launched one. Never raises: `start` goes on cold."""
+    try:
+        if _recently_failed(containerd_address):
+            return False
+        lock = take_lock(containerd_address)
+    except OSError:
+        return False
+    if lock is None:
         return False
     # The padding argument leaves room in the runtime's argv for its daemons' titles.
-    argv = [*self_argv(), "-address", containerd_address, "warm", "-title-room", "." * TITLE_ROOM]
+    argv = [
+        *self_argv(),
+        "-address",
+        containerd_address,
+        "-lock-fd",
+        "3",
+        "-title-room",
+        "." * TITLE_ROOM,
+        "warm",
+    ]
     try:
         pid = os.fork()
     except OSError:
+        os.close(lock)
         return False
     if pid == 0:  # the intermediate: a new session, then the runtime, then gone
         try:
@@ -84,9 +109,12 @@ def launch(containerd_address: str) -> bool:
                 devnull = os.open(os.devnull, os.O_RDWR)
                 for fd in (0, 1, 2):
                     os.dup2(devnull, fd)
-                os.closerange(3, os.sysconf("SC_OPEN_MAX"))
+                os.dup2(lock, 3)  # the lock goes on in the runtime (dup2 onto itself keeps
+                os.set_inheritable(3, True)  # close-on-exec: clear it in any case)
+                os.closerange(4, os.sysconf("SC_OPEN_MAX"))
                 os.execve(argv[0], argv, containerd_environment())
         finally:
             os._exit(0)
+    os.close(lock)
     os.waitpid(pid, 0)
     return True

@@ -44,6 +44,7 @@ from shim import errors, proctitle
 from shim.options import ShimOptions
 from shim.warm import protocol
 from shim.warm.identity import build_identity
+from shim.warm.launch import take_lock
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,11 @@ class WarmRuntime:
         self.listener = sock
         self.sel.register(sock, selectors.EVENT_READ, None)
 
+    def release_lock(self) -> None:
+        if self.lock_fd >= 0:
+            os.close(self.lock_fd)
+            self.lock_fd = -1
+
     def _still_ours(self) -> bool:
         try:
             return os.stat(self.path).st_ino == self.socket_inode
@@ -102,6 +108,7 @@ class WarmRuntime:
             return
         self.retiring = True
         log.info("retiring: %s", why)
+        self.release_lock()  # a successor may start now
         if self.listener is not None:
             if self._still_ours():
                 with contextlib.suppress(OSError):
@@ -321,7 +328,7 @@ class WarmRuntime:
         try:
             # Hold nothing of the runtime's: not its lock (a successor must get it while a
             # long compile runs), not another client's connection (its EOF must not wait).
-            os.close(self.lock_fd)
+            self.release_lock()
             if self.listener is not None:
                 self.listener.close()
             for other in self.conns.values():
@@ -362,21 +369,25 @@ def _preload() -> None:
     from runtimes.wasmtime import run  # noqa: F401
 
 
-def main(containerd_address: str) -> int:
-    """The runtime's main (`<shim> -address A warm`); see the module docstring."""
-    os.makedirs(protocol.CONTROL_DIR, mode=0o700, exist_ok=True)
-    lock = os.open(
-        protocol.control_path(containerd_address, ".lock"),
-        os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
-        0o600,
-    )
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return 0  # another runtime serves this containerd
+def main(containerd_address: str, lock_fd: int | None = None) -> int:
+    """The runtime's main (`<shim> -address A [-lock-fd N] warm`); see the module docstring.
+    `lock_fd`: the lock, taken already by the `start` that launched us."""
+    if lock_fd is not None:
+        os.set_inheritable(lock_fd, False)
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # ours already: the same file
+            lock = lock_fd
+        except OSError:
+            return 0
+    else:
+        taken = take_lock(containerd_address)
+        if taken is None:
+            return 0  # another runtime serves this containerd
+        lock = taken
     os.chdir("/")
     proctitle.set_title([proctitle.program(), "-address", containerd_address, "warm"])
     _setup_logging(protocol.control_path(containerd_address, ".log"))
+    server: WarmRuntime | None = None
     try:
         runtime = WasmtimeRuntime()
         _preload()
@@ -388,14 +399,22 @@ def main(containerd_address: str) -> int:
         with open(protocol.control_path(containerd_address, ".pid"), "w") as f:
             f.write(str(os.getpid()))
         for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: server.retire("signal"))
+            signal.signal(sig, lambda *_, s=server: s.retire("signal"))
         log.info(
             "serving %s for containerd %s (%s)", server.path, containerd_address, server.identity
         )
         server.serve()
+        return 0
     except Exception:
         log.exception("the warm runtime failed")
+        with (
+            contextlib.suppress(OSError),
+            open(protocol.control_path(containerd_address, ".failed"), "w"),
+        ):
+            pass  # launchers hold off for a while (shim/warm/launch.py)
         return 1
     finally:
-        os.close(lock)
-    return 0
+        if server is not None:
+            server.release_lock()
+        else:
+            os.close(lock)

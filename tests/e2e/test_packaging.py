@@ -12,7 +12,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import tomlkit
 
 from tests.containerd import CONTAINERD, CTR, RUNTIME, PrivateContainerd
@@ -23,20 +22,6 @@ from wasmtime_shim.node import config as cfg
 REPO = Path(__file__).resolve().parents[2]
 SHIM = "containerd-shim-wasmtime-v1"
 REF = "docker.io/library/packaged-hello:latest"
-
-
-@pytest.fixture(scope="session")
-def frozen() -> Path:
-    """The onedir build's binary (built now, or reused from the cache)."""
-    out = subprocess.run(
-        [sys.executable, str(REPO / "packaging" / "build.py"), "--mode", "onedir"],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
-    assert out.returncode == 0, out.stdout + out.stderr
-    return Path(out.stdout.strip().splitlines()[-1])
 
 
 def tool(*args: str) -> subprocess.CompletedProcess[str]:

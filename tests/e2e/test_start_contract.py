@@ -25,7 +25,7 @@ from google.protobuf import empty_pb2
 from shim.api.containerd.task.v2 import shim_pb2
 from shim.daemon import socket_address
 from shim.ttrpc.client import Client
-from tests.containerd import default_shim
+from tests.containerd import default_shim, stop_warm_runtime
 from tests.prereq import require
 
 NAMESPACE = "contract"
@@ -43,6 +43,7 @@ def bundle(tmp_path: Path) -> Iterator[Path]:
         )
     )
     yield b
+    stop_warm_runtime(str(b / "fake.sock"))  # the first `start` launched one
 
 
 def _run(

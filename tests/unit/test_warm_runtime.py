@@ -22,6 +22,7 @@ from runtimes.base import CacheSettings, EntrypointKind
 from shim import errors
 from shim.warm import client, compiling, protocol
 from shim.warm.identity import build_identity
+from tests.containerd import stop_warm_runtime
 from tests.prereq import require
 
 REPO = Path(__file__).resolve().parents[2]
@@ -61,8 +62,7 @@ def warm(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         proc.wait(10)
-    for suffix in (".sock", ".lock", ".pid", ".log", ".log.1", ".launched"):
-        Path(protocol.control_path(address, suffix)).unlink(missing_ok=True)
+    stop_warm_runtime(address)
 
 
 def test_it_serves_on_a_root_only_socket_and_knows_its_build(
