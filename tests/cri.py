@@ -293,9 +293,13 @@ class CriClient:
         )
         return reply.container_id
 
-    def start_container(self, container_id: str) -> None:
+    def start_container(self, container_id: str, timeout: float | None = None) -> None:
+        """StartContainer; ``timeout``: its deadline (kubelet's is 2 minutes), else the
+        client's."""
         self._call(
-            self.runtime.StartContainer, cri.StartContainerRequest(container_id=container_id)
+            self.runtime.StartContainer,
+            cri.StartContainerRequest(container_id=container_id),
+            timeout,
         )
 
     def stop_container(self, container_id: str, timeout: int = 10) -> None:
