@@ -4,7 +4,7 @@ containerd runs `<shim> -namespace NS -address SOCK -publish-binary BIN -id ID [
 (and `... -bundle DIR delete`), with Go-style flags (`-flag value`, `-flag=value`, one or two
 dashes); newer releases add flags and write a bootstrap message on stdin. Unknown flags are
 therefore ignored, and stdin is never read: what it holds cannot break us. `warm` runs this
-containerd's warm runtime (shim/warm/server.py); `start` launches it, people rarely do.
+containerd's warm runtime (shim/warm/boot.py); `start` launches it, people rarely do.
 
 No argparse: it imports `re`, `gettext`, `shutil` and more, and this module runs on every
 container's start and removal. The parser is the dozen lines below.
@@ -102,10 +102,10 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         return _done(out)
     if action == "warm":
-        from shim.warm import server
+        from shim.warm import boot
 
         lock_fd = values.get("lock-fd", "")
-        return server.main(opts.address, int(lock_fd) if lock_fd.isdigit() else None)
+        return boot.main(opts.address, int(lock_fd) if lock_fd.isdigit() else None)
     sys.stdout.write(USAGE)
     return 2
 

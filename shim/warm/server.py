@@ -1,35 +1,24 @@
-"""The warm runtime: boot, and the loop that forks pod daemons and compile jobs.
-
-Boot (`main`): take this containerd's lock (another live runtime holds it: exit at once);
-import everything a pod daemon, a spawner and a container process use, and create the shared
-wasmtime Engine (`Runtime.warm()`); `gc.freeze()`, so that the garbage collector of a forked
-process never writes to the pages it shares with us; bind the control socket under a
-temporary name and rename it over the old one (a retired runtime's socket is replaced
-atomically, never missing); record our pid.
+"""The warm runtime's loop: it forks pod daemons and compile jobs, and answers requests.
 
 The loop is single-threaded (selectors), because it forks: a pod daemon per `start` that
 needs one (shim/daemon.py), a compile job per compile request that the cache cannot answer
 at once (a program up to `INLINE_LIMIT` whose entry is there is answered inline: the usual
 case costs no fork). A job inherits the request's connection, answers on it when the cache
 entry is verified or made, and exits; the runtime only reaps its children (a pidfd each on
-the loop). So the runtime never blocks on a compile,
-never runs guest code, and holds no
+the loop). So the runtime never blocks on a compile, never runs guest code, and holds no
 state a daemon or a container depends on: kill it at any time, and the next `start` launches
-another.
+another. Its boot is shim/warm/boot.py.
 
 Every request is checked: the peer must be root (or our own uid), the message well formed,
 the start request's bundle a directory. A `start` from another build (its identity differs)
-is answered `retire`: we unlink our socket (if it is still ours), release the lock and exit,
+is answered `retire`: we release the lock, unlink our socket (if it is still ours) and exit,
 and that `start` launches the new build's runtime.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import gc
 import logging
-import logging.handlers
 import os
 import selectors
 import signal
@@ -39,19 +28,15 @@ import time
 from dataclasses import dataclass
 
 from runtimes.base import CacheSettings, EntrypointKind, Runtime
-from runtimes.wasmtime import WasmtimeRuntime
-from shim import errors, proctitle
+from shim import errors
 from shim.options import ShimOptions
 from shim.warm import protocol
-from shim.warm.identity import build_identity
-from shim.warm.launch import take_lock
 
 log = logging.getLogger(__name__)
 
 REQUEST_TIMEOUT = 5.0  # a connection that sends nothing for this long is dropped
 INLINE_LIMIT = 4 << 20  # programs up to this size are looked up without forking a job
 MAX_CONNECTIONS = 256
-LOG_BYTES = 1 << 20
 
 
 @dataclass(slots=True)
@@ -353,68 +338,3 @@ class WarmRuntime:
             log.exception("compile job for %s failed", name)
             code = 1
         os._exit(code)
-
-
-def _setup_logging(path: str) -> None:
-    handler = logging.handlers.RotatingFileHandler(path, maxBytes=LOG_BYTES, backupCount=1)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(process)d %(levelname)s %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.INFO)
-
-
-def _preload() -> None:
-    """Everything a daemon, a spawner and a container process import, loaded once here."""
-    import shim.serve  # noqa: F401  (the daemon: asyncio, protobuf, ttrpc, the task layer)
-    from runtimes.wasmtime import run  # noqa: F401
-
-
-def main(containerd_address: str, lock_fd: int | None = None) -> int:
-    """The runtime's main (`<shim> -address A [-lock-fd N] warm`); see the module docstring.
-    `lock_fd`: the lock, taken already by the `start` that launched us."""
-    if lock_fd is not None:
-        os.set_inheritable(lock_fd, False)
-        try:
-            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # ours already: the same file
-            lock = lock_fd
-        except OSError:
-            return 0
-    else:
-        taken = take_lock(containerd_address)
-        if taken is None:
-            return 0  # another runtime serves this containerd
-        lock = taken
-    os.chdir("/")
-    proctitle.set_title([proctitle.program(), "-address", containerd_address, "warm"])
-    _setup_logging(protocol.control_path(containerd_address, ".log"))
-    server: WarmRuntime | None = None
-    try:
-        runtime = WasmtimeRuntime()
-        _preload()
-        runtime.warm()
-        server = WarmRuntime(containerd_address, runtime, build_identity(), lock)
-        gc.collect()
-        gc.freeze()
-        server.bind()
-        with open(protocol.control_path(containerd_address, ".pid"), "w") as f:
-            f.write(str(os.getpid()))
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_, s=server: s.retire("signal"))
-        log.info(
-            "serving %s for containerd %s (%s)", server.path, containerd_address, server.identity
-        )
-        server.serve()
-        return 0
-    except Exception:
-        log.exception("the warm runtime failed")
-        with (
-            contextlib.suppress(OSError),
-            open(protocol.control_path(containerd_address, ".failed"), "w"),
-        ):
-            pass  # launchers hold off for a while (shim/warm/launch.py)
-        return 1
-    finally:
-        if server is not None:
-            server.release_lock()
-        else:
-            os.close(lock)
