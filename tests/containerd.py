@@ -175,6 +175,7 @@ class PrivateContainerd:
         log_level: str = "debug",
         keep: bool = False,
         start_timeout: float = 30.0,
+        env: dict[str, str] | None = None,
     ) -> None:
         """Prepare (not start) a containerd.
 
@@ -184,7 +185,8 @@ class PrivateContainerd:
         is the pause image it uses, which must be imported into ``CRI_NAMESPACE`` before the
         first RunPodSandbox; ``cri_extra_toml`` is appended to the config verbatim (e.g. the
         options table of a runtime handler). ``shim``: the shim executable to expose on PATH.
-        ``keep``: do not delete ``base`` on stop (for post-mortems).
+        ``keep``: do not delete ``base`` on stop (for post-mortems). ``env``: more environment
+        for containerd, and so for its shims (say ``WASMTIME_SHIM_CACHE_DIR``).
         """
         self.base = base or _fresh_base()
         self.root = self.base / "root"
@@ -204,6 +206,7 @@ class PrivateContainerd:
         self.keep = keep
         self.start_timeout = start_timeout
         self.stop_report: list[Leak] = []
+        self.env = dict(env or {})
         self._proc: subprocess.Popen[bytes] | None = None
         self._events: subprocess.Popen[bytes] | None = None
         if len(str(self.ttrpc_address)) > MAX_SOCKET_PATH:
@@ -237,6 +240,7 @@ class PrivateContainerd:
         link.symlink_to(self.shim)
         self.config_path.write_text(self.config_toml())
         env = {"PATH": f"{self.bin_dir}:{SYSTEM_PATH}", "HOME": "/root", "LANG": "C.UTF-8"}
+        env.update(self.env)
         with self.log_path.open("ab") as log:
             self._proc = subprocess.Popen(
                 [str(CONTAINERD), "--config", str(self.config_path)],

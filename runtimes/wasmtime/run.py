@@ -43,7 +43,7 @@ RUN_INTERFACE_PREFIX = "wasi:cli/run@0.2"
 
 
 @dataclass(slots=True)
-class PreparedModule:
+class ModuleInstance:
     """An instantiated core module and the function to call."""
 
     entry: Entrypoint
@@ -53,7 +53,7 @@ class PreparedModule:
 
 
 @dataclass(slots=True)
-class PreparedComponent:
+class ComponentInstance:
     """An instantiated component and the function to call (`run`, or the `#func` export)."""
 
     entry: Entrypoint
@@ -61,7 +61,7 @@ class PreparedComponent:
     func: wasmtime.component.Func
 
 
-Prepared = PreparedModule | PreparedComponent
+Instance = ModuleInstance | ComponentInstance
 
 
 @dataclass(slots=True)
@@ -111,7 +111,7 @@ def find_in_cache(
     return Compiled(path=path or "", note=note)
 
 
-def prepare(cfg: RunConfig, entry: Entrypoint, loaded: Loaded) -> Prepared:
+def prepare(cfg: RunConfig, entry: Entrypoint, loaded: Loaded) -> Instance:
     """WASI context, link and instantiate, as the container's user. Raises FailedPrecondition."""
     store = wasmtime.Store(eng.shared_engine())
     if cfg.memory_limit is not None:
@@ -134,7 +134,7 @@ def _prepare_module(
     entry: Entrypoint,
     store: wasmtime.Store,
     module: wasmtime.Module,
-) -> PreparedModule:
+) -> ModuleInstance:
     linker = wasmtime.Linker(eng.shared_engine())
     linker.define_wasi()
     try:
@@ -160,7 +160,7 @@ def _prepare_module(
             f"{entry.guest_path}#{wanted} takes parameters; an entrypoint must take none"
         )
     init = exports.get("_initialize") if entry.func is not None else None
-    return PreparedModule(
+    return ModuleInstance(
         entry=entry,
         store=store,
         func=func,
@@ -177,7 +177,7 @@ def _prepare_component(
     entry: Entrypoint,
     store: wasmtime.Store,
     component: wasmtime.component.Component,
-) -> PreparedComponent:
+) -> ComponentInstance:
     engine = eng.shared_engine()
     linker = wasmtime.component.Linker(engine)
     try:
@@ -210,13 +210,13 @@ def _prepare_component(
         raise FailedPrecondition(
             f"{entry.guest_path}#{label} takes parameters; an entrypoint must take none"
         )
-    return PreparedComponent(entry=entry, store=store, func=func)
+    return ComponentInstance(entry=entry, store=store, func=func)
 
 
-def run(prepared: Prepared) -> int:
+def run(prepared: Instance) -> int:
     """Call the entry function and turn how it ended into an exit status (module docstring)."""
     try:
-        if isinstance(prepared, PreparedComponent):
+        if isinstance(prepared, ComponentInstance):
             result = prepared.func(prepared.store)
             return 1 if getattr(result, "tag", None) == "err" else 0
         if prepared.initialize is not None:

@@ -54,7 +54,7 @@ class WasmtimeRuntime:
 
         return run.load(cfg, entry, compiled)
 
-    def prepare(self, cfg: RunConfig, entry: Entrypoint, loaded: object) -> _run.Prepared:
+    def prepare(self, cfg: RunConfig, entry: Entrypoint, loaded: object) -> _run.Instance:
         from runtimes.wasmtime import run
 
         if not isinstance(loaded, run.Loaded):
@@ -64,13 +64,13 @@ class WasmtimeRuntime:
     def limit_memory(self, prepared: Instance, max_bytes: int) -> None:
         from runtimes.wasmtime import run
 
-        if not isinstance(prepared, run.PreparedModule | run.PreparedComponent):
+        if not isinstance(prepared, run.ModuleInstance | run.ComponentInstance):
             raise TypeError(f"not prepared by WasmtimeRuntime: {type(prepared).__name__}")
         prepared.store.set_limits(memory_size=max(0, max_bytes))
 
     def run(self, prepared: Instance) -> int:
         from runtimes.wasmtime import run
 
-        if not isinstance(prepared, run.PreparedModule | run.PreparedComponent):
+        if not isinstance(prepared, run.ModuleInstance | run.ComponentInstance):
             raise TypeError(f"not prepared by WasmtimeRuntime: {type(prepared).__name__}")
         return run.run(prepared)

@@ -13,13 +13,12 @@ The logger sees EOF on fds 3/4 once the container and the shim have closed their
 stop() then waits for it to exit on its own before signalling it.
 
 The process is spawned with posix_spawn (vfork-like, safe in a threaded daemon) and tracked
-through a pidfd, so signalling it never hits a recycled pid. It is the daemon's own child, and
-this module reaps it: once the pidfd polls readable (the logger exited), ``waitid(P_PIDFD)``
-collects the zombie. The daemon has no reaper loop: it is a child subreaper, but every process
-that comes back to it that way (a native container's init, a dead zygote's children) is waited
-for by pid by the code that knows it, so nothing else reaps the logger. A second reap here finds
-it gone and is ignored; a logger still alive 5 s after SIGKILL (uninterruptible sleep) is left
-unreaped.
+through a pidfd, so signalling it never hits a recycled pid. It is the daemon's own child:
+stop() reaps it (``waitid(P_PIDFD)`` once the pidfd polls readable). A logger that exited long
+before stop() (its container ended, the task is not deleted yet) may have been reaped already
+by the daemon's reaper, which collects zombie children nobody waited for after a grace
+period (shim/proc/reaper.py); stop() then finds it gone, which is fine. A logger still alive
+5 s after SIGKILL (uninterruptible sleep) is left unreaped.
 """
 
 from __future__ import annotations

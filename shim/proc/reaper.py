@@ -6,10 +6,11 @@ runc exits, and the wasm container processes of a spawner that died. Each of tho
 *watched*: a pidfd on the event loop, reaped with waitpid the moment it becomes readable,
 its exit status delivered to a future. Signals go through the same pidfd.
 
-Anything else that dies as our child (a process reparented to us that nobody claimed) is an
-orphan: SIGCHLD triggers a sweep that reaps zombie children nobody watches or claims, but
-only after they have been zombies for `ORPHAN_GRACE` seconds, so that an owner who learns a
-pid a moment after the process ended (runc's pid file) still gets its exit status.
+Anything else that dies as our child (a process reparented to us that nobody claimed, or one
+whose owner waits for it only later, like a binary logger) is collected too: SIGCHLD
+triggers a sweep that reaps zombie children nobody watches or claims, but only after they
+have been zombies for `ORPHAN_GRACE` seconds, so that an owner who learns a pid a moment
+after the process ended (runc's pid file) still gets its exit status.
 """
 
 from __future__ import annotations
@@ -169,7 +170,9 @@ class Reaper:
             with contextlib.suppress(ChildProcessError):
                 _, status = os.waitpid(pid, os.WNOHANG)
                 log.info(
-                    "reaped orphan process %d (status %d)", pid, exit_code_from_wait_status(status)
+                    "reaped process %d, which nobody waited for (status %d)",
+                    pid,
+                    exit_code_from_wait_status(status),
                 )
         self._zombie_since = {p: t for p, t in self._zombie_since.items() if p in zombies}
         if pending and self._loop is not None and self._sweep_later is None:

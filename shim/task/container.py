@@ -32,7 +32,7 @@ from shim.task import workload
 from shim.task.native import NATIVE_PID_FILE, NativeOptions, NativeSupervisor, Runc
 from shim.task.states import State
 from shim.task.supervisor import Host, Supervisor, WasmSupervisor
-from shim.task.workload import Kind
+from shim.task.workload import Workload
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +75,8 @@ class Container:
     spawned: asyncio.Event = field(default_factory=asyncio.Event)  # Start has a process, or failed
 
     @property
-    def kind(self) -> Kind:
-        return self.supervisor.kind if self.supervisor is not None else Kind.WASM
+    def kind(self) -> Workload:
+        return self.supervisor.kind if self.supervisor is not None else Workload.WASM
 
     @property
     def cgroup(self) -> Cgroup | None:
@@ -98,7 +98,7 @@ class Container:
             kind, c.entry = workload.choose(
                 spec.annotations, spec.process.args[0], lambda: c._resolve(host)
             )
-            if kind is Kind.NATIVE:
+            if kind is Workload.NATIVE:
                 runc = Runc(cfg.native, cfg.namespace, cfg.id, cfg.bundle, host.reaper)
                 c.supervisor = NativeSupervisor(runc, spec.cgroups_path)
                 c.record()

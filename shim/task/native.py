@@ -28,7 +28,7 @@ from shim.cgroups import Cgroup
 from shim.errors import Internal, InvalidArgument, NotFound, ShimError
 from shim.proc.process import Process
 from shim.proc.reaper import NotInstalled, Reaper
-from shim.task.workload import Kind
+from shim.task.workload import Workload
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +139,7 @@ class Runc:
 class NativeSupervisor:
     """A native container: runc (or crun) makes the process, its namespaces and cgroup."""
 
-    kind = Kind.NATIVE
+    kind = Workload.NATIVE
 
     def __init__(self, runc: Runc, cgroups_path: str) -> None:
         self.runc = runc

@@ -33,7 +33,7 @@ from shim.proc.child import ProcessSetup
 from shim.proc.client import SpawnerClient
 from shim.proc.process import Process
 from shim.proc.reaper import Reaper
-from shim.task.workload import Kind
+from shim.task.workload import Workload
 from shim.warm import compiling
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ class Host:
 
 
 class Supervisor(Protocol):
-    kind: Kind
+    kind: Workload
 
     @property
     def cgroup(self) -> Cgroup | None:
@@ -84,7 +84,7 @@ class Supervisor(Protocol):
 class WasmSupervisor:
     """A wasm container: its process forked by the spawner (module docstring)."""
 
-    kind = Kind.WASM
+    kind = Workload.WASM
 
     def __init__(
         self,

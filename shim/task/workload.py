@@ -27,7 +27,7 @@ ANNOTATION_HANDLER = "run.oci.handler"
 WASM_SUFFIXES = (".wasm", ".wat")
 
 
-class Kind(enum.Enum):
+class Workload(enum.Enum):
     WASM = "wasm"
     NATIVE = "native"
 
@@ -63,15 +63,15 @@ def is_sandbox(annotations: Mapping[str, str]) -> bool:
 
 def choose(
     annotations: Mapping[str, str], arg0: str, resolve: Callable[[], Entrypoint]
-) -> tuple[Kind, Entrypoint | None]:
+) -> tuple[Workload, Entrypoint | None]:
     """Decide how a container runs; `resolve` finds its wasm entrypoint (raising NotWasm)."""
     if is_sandbox(annotations):
-        return Kind.NATIVE, None
+        return Workload.NATIVE, None
     rule, named = policy(annotations)
     if rule is Policy.SMART and not arg0.split("#", 1)[0].endswith(WASM_SUFFIXES):
-        return Kind.NATIVE, None
+        return Workload.NATIVE, None
     try:
-        return Kind.WASM, resolve()
+        return Workload.WASM, resolve()
     except NotWasm as e:
         if rule is Policy.ALL_WASM:
             raise FailedPrecondition(
@@ -81,7 +81,7 @@ def choose(
         if rule is Policy.SMART:
             raise
         if in_pod(annotations):
-            return Kind.NATIVE, None
+            return Workload.NATIVE, None
         raise FailedPrecondition(
             f"{e}; outside a Kubernetes pod this runtime runs only wasm (use runc for native "
             "containers)"

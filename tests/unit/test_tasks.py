@@ -21,7 +21,7 @@ from shim.proc.process import Process
 from shim.task.container import Container
 from shim.task.states import State
 from shim.task.tasks import Tasks
-from shim.task.workload import Kind
+from shim.task.workload import Workload
 
 
 class FakeCgroup:
@@ -35,7 +35,7 @@ class FakeCgroup:
 class FakeSupervisor:
     """Creates Processes the test resolves; records the signals sent to them."""
 
-    kind = Kind.WASM
+    kind = Workload.WASM
 
     def __init__(self, cgroup: FakeCgroup | None = None) -> None:
         self.cgroup = cgroup

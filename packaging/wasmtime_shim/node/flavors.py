@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from shim.errors import InvalidArgument
 
 
-class Kind(enum.Enum):
+class ConfigEdit(enum.Enum):
     EDIT = "edit"  # add our table to the distribution's file
     DROP_IN = "drop-in"  # write (and on uninstall delete) a whole file of our own
 
@@ -23,7 +23,7 @@ class Kind(enum.Enum):
 class Flavor:
     name: str
     config: str  # absolute path on the node
-    kind: Kind
+    kind: ConfigEdit
     template: bool  # Go template: `{{ }}` lines are not TOML
     seed_from: str | None  # the generated file a missing template starts from
     units: tuple[str, ...]  # systemd units to restart; the first active one wins
@@ -37,7 +37,7 @@ FLAVORS: dict[str, Flavor] = {
         Flavor(
             "containerd",
             "/etc/containerd/config.toml",
-            Kind.EDIT,
+            ConfigEdit.EDIT,
             False,
             None,
             ("containerd",),
@@ -46,7 +46,7 @@ FLAVORS: dict[str, Flavor] = {
         Flavor(
             "k3s",
             "/var/lib/rancher/k3s/agent/etc/containerd/config.toml.tmpl",
-            Kind.EDIT,
+            ConfigEdit.EDIT,
             True,
             "/var/lib/rancher/k3s/agent/etc/containerd/config.toml",
             ("k3s", "k3s-agent"),
@@ -55,7 +55,7 @@ FLAVORS: dict[str, Flavor] = {
         Flavor(
             "rke2",
             "/var/lib/rancher/rke2/agent/etc/containerd/config.toml.tmpl",
-            Kind.EDIT,
+            ConfigEdit.EDIT,
             True,
             "/var/lib/rancher/rke2/agent/etc/containerd/config.toml",
             ("rke2-server", "rke2-agent"),
@@ -64,7 +64,7 @@ FLAVORS: dict[str, Flavor] = {
         Flavor(
             "microk8s",
             "/var/snap/microk8s/current/args/containerd-template.toml",
-            Kind.EDIT,
+            ConfigEdit.EDIT,
             False,
             None,
             ("snap.microk8s.daemon-containerd",),
@@ -73,7 +73,7 @@ FLAVORS: dict[str, Flavor] = {
         Flavor(
             "k0s",
             "/etc/k0s/containerd.d/wasmtime-shim.toml",
-            Kind.DROP_IN,
+            ConfigEdit.DROP_IN,
             False,
             None,
             ("k0sworker", "k0scontroller"),

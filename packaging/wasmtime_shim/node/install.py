@@ -19,7 +19,7 @@ from pathlib import Path
 from shim.errors import InvalidArgument
 from wasmtime_shim.node import config as cfg
 from wasmtime_shim.node import files
-from wasmtime_shim.node.flavors import Flavor, Kind
+from wasmtime_shim.node.flavors import ConfigEdit, Flavor
 
 DEFAULT_BIN_DIR = "/usr/local/bin"
 DEFAULT_LIB_DIR = "/usr/local/lib/containerd-shim-wasmtime"
@@ -146,7 +146,7 @@ def _register(target: Target, receipt: Receipt, *, force: bool) -> str:
     existed = path.exists()
     if existed:
         original = path.read_text()
-    elif flavor.kind is Kind.DROP_IN:
+    elif flavor.kind is ConfigEdit.DROP_IN:
         original = cfg.minimal_config(flavor.version or 2)
     else:
         original = _initial_config(target)
