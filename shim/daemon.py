@@ -1,10 +1,11 @@
 """A pod daemon: its socket, the fork that makes it, and its boot.
 
-`spawn` is what serving `start` means, wherever it runs: in the warm runtime (the usual case)
-or in `start` itself (cold). It finds the container's group (its pod; shim/oci/spec.py),
-binds that group's socket (or finds a live daemon on it), records the address in the bundle,
-and forks the daemon. The socket is listening before `spawn` returns, because containerd dials
-the printed address exactly once.
+Serving `start` means, wherever it runs (in the warm runtime, the usual case, or in `start`
+itself, cold): `bind` finds the container's group (its pod; shim/oci/spec.py), binds that
+group's socket (or finds a live daemon on it) and records the address in the bundle; then
+`fork_daemon` forks the daemon. The socket listens from `bind` on, because containerd dials
+the printed address exactly once; so the warm runtime answers `start` between the two, and
+the fork overlaps with `start`'s exit and containerd's dial.
 
 The daemon is a child of whoever forked it, in a session of its own: the warm runtime reaps
 it when it ends, and a daemon outlives a runtime that crashes or retires (it is reparented,
@@ -94,24 +95,47 @@ def _listen(path: str) -> socket.socket | None:
     raise OSError(errno.EADDRINUSE, f"{path} is in use and could not be replaced")
 
 
+def bind(opts: ShimOptions, bundle: str) -> tuple[str, socket.socket | None]:
+    """The address of this container's group, listening from now on, recorded in the
+    bundle; with the listener when a daemon must be forked for it (`fork_daemon`), None when
+    a live one serves the group already."""
+    address = group_address(opts, bundle)
+    listener = _listen(address[len("unix://") :])
+    try:
+        bundle_files.write_address(bundle, address)
+    except BaseException:
+        if listener is not None:
+            _unbind(listener)
+        raise
+    return address, listener
+
+
+def _unbind(listener: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(listener.getsockname())
+    listener.close()
+
+
+def fork_daemon(
+    opts: ShimOptions, bundle: str, env: Mapping[str, str], listener: socket.socket
+) -> int:
+    """Fork the daemon that serves `listener`; its pid. The caller's copy of the listener is
+    closed either way; when the fork fails its socket file goes too, so containerd's
+    connection fails instead of waiting for a daemon that will never come."""
+    try:
+        pid = _fork(opts, bundle, env, listener)
+    except BaseException:
+        _unbind(listener)
+        raise
+    listener.close()
+    return pid
+
+
 def spawn(opts: ShimOptions, bundle: str, env: Mapping[str, str]) -> tuple[str, int]:
     """Make sure a daemon serves this container's group: (the address for `start` to print,
     the pid of the daemon forked now, or 0 when a live one serves the group already)."""
-    address = group_address(opts, bundle)
-    path = address[len("unix://") :]
-    listener = _listen(path)
-    pid = 0
-    if listener is not None:
-        try:
-            pid = _fork(opts, bundle, env, listener)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
-            raise
-        finally:
-            listener.close()
-    bundle_files.write_address(bundle, address)
-    return address, pid
+    address, listener = bind(opts, bundle)
+    return address, fork_daemon(opts, bundle, env, listener) if listener is not None else 0
 
 
 def _fork(opts: ShimOptions, bundle: str, env: Mapping[str, str], listener: socket.socket) -> int:

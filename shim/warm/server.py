@@ -25,6 +25,7 @@ import signal
 import socket
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from runtimes.base import CacheSettings, EntrypointKind, Runtime
@@ -171,8 +172,9 @@ class WarmRuntime:
                 self._compile(conn, msg, fds)
                 fds = []  # the job owns them now
                 return
-            reply = self._answer(msg)
+            reply, then = self._answer(msg)
         except (errors.ShimError, ValueError, OSError) as e:
+            then = None
             code = e.code if isinstance(e, errors.ShimError) else errors.Code.INVALID_ARGUMENT
             reply = protocol.encode("error", [("code", str(int(code))), ("message", str(e))])
         finally:
@@ -181,6 +183,8 @@ class WarmRuntime:
         with contextlib.suppress(OSError):
             conn.sock.send(reply)
         self._close(conn)
+        if then is not None:
+            then()
 
     @staticmethod
     def _check_peer(sock: socket.socket) -> None:
@@ -189,26 +193,25 @@ class WarmRuntime:
         if uid not in (0, os.getuid()):
             raise errors.PermissionDenied(f"uid {uid} may not use the warm runtime")
 
-    def _answer(self, msg: protocol.Message) -> bytes:
+    def _answer(self, msg: protocol.Message) -> tuple[bytes, Callable[[], None] | None]:
+        """The reply, and what to do once it is sent."""
         if msg.op == "ping":
-            return protocol.encode("ok", [("identity", self.identity), ("pid", str(os.getpid()))])
+            pid = str(os.getpid())
+            return protocol.encode("ok", [("identity", self.identity), ("pid", pid)]), None
         if msg.op == "retire":
             self.retire("asked to")
-            return protocol.encode("ok")
+            return protocol.encode("ok"), None
         if msg.op == "start":
             if msg.get("identity") != self.identity:
                 self.retire(f"a start from another build ({msg.get('identity')})")
-                return protocol.encode("retire")
-            address, pid = self._start(msg)
-            if pid:
-                self._watch_child(pid)
-            return protocol.encode("ok", [("address", address)])
+                return protocol.encode("retire"), None
+            return self._start(msg)
         raise errors.InvalidArgument(f"unknown operation {msg.op!r}")
 
     # ------------------------------------------------------------------ start
 
-    @staticmethod
-    def _start(msg: protocol.Message) -> tuple[str, int]:
+    def _start(self, msg: protocol.Message) -> tuple[bytes, Callable[[], None] | None]:
+        """Bind the group's socket now and answer; fork its daemon after the answer."""
         from shim import daemon
 
         bundle = msg.get("bundle")
@@ -225,7 +228,18 @@ class WarmRuntime:
         if not opts.id or not opts.namespace:
             raise errors.InvalidArgument("a start request names an id and a namespace")
         env = dict(item.partition("=")[::2] for item in msg.all("env"))
-        return daemon.spawn(opts, bundle, env)
+        address, listener = daemon.bind(opts, bundle)
+        reply = protocol.encode("ok", [("address", address)])
+        if listener is None:
+            return reply, None
+
+        def fork() -> None:
+            try:
+                self._watch_child(daemon.fork_daemon(opts, bundle, env, listener))
+            except OSError as e:
+                log.error("cannot fork the daemon of %s: %s", address, e)
+
+        return reply, fork
 
     # ------------------------------------------------------------------ compile
 
