@@ -236,7 +236,7 @@ def remove_container(containerd: PrivateContainerd, namespace: str, container_id
 
 
 def shim_pids(containerd: PrivateContainerd, container_id: str) -> list[int]:
-    """PIDs of the processes running as the shim for ``container_id`` (daemon, zygote, ...).
+    """PIDs of the processes running as the shim for ``container_id`` (daemon, spawner, ...).
 
     Found the way PrivateContainerd finds leaks: ``-address <our socket>`` and ``-id <id>``
     in the command line.

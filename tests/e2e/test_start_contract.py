@@ -128,7 +128,7 @@ def test_start_reuses_a_live_shim_of_the_same_group(bundle: Path) -> None:
     address = first.stdout.decode()
     assert second.stdout.decode() == address
     assert address == socket_address(str(bundle / "fake.sock"), NAMESPACE, "pod-1")
-    daemons = _processes_with("-id", "sandbox")  # the daemon and its zygote keep start's argv
+    daemons = _processes_with("-id", "sandbox")  # the daemon and its spawner carry `-id <group>`
     assert daemons, "the first start left no daemon"
     assert _processes_with("-id", "app") == [], "the second start spawned a daemon of its own"
     reply = asyncio.run(_connect_and_shutdown(address))

@@ -1,7 +1,7 @@
 """shim/io with real FIFOs, files, pipes and child processes (/bin/sh stands in for a guest).
 
 Each test plays containerd's client: it makes the FIFOs and opens its ends the way ``ctr`` does
-(read ends before Create), then forks a child onto ``child_fds()`` as the zygote would. Every
+(read ends before Create), then forks a child onto ``child_fds()`` as the spawner would. Every
 test that opens descriptors checks at the end that the process holds exactly the descriptors it
 held before. Reads are guarded by a generous deadline only so that a bug fails instead of
 hanging the run; nothing asserts on timing.
