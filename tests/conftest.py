@@ -14,6 +14,7 @@ import os
 import re
 import subprocess
 import sys
+import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -35,6 +36,22 @@ pytest_plugins = ("tests.prereq",)  # the skip-or-fail rule and its `prerequisit
 
 _namespace_numbers = itertools.count(1)
 CRI_WASM_IMAGE = "localhost/cri-wasm/tools:1"
+
+
+def in_child(body: Callable[[], None]) -> int:
+    """Run ``body`` in a forked child; its exit status (0 when it returned, 1 when it raised)."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            body()
+            code = 0
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -672,7 +672,7 @@ def stop_warm_runtime(address: str, timeout: float = 10.0) -> bool:
         if pid is not None:
             with contextlib.suppress(client.Unreachable):
                 client.call(address, "retire", timeout=2)
-            if time.monotonic() > deadline and _alive(pid):
+            if time.monotonic() > deadline and alive(pid):
                 _kill(pid)
         elif time.monotonic() > deadline + timeout:
             raise ContainerdError(f"a warm runtime holds {address}'s lock and never answers")
@@ -682,7 +682,7 @@ def stop_warm_runtime(address: str, timeout: float = 10.0) -> bool:
     return found
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     """Whether ``pid`` runs (a zombie does not)."""
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]

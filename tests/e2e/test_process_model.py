@@ -26,7 +26,7 @@ from runtimes.base import EntrypointKind
 from runtimes.wasmtime.engine import load_source
 from shim.warm import client
 from tests.conftest import _empty_namespace
-from tests.containerd import PrivateContainerd
+from tests.containerd import PrivateContainerd, alive
 from tests.e2e.helpers import (
     TestImage,
     ctr_popen,
@@ -105,14 +105,6 @@ def _warm_pid(cd: PrivateContainerd, timeout: float = WAIT) -> int:
         time.sleep(0.05)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")
-
-
 def _kill_and_collect(cd: PrivateContainerd, ns: str, cid: str) -> subprocess.CompletedProcess[str]:
     """SIGKILL a detached task, then delete it and its container; ctr's delete output."""
     cd.ctr("task", "kill", "-s", "SIGKILL", cid, namespace=ns)
@@ -141,16 +133,16 @@ def test_a_killed_warm_runtime_takes_no_container_down(
 
     os.kill(warm, signal.SIGKILL)
     deadline = time.monotonic() + WAIT
-    while _alive(warm):
+    while alive(warm):
         assert time.monotonic() < deadline
         time.sleep(0.02)
-    assert _alive(guest) and task_status(cd, ns, cid) == "RUNNING"
+    assert alive(guest) and task_status(cd, ns, cid) == "RUNNING"
     _hello(cd, ns)  # served cold, and it launches a new runtime
     assert _warm_pid(cd) != warm
     _hello(cd, ns)  # through the new runtime
     deleted = _kill_and_collect(cd, ns, cid)  # the old container is still killable
     assert "137" in deleted.stderr, deleted.stderr
-    assert not _alive(guest)
+    assert not alive(guest)
 
 
 def test_a_start_function_that_never_returns_is_killed_and_run_reports_137(
@@ -200,7 +192,7 @@ def test_containerd_restarted_every_task_still_answers_state_and_kill(
         for cid in ids:
             deleted = _kill_and_collect(cd, ns, cid)
             assert "137" in deleted.stderr, deleted.stderr
-            assert not _alive(pids[cid])
+            assert not alive(pids[cid])
         _hello(cd, ns)
         _empty_namespace(cd, ns)
     assert not cd.stop_report, "\n".join(map(str, cd.stop_report))
@@ -226,7 +218,7 @@ def test_a_binary_replaced_on_disk_is_what_the_next_start_runs(
         new_inode = os.stat(binary).st_ino
         _hello(cd, ns)
         deadline = time.monotonic() + WAIT
-        while _alive(old):
+        while alive(old):
             assert time.monotonic() < deadline, "the old build's runtime did not retire"
             time.sleep(0.05)
         new = _warm_pid(cd)

@@ -12,14 +12,12 @@ import errno
 import os
 import signal
 import socket
-import traceback
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from shim import libc
-from tests.conftest import require
+from tests.conftest import in_child, require
 
 PR_GET_PDEATHSIG = 2
 PR_GET_DUMPABLE = 3
@@ -27,22 +25,6 @@ PR_SET_DUMPABLE = 4
 PR_GET_CHILD_SUBREAPER = 37
 CLONE_NEWNS = 0x20000
 CLONE_NEWUTS = 0x4000000
-
-
-def in_child(body: Callable[[], None]) -> int:
-    """Run ``body`` in a forked child; its exit status (0 when it returned, 1 when it raised)."""
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            body()
-            code = 0
-        except BaseException:
-            traceback.print_exc()
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status)
 
 
 def test_failures_raise_oserror_with_the_errno(tmp_path: Path) -> None:

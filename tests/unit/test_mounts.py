@@ -8,7 +8,6 @@ it mounts can leak into the machine, even when an assertion fails half-way.
 from __future__ import annotations
 
 import os
-import traceback
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,27 +16,20 @@ import pytest
 from shim import libc
 from shim.errors import InvalidArgument
 from shim.oci import mounts
-from tests.conftest import require
+from tests.conftest import in_child, require
 
 CLONE_NEWNS = 0x20000
 
 
 def in_private_mount_namespace(body: Callable[[], None]) -> int:
     """Run ``body`` in a forked child with its own mount namespace; 0 when it returned."""
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            libc.unshare(CLONE_NEWNS)
-            libc.mount("none", "/", None, mounts.MS_PRIVATE | mounts.MS_REC, None)
-            body()
-            code = 0
-        except BaseException:
-            traceback.print_exc()
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status)
+
+    def unshared() -> None:
+        libc.unshare(CLONE_NEWNS)
+        libc.mount("none", "/", None, mounts.MS_PRIVATE | mounts.MS_REC, None)
+        body()
+
+    return in_child(unshared)
 
 
 @pytest.fixture
