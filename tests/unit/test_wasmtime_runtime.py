@@ -16,6 +16,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,6 +104,7 @@ class Container:
     mounts: list[Preopen] = field(default_factory=list)
     memory_limit: int | None = None
     cache: CacheSettings | None = None
+    readonly_root: bool = False
 
     def add(self, guest: str, wat_name: str, *, binary: bool = True) -> str:
         """Put tests/wasm/wat/<wat_name> at `guest` in the rootfs, as .wasm (or as text)."""
@@ -115,6 +117,13 @@ class Container:
         dest.write_bytes(data)
         return guest
 
+    def add_program(self, guest: str, wasm: Path) -> str:
+        """Put a built program (tests/wasm/c) at `guest` in the rootfs."""
+        dest = self.root / guest.lstrip("/")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(wasm, dest)
+        return guest
+
     def launch(self, path_env: str | None = None) -> Outcome:
         cfg = RunConfig(
             container_id="c1",
@@ -122,7 +131,7 @@ class Container:
             args=tuple(self.args),
             env=tuple(self.env),
             cwd=self.cwd,
-            preopens=(Preopen(str(self.root), "/", False), *self.mounts),
+            preopens=(Preopen(str(self.root), "/", self.readonly_root), *self.mounts),
             memory_limit=self.memory_limit,
             cache=self.cache,
         )
@@ -246,6 +255,50 @@ def test_memory_minimum_above_the_limit_fails_prepare(box: Container) -> None:
     assert (out.error["stage"], out.error["kind"]) == ("prepare", "FailedPrecondition")
     assert "/bigmem.wasm" in out.error["message"]
     assert "memory limits" in out.error["message"]
+
+
+# fd_renumber onto a closed descriptor (runtimes/wasmtime/renumber.py). The C programs say
+# what each line means; "8" is EBADF.
+
+
+@pytest.mark.parametrize("readonly_root", [False, True])
+def test_stdout_renumbered_away_and_back_survives(
+    box: Container, tmp_path: Path, build_wasm: Callable[[str], Path], readonly_root: bool
+) -> None:
+    rw = tmp_path / "rw"
+    rw.mkdir()
+    box.readonly_root = readonly_root  # the placeholder is opened in a read-only directory
+    box.mounts = [Preopen(str(rw), "/rw", False)]
+    box.args = [box.add_program("/redirect.wasm", build_wasm("redirect")), "/rw/cap.txt", "500"]
+    out = box.launch()
+    assert (out.error, out.exit) == (None, 3), out.stderr
+    lines = out.stdout.decode().splitlines()
+    assert lines[0] == "before"
+    assert lines[1:501] == [f"out {i}" for i in range(1, 501)]
+    # fd_renumber(w, 2) fails: w has already moved to 1 (as under dup2-less wasmtime 36).
+    assert lines[501:] == ["file: captured", "renumber: 0 0 0 8 0 0"]
+    errs = out.stderr.decode().splitlines()
+    assert errs == ["before (stderr)", *(f"err {i}" for i in range(1, 501))]
+
+
+def test_fd_renumber_edges(
+    box: Container, tmp_path: Path, build_wasm: Callable[[str], Path]
+) -> None:
+    rw = tmp_path / "rw"
+    rw.mkdir()
+    box.mounts = [Preopen(str(rw), "/rw", False)]
+    box.args = [box.add_program("/renumber.wasm", build_wasm("renumber")), "/rw"]
+    out = box.launch()
+    assert (out.error, out.exit, out.stderr) == (None, 0, b"")
+    assert out.stdout.decode().splitlines() == [
+        "onto-open 0 source-open=0",
+        "onto-closed 0 wrote=7 read=7 text=landed",
+        "never-used 0 target-open=1 source-open=0",
+        "same 0 open=1",
+        "closed-source 8 target-open=0",
+        "far-target 8 source-open=1",
+        "opens-after 1",
+    ]
 
 
 def test_unknown_import_traps_only_when_called(box: Container) -> None:
