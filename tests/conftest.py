@@ -111,6 +111,34 @@ def ns(containerd: PrivateContainerd, request: pytest.FixtureRequest) -> Iterato
     Leaks are cleaned either way so one test's mess does not fail the next one; the test then
     errors with the list.
     """
+    yield from _fresh_namespace(containerd, request)
+
+
+@pytest.fixture(scope="session")
+def bundle_containerd(frozen: Path) -> Iterator[PrivateContainerd]:
+    """A private containerd whose shim is the shipped bundle's binary."""
+    with PrivateContainerd(shim=frozen) as instance:
+        yield instance
+    assert not instance.stop_report, "\n".join(map(str, instance.stop_report))
+
+
+@pytest.fixture(params=["venv", "bundle"])
+def bed(request: pytest.FixtureRequest) -> PrivateContainerd:
+    """Each test twice: on the session's containerd (the venv's shim) and on the bundle's."""
+    name = "containerd" if request.param == "venv" else "bundle_containerd"
+    instance: PrivateContainerd = request.getfixturevalue(name)
+    return instance
+
+
+@pytest.fixture
+def bed_ns(bed: PrivateContainerd, request: pytest.FixtureRequest) -> Iterator[str]:
+    """`ns` on `bed`."""
+    yield from _fresh_namespace(bed, request)
+
+
+def _fresh_namespace(
+    containerd: PrivateContainerd, request: pytest.FixtureRequest
+) -> Iterator[str]:
     slug = re.sub(r"[^A-Za-z0-9]+", "-", request.node.name).strip("-")[:40].strip("-")
     name = f"t{next(_namespace_numbers)}-{slug}" if slug else f"t{next(_namespace_numbers)}"
     yield name

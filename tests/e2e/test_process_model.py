@@ -16,8 +16,7 @@ import shutil
 import signal
 import subprocess
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -46,21 +45,6 @@ WAIT = 30.0  # seconds: the bound of every poll here (against hangs, not a speed
 DEFAULT_CACHE = Path("/var/lib/containerd-shim-wasmtime/cache")
 
 
-@pytest.fixture(scope="session")
-def bundle_containerd(frozen: Path) -> Iterator[PrivateContainerd]:
-    """A private containerd whose shim is the shipped bundle's binary."""
-    with PrivateContainerd(shim=frozen) as instance:
-        yield instance
-    assert not instance.stop_report, "\n".join(map(str, instance.stop_report))
-
-
-@pytest.fixture(params=["venv", "bundle"])
-def bed(request: pytest.FixtureRequest) -> PrivateContainerd:
-    name = "containerd" if request.param == "venv" else "bundle_containerd"
-    instance: PrivateContainerd = request.getfixturevalue(name)
-    return instance
-
-
 @pytest.fixture(scope="module")
 def test_image(
     build_wasm: Callable[[str], Path], tmp_path_factory: pytest.TempPathFactory
@@ -72,15 +56,12 @@ def test_image(
 
 
 @pytest.fixture
-def space(bed: PrivateContainerd, test_image: TestImage) -> Iterator[tuple[PrivateContainerd, str]]:
+def space(
+    bed: PrivateContainerd, bed_ns: str, test_image: TestImage
+) -> tuple[PrivateContainerd, str]:
     """A fresh namespace on `bed` with the image; at teardown nothing of it may be left."""
-    ns = f"pm-{uuid.uuid4().hex[:8]}"
-    test_image.import_into(bed, ns)
-    yield bed, ns
-    leaks = bed.wait_for_no_leaks(ns)
-    cleaned = bed.clean(ns) if leaks else []
-    _empty_namespace(bed, ns)
-    assert not cleaned, f"namespace {ns} left these behind:\n" + "\n".join(map(str, cleaned))
+    test_image.import_into(bed, bed_ns)
+    return bed, bed_ns
 
 
 def _hello(cd: PrivateContainerd, ns: str) -> None:
