@@ -24,7 +24,10 @@ behave differently. Nothing else goes through the adapter, and only modules that
 Upstream would fix this by letting `fd_renumber` in wasmtime-wasi's `p1.rs` take a target
 that is not in the descriptor table (insert instead of refusing), as it did before 37.
 Components (WASI preview 2) have no descriptor numbers at the host: stdout is a stream the
-guest asks for, so nothing a guest does to its own descriptors can lose it there.
+guest asks for (`wasi:cli/stdout`), as often as it likes, so the host cannot lose it. A
+preview 1 program turned into a component carries wasmtime's preview 1 adapter inside it,
+whose own `fd_renumber` (descriptors.rs) refuses a closed target the same way; that is the
+guest's code, the same under every host, and only rebuilding it with a fixed adapter helps.
 """
 
 from __future__ import annotations
