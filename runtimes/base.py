@@ -43,6 +43,9 @@ class RunConfig:
     artifact_dir: str | None = None  # outside the rootfs: holds a wasm OCI artifact's layer
 
 
+DEFAULT_CACHE_LIMIT = 2 << 30  # bytes: the cache's bound unless the operator sets one
+
+
 @dataclass(frozen=True, slots=True)
 class CacheSettings:
     """The node's cache of compiled code: a directory only root can write, and its bound."""

@@ -28,6 +28,7 @@ import errno
 import hashlib
 import logging
 import os
+import signal
 import socket
 from collections.abc import Mapping
 
@@ -53,10 +54,13 @@ def socket_address(containerd_address: str, namespace: str, group: str) -> str:
 def group_address(opts: ShimOptions, bundle: str) -> str:
     """The socket of the daemon serving this container's group (its pod, else itself)."""
     try:
-        annotations = oci_spec.read_document(bundle).get("annotations") or {}
+        annotations = oci_spec.read_document(bundle).get("annotations")
     except Exception:  # no readable config.json: the container is its own group
-        annotations = {}
-    group = oci_spec.group_id(annotations, opts.id)
+        annotations = None
+    if not isinstance(annotations, dict):
+        annotations = {}  # malformed: its own group, and Create refuses it with the reason
+    strings = {k: v for k, v in annotations.items() if isinstance(v, str)}
+    group = oci_spec.group_id(strings, opts.id)
     return socket_address(opts.address, opts.namespace, group)
 
 
@@ -145,6 +149,10 @@ def _fork(opts: ShimOptions, bundle: str, env: Mapping[str, str], listener: sock
         return pid
     code = 1
     try:
+        # The warm runtime's SIGTERM/SIGINT handlers would retire *its* state; until the
+        # daemon's loop installs its own, a signal ends the daemon as it would any process.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, signal.SIG_DFL)
         os.setsid()
         logs.forget()  # the parent's log files, closed by their objects, before closerange
         devnull = os.open(os.devnull, os.O_RDWR)

@@ -11,10 +11,11 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import signal
 import socket
 
-from runtimes.base import CacheSettings, Runtime
+from runtimes.base import DEFAULT_CACHE_LIMIT, CacheSettings, Runtime
 from shim.events import Publisher
 from shim.options import ShimOptions
 from shim.proc.client import SpawnerClient
@@ -27,21 +28,19 @@ from shim.ttrpc.server import Server
 log = logging.getLogger(__name__)
 
 DEFAULT_CACHE_DIR = "/var/lib/containerd-shim-wasmtime/cache"
-DEFAULT_CACHE_LIMIT = 2 << 30
 CACHE_DIR_ENV = "WASMTIME_SHIM_CACHE_DIR"
 CACHE_LIMIT_ENV = "WASMTIME_SHIM_CACHE_SIZE"
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+_SIZE = re.compile(r"\s*(\d+(?:\.\d*)?)\s*([KMGT]?)(?:I?B)?\s*", re.IGNORECASE)
 
 
 def parse_size(text: str) -> int:
-    """ "2G", "512M", "1048576" -> bytes. Raises ValueError."""
-    text = text.strip().upper().removesuffix("B").removesuffix("I")
-    unit = text[-1:] if text[-1:] in _UNITS and not text[-1:].isdigit() else ""
-    number = text[: len(text) - len(unit)]
-    value = int(float(number) * _UNITS[unit])
-    if value < 0:
-        raise ValueError("a size cannot be negative")
-    return value
+    """ "2G", "512M", "1.5GiB", "1048576" -> bytes (units are powers of 1024). Raises
+    ValueError for anything else ("inf", "-1G", "2X")."""
+    match = _SIZE.fullmatch(text)
+    if match is None:
+        raise ValueError(f"{text!r} is not a size such as 512M or 2G")
+    return int(float(match[1]) * _UNITS[match[2].upper()])
 
 
 def cache_settings(env: dict[str, str] | os._Environ[str]) -> CacheSettings | None:
@@ -55,8 +54,8 @@ def cache_settings(env: dict[str, str] | os._Environ[str]) -> CacheSettings | No
     if env.get(CACHE_LIMIT_ENV):
         try:
             limit = parse_size(env[CACHE_LIMIT_ENV])
-        except ValueError:
-            log.warning("%s=%r is not a size; using 2G", CACHE_LIMIT_ENV, env[CACHE_LIMIT_ENV])
+        except ValueError as e:
+            log.warning("%s: %s; the cache keeps its default bound, 2G", CACHE_LIMIT_ENV, e)
     return CacheSettings(dir=os.path.abspath(directory), limit=limit)
 
 

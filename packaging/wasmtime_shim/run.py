@@ -34,13 +34,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from runtimes.base import CacheSettings, Preopen, RunConfig
+from runtimes.base import DEFAULT_CACHE_LIMIT, CacheSettings, Preopen, RunConfig
 from shim.errors import FailedPrecondition, InvalidArgument, from_status
 from wasmtime_shim.images.read import ImageSource
 from wasmtime_shim.images.unpack import UnpackedImage, unpack_image
 
 CACHE_NAME = "wasmtime-shim"
-COMPILED_CACHE_LIMIT = 2 << 30
 DESCRIPTION = """\
 `wasmtime-shim run IMAGE`: run a wasm image on this machine, no containerd needed.
 
@@ -184,7 +183,7 @@ def run_image(
         env=(*unpacked.env, *env),
         cwd=unpacked.working_dir,
         preopens=preopens,
-        cache=CacheSettings(str(cache / "compiled"), COMPILED_CACHE_LIMIT),
+        cache=CacheSettings(str(cache / "compiled"), DEFAULT_CACHE_LIMIT),
     )
     return _run_forked(cfg)
 

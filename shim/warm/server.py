@@ -40,6 +40,19 @@ INLINE_LIMIT = 4 << 20  # programs up to this size are looked up without forking
 MAX_CONNECTIONS = 256
 
 
+def _error_reply(e: Exception) -> bytes:
+    """An `error` answer: a ShimError's own code, INVALID_ARGUMENT for a malformed request
+    (ValueError), UNKNOWN (and the traceback in the log) for anything else."""
+    if isinstance(e, errors.ShimError):
+        code = e.code
+    elif isinstance(e, ValueError):
+        code = errors.Code.INVALID_ARGUMENT
+    else:
+        log.error("request failed", exc_info=e)
+        code = errors.Code.UNKNOWN
+    return protocol.encode("error", [("code", str(int(code))), ("message", str(e))])
+
+
 @dataclass(slots=True)
 class _Conn:
     sock: socket.socket
@@ -59,6 +72,7 @@ class WarmRuntime:
         self.listener: socket.socket | None = None
         self.socket_inode = 0  # of our socket file: whether the path is still ours
         self.conns: dict[int, _Conn] = {}
+        self.unwatched: set[int] = set()  # children without a pidfd (see _watch_child)
         self.retiring = False
 
     # ------------------------------------------------------------------ socket
@@ -116,6 +130,7 @@ class WarmRuntime:
                 if self.retiring:
                     break
             self._drop_idle()
+            self._poll_unwatched()
 
     def _accept(self) -> None:
         assert self.listener is not None
@@ -173,10 +188,9 @@ class WarmRuntime:
                 fds = []  # the job owns them now
                 return
             reply, then = self._answer(msg)
-        except (errors.ShimError, ValueError, OSError) as e:
+        except Exception as e:  # one bad request must not end the node's runtime
             then = None
-            code = e.code if isinstance(e, errors.ShimError) else errors.Code.INVALID_ARGUMENT
-            reply = protocol.encode("error", [("code", str(int(code))), ("message", str(e))])
+            reply = _error_reply(e)
         finally:
             for fd in fds:
                 os.close(fd)
@@ -264,12 +278,15 @@ class WarmRuntime:
                     conn.sock.close()
                     return
             pid = os.fork()
-        except (errors.ShimError, ValueError, OSError) as e:
-            code = e.code if isinstance(e, errors.ShimError) else errors.Code.INVALID_ARGUMENT
-            with contextlib.suppress(OSError):
-                conn.sock.send(
-                    protocol.encode("error", [("code", str(int(code))), ("message", str(e))])
-                )
+        except Exception as e:  # one bad request must not end the node's runtime
+            # The request's own fault is answered; a fault of this host (no fork, no memory,
+            # an unreadable descriptor) is not: with no answer the container process
+            # compiles the program itself, as without a warm runtime.
+            if isinstance(e, errors.ShimError | ValueError):
+                with contextlib.suppress(OSError):
+                    conn.sock.send(_error_reply(e))
+            else:
+                log.warning("compile request left to the container process: %s", e)
             conn.sock.close()
             for fd in fds:
                 os.close(fd)
@@ -281,13 +298,23 @@ class WarmRuntime:
         self._watch_child(pid)
 
     def _watch_child(self, pid: int) -> None:
-        """Reap `pid` (a pod daemon or a compile job) when it ends, from the loop."""
+        """Reap `pid` (a pod daemon or a compile job) when it ends, from the loop: through a
+        pidfd, or when none can be had (out of descriptors), by polling it each second."""
         try:
             pidfd = os.pidfd_open(pid)
-        except OSError:  # cannot watch it: wait for it now rather than leave a zombie
-            os.waitpid(pid, 0)
+        except OSError:
+            self.unwatched.add(pid)
             return
         self.sel.register(pidfd, selectors.EVENT_READ, pid)
+
+    def _poll_unwatched(self) -> None:
+        for pid in list(self.unwatched):
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                done = pid
+            if done:
+                self.unwatched.discard(pid)
 
     def _answer_from_cache(
         self,
@@ -325,6 +352,9 @@ class WarmRuntime:
         """In the forked job; never returns. `note`: what the runtime found before it."""
         code = 0
         try:
+            # First the runtime's signal handlers: they would retire the runtime's state.
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
             # Hold nothing of the runtime's: not its lock (a successor must get it while a
             # long compile runs), not another client's connection (its EOF must not wait).
             self.release_lock()
@@ -333,8 +363,6 @@ class WarmRuntime:
             for other in self.conns.values():
                 other.sock.close()
             self.sel.close()
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            signal.signal(signal.SIGINT, signal.SIG_DFL)
             sock.setblocking(True)
             try:
                 done = self.runtime.compile(source_fd, kind, name, cache)

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from runtimes.base import CacheSettings
+from runtimes.base import DEFAULT_CACHE_LIMIT, CacheSettings
 from runtimes.wasmtime.cache import Cache, file_digest, verified_or_compiled
+from shim.serve import DEFAULT_CACHE_DIR, cache_settings, parse_size
 
 KEY_A = "aa" + "1" * 62
 KEY_B = "bb" + "2" * 62
@@ -111,3 +112,38 @@ def test_the_note_says_what_happened(tmp_path: Path) -> None:
     assert first.note.startswith("compiled in ")
     again = verified_or_compiled(KEY_A, False, settings, lambda: b"other")
     assert (again.path, again.note) == (first.path, "")
+
+
+# -- the operator's settings (shim/serve.py, from the environment containerd gives the shim)
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [
+        ("2G", 2 << 30),
+        ("512M", 512 << 20),
+        ("1.5GiB", 3 << 29),
+        ("10gb", 10 << 30),
+        ("1048576", 1 << 20),
+        (" 3 K ", 3 << 10),
+        ("1T", 1 << 40),
+    ],
+)
+def test_cache_sizes_are_read_in_powers_of_1024(text: str, size: int) -> None:
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["inf", "nan", "-1G", "2X", "", "G", "1e3", "2 G B"])
+def test_what_is_not_a_size_is_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="is not a size"):
+        parse_size(text)
+
+
+def test_cache_settings_default_disable_and_a_bad_size(caplog: pytest.LogCaptureFixture) -> None:
+    assert cache_settings({}) == CacheSettings(DEFAULT_CACHE_DIR, DEFAULT_CACHE_LIMIT)
+    assert cache_settings({"WASMTIME_SHIM_CACHE_DIR": ""}) is None
+    custom = {"WASMTIME_SHIM_CACHE_DIR": "/srv/c", "WASMTIME_SHIM_CACHE_SIZE": "512M"}
+    assert cache_settings(custom) == CacheSettings("/srv/c", 512 << 20)
+    bad = {"WASMTIME_SHIM_CACHE_SIZE": "inf"}
+    assert cache_settings(bad) == CacheSettings(DEFAULT_CACHE_DIR, DEFAULT_CACHE_LIMIT)
+    assert "'inf' is not a size" in caplog.text

@@ -152,6 +152,46 @@ def test_hostile_requests_get_an_error_and_the_runtime_stays_up(
     assert proc.poll() is None and _ping(address) is not None
 
 
+@pytest.mark.parametrize(
+    "config",
+    [
+        '{"annotations": [1]}',
+        '{"annotations": "x"}',
+        '{"annotations": {"io.kubernetes.cri.sandbox-id": 5}}',
+        '["not", "an", "object"]',
+        "{",
+    ],
+)
+def test_a_start_with_a_malformed_config_json_is_its_own_group(
+    warm: tuple[str, subprocess.Popen[bytes]], tmp_path: Path, config: str
+) -> None:
+    """The bundle is the one part of a start request no root process wrote for us to trust
+    the shape of; the container's own id groups it (Create then refuses the spec)."""
+    import socket
+
+    from shim.daemon import socket_address
+
+    address, proc = warm
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "config.json").write_text(config)
+    group = socket_address(address, "n", "c1")
+    path = group.removeprefix("unix://")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as live:  # so no daemon is forked
+        live.bind(path)
+        live.listen(8)
+        try:
+            fields = [("identity", build_identity()), ("id", "c1"), ("namespace", "n")]
+            fields += [("address", address), ("bundle", str(bundle))]
+            reply = client.call(address, "start", fields)
+        finally:
+            os.unlink(path)
+    assert (reply.op, reply.get("address")) == ("ok", group)
+    assert (bundle / "address").read_text() == group
+    assert proc.poll() is None and _ping(address) is not None
+
+
 def test_a_start_from_another_build_retires_it(
     warm: tuple[str, subprocess.Popen[bytes]],
 ) -> None:
