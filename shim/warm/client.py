@@ -11,6 +11,7 @@ from collections.abc import Iterable
 
 from shim.warm import protocol
 
+SO_SNDBUFFORCE = 32  # Linux's; Python does not export it
 START_TIMEOUT = 5.0  # the runtime answers a start at once; longer means it is stuck
 
 
@@ -23,6 +24,12 @@ def connect(address: str, timeout: float | None) -> _socket.socket:
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_SEQPACKET | _socket.SOCK_CLOEXEC)
     sock.settimeout(timeout)
     try:
+        # A message is bounded by the sender's buffer (208 KiB by default): let a request
+        # carry up to MAX_MESSAGE (root may exceed net.core.wmem_max; others get that max).
+        try:
+            sock.setsockopt(_socket.SOL_SOCKET, SO_SNDBUFFORCE, protocol.MAX_MESSAGE + (64 << 10))
+        except OSError:
+            sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_SNDBUF, protocol.MAX_MESSAGE)
         sock.connect(protocol.control_path(address))
     except OSError as e:
         sock.close()

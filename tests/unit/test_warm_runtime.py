@@ -167,29 +167,50 @@ def test_a_start_with_a_malformed_config_json_is_its_own_group(
 ) -> None:
     """The bundle is the one part of a start request no root process wrote for us to trust
     the shape of; the container's own id groups it (Create then refuses the spec)."""
-    import socket
-
-    from shim.daemon import socket_address
-
     address, proc = warm
     bundle = tmp_path / "bundle"
     bundle.mkdir()
     (bundle / "config.json").write_text(config)
+    reply, group = _start_with_a_live_group(address, bundle)
+    assert (reply.op, reply.get("address")) == ("ok", group)
+    assert (bundle / "address").read_text() == group
+    assert proc.poll() is None and _ping(address) is not None
+
+
+def test_a_start_with_a_megabyte_of_environment_is_answered(
+    warm: tuple[str, subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    """containerd's environment travels with every start (the daemon is forked with it)."""
+    address, _ = warm
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "config.json").write_text("{}")
+    env = [("env", f"VAR_{i}={'x' * 1000}") for i in range(1000)]
+    reply, group = _start_with_a_live_group(address, bundle, env)
+    assert (reply.op, reply.get("address")) == ("ok", group)
+
+
+def _start_with_a_live_group(
+    address: str, bundle: Path, extra: list[tuple[str, str]] | None = None
+) -> tuple[protocol.Message, str]:
+    """A start of container c1 whose group's socket already listens (so no daemon is forked);
+    the reply and that group's address."""
+    import socket
+
+    from shim.daemon import socket_address
+
     group = socket_address(address, "n", "c1")
     path = group.removeprefix("unix://")
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as live:  # so no daemon is forked
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as live:
         live.bind(path)
         live.listen(8)
         try:
             fields = [("identity", build_identity()), ("id", "c1"), ("namespace", "n")]
-            fields += [("address", address), ("bundle", str(bundle))]
-            reply = client.call(address, "start", fields)
+            fields += [("address", address), ("bundle", str(bundle)), *(extra or [])]
+            return client.call(address, "start", fields), group
         finally:
             os.unlink(path)
-    assert (reply.op, reply.get("address")) == ("ok", group)
-    assert (bundle / "address").read_text() == group
-    assert proc.poll() is None and _ping(address) is not None
 
 
 def test_a_start_from_another_build_retires_it(
