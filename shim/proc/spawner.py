@@ -72,7 +72,8 @@ class Spawner:
                     continue
                 kind, child = key.data
                 if kind == "ready":
-                    self._on_report(child)
+                    if child.ready_fd >= 0:  # not already read to the end by _on_exit
+                        self._on_report(child)
                 else:
                     self._on_exit(child)
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from shim.cgroups import Cgroup
-from shim.errors import AlreadyExists, NotFound, ShimError
+from shim.errors import AlreadyExists, NotFound, ShimError, Unavailable
 from shim.logs import current_container
 from shim.proc.process import Process
 from shim.task.container import Container, CreateConfig
@@ -124,6 +124,9 @@ class Tasks:
             await proc.ready
         except ShimError as e:
             if c.kill_signal is None:  # the program cannot run: Start fails with the reason
+                if isinstance(e, Unavailable):  # the spawner died: nobody knows how far
+                    with contextlib.suppress(ShimError, OSError):  # setup got; end it
+                        await c.supervisor.kill(proc, signal.SIGKILL, False)
                 await self._start_failed(c, await proc.exited)
                 log.warning("start failed: %s", e)
                 raise

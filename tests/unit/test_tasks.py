@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from shim.errors import FailedPrecondition, NotFound
+from shim.errors import FailedPrecondition, NotFound, Unavailable
 from shim.io.stdio import ProcessIO, StdioConfig
 from shim.oci import spec
 from shim.proc.process import Process
@@ -189,6 +189,28 @@ def test_a_setup_failure_fails_start_with_its_reason(tmp_path: Path) -> None:
         assert c.state is State.STOPPED
         assert (await asyncio.wait_for(tasks.wait("bad"), 5)).exit_status == 1
         assert events.seen == []  # no TaskStart for a task that never ran
+
+    asyncio.run(main())
+
+
+def test_a_spawner_lost_during_setup_ends_the_process_and_fails_start(tmp_path: Path) -> None:
+    """Nobody knows how far setup got: the process is killed, not waited for (it might run
+    its program for ever while Start waits)."""
+
+    async def main() -> None:
+        tasks, events = _setup(tmp_path)
+        c, sup = _add(tasks, tmp_path, "orphan")
+        start = asyncio.ensure_future(tasks.start("orphan"))
+        while sup.process is None:
+            await asyncio.sleep(0)
+        sup.process.set_ready(Unavailable("the shim's spawner went away during setup"))
+        await asyncio.sleep(0.05)
+        assert sup.killed == [signal.SIGKILL]
+        sup.process.set_exited(137)  # as the reaper reports it
+        with pytest.raises(Unavailable, match="spawner went away"):
+            await asyncio.wait_for(start, 5)
+        assert c.state is State.STOPPED
+        assert events.seen == []
 
     asyncio.run(main())
 
