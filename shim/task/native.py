@@ -103,8 +103,11 @@ class Runc:
             cls = NotFound if "not exist" in message or "not running" in message else Internal
             raise cls(f"{self.options.binary} {args[0]}: {message}")
 
-    async def create_and_start(self, stdio: Sequence[int], systemd_cgroup: bool) -> int:
-        """`create` then `start`; returns the container init's pid."""
+    async def create_and_start(
+        self, stdio: Sequence[int], systemd_cgroup: bool
+    ) -> tuple[int, asyncio.Future[int]]:
+        """`create` then `start`; returns the container init's pid and its exit status to
+        come, watched from the moment the pid is known (a program may end during `start`)."""
         pid_file = os.path.join(self.bundle, NATIVE_PID_FILE)
         await self._run(
             "create",
@@ -118,12 +121,13 @@ class Runc:
         )
         with open(pid_file) as f:
             pid = int(f.read().strip())
+        exited = self.reaper.watch(pid)
         try:
             await self._run("start", self.id, systemd_cgroup=systemd_cgroup)
         except BaseException:
             await self.delete()
             raise
-        return pid
+        return pid, exited
 
     async def kill(self, sig: int, all_: bool) -> None:
         await self._run("kill", *(["--all"] if all_ else []), self.id, str(sig))
@@ -159,10 +163,10 @@ class NativeSupervisor:
     async def start(self, stdio: tuple[int, int, int]) -> Process:
         systemd = self.cgroups_path.count(":") == 2  # "slice:prefix:name"
         self._started = True  # from here on there may be runtime state to delete
-        pid = await self.runc.create_and_start(stdio, systemd)
+        pid, exited = await self.runc.create_and_start(stdio, systemd)
         proc = Process(pid=pid)
         proc.set_ready()
-        self.runc.reaper.watch(pid).add_done_callback(lambda f: proc.set_exited(f.result()))
+        exited.add_done_callback(lambda f: proc.set_exited(f.result()))
         if self.cgroups_path:
             try:
                 self._cgroup = await asyncio.to_thread(Cgroup.load, self.cgroups_path)
