@@ -239,3 +239,34 @@ def test_k3s_template_with_base_gets_the_v2_section(root: Path, bundle: Path) ->
     assert '[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.wasmtime]' in text
     install.uninstall(target(root, flavor=k3s))
     assert tmpl.read_text() == original
+
+
+def test_uninstall_stops_the_warm_runtime_of_the_removed_binary_only(tmp_path: Path) -> None:
+    """Stand-ins: `sleep` copied into an "installed" directory, and the system's own `sleep`;
+    each records its pid in a control directory as a warm runtime does."""
+    import shutil
+    import subprocess
+
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    ours = lib / "containerd-shim-wasmtime-v1"
+    shutil.copy2(shutil.which("sleep") or "/bin/sleep", ours)
+    link = tmp_path / "bin" / "containerd-shim-wasmtime-v1"
+    link.parent.mkdir()
+    link.symlink_to(ours)
+    control = tmp_path / "warm"
+    control.mkdir()
+    mine = subprocess.Popen([str(link), "60"])
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        (control / "0000aaaa.pid").write_text(str(mine.pid))
+        (control / "0000bbbb.pid").write_text(str(other.pid))
+        (control / "0000cccc.pid").write_text("not a pid")
+        done = install.retire_warm_runtimes([link, lib], str(control))
+        assert done == [f"stopped the warm runtime {mine.pid} ({ours})"]
+        assert mine.wait(10) == -15
+        assert other.poll() is None
+    finally:
+        for p in (mine, other):
+            p.kill()
+            p.wait()

@@ -2,21 +2,25 @@
 
 Both are idempotent and non-interactive, for node images and DaemonSet installers. install
 records what it did in a receipt (JSON) so uninstall takes back exactly that: the files it
-placed, and the config edit. When the config is byte-identical to what install wrote, the
+placed, and the config edit (and, on the node itself, it stops the warm runtime of the
+binary it removes, which nothing else would ever retire). When the config is byte-identical to what install wrote, the
 original bytes come back from the backup (or the file is deleted if install created it);
 when someone edited it since, only our table is removed, with the same round-trip editor.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from shim.errors import InvalidArgument
+from shim.warm.protocol import CONTROL_DIR
 from wasmtime_shim.node import config as cfg
 from wasmtime_shim.node import files
 from wasmtime_shim.node.flavors import ConfigEdit, Flavor
@@ -203,6 +207,9 @@ def uninstall(target: Target) -> list[str]:
         receipt.dirs = [target.lib_dir]
         done.append(f"no receipt at {target.receipt}: removing the default locations")
     done.append(_unregister(target, receipt))
+    if target.root == Path("/"):
+        installed = [Path(name) for name in (*receipt.files, *receipt.dirs)]
+        done.extend(retire_warm_runtimes(installed))
     for name in receipt.files:
         p = target.on_node(name)
         if p.is_symlink() or p.exists():
@@ -214,6 +221,25 @@ def uninstall(target: Target) -> list[str]:
             shutil.rmtree(p)
             done.append(f"removed {name}")
     receipt_path.unlink(missing_ok=True)
+    return done
+
+
+def retire_warm_runtimes(installed: list[Path], control_dir: str = CONTROL_DIR) -> list[str]:
+    """SIGTERM every warm runtime (one per containerd, its pid in `control_dir`) whose
+    executable is one of `installed` or lies under one of them: nothing would ever retire it
+    once its binary is gone. It only stops serving; running containers are not its."""
+    roots = [p.resolve() for p in installed]
+    done = []
+    for pid_file in sorted(Path(control_dir).glob("*.pid")):
+        try:
+            pid = int(pid_file.read_text())
+            exe = Path(os.readlink(f"/proc/{pid}/exe"))
+        except (OSError, ValueError):
+            continue  # gone, or not a pid
+        if any(exe == r or r in exe.parents for r in roots):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+                done.append(f"stopped the warm runtime {pid} ({exe})")
     return done
 
 
