@@ -2,10 +2,11 @@
 
 Both are idempotent and non-interactive, for node images and DaemonSet installers. install
 records what it did in a receipt (JSON) so uninstall takes back exactly that: the files it
-placed, and the config edit (and, on the node itself, it stops the warm runtime of the
-binary it removes, which nothing else would ever retire). When the config is byte-identical to what install wrote, the
-original bytes come back from the backup (or the file is deleted if install created it);
-when someone edited it since, only our table is removed, with the same round-trip editor.
+placed, and the config edit (on the node itself it also stops the warm runtime of the binary
+it removes, which nothing else would ever retire). When the config is byte-identical to what
+install wrote, the original bytes come back from the backup (or the file is deleted if
+install created it); when someone edited it since, only our table is removed, with the same
+round-trip editor.
 """
 
 from __future__ import annotations
