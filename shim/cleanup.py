@@ -5,9 +5,10 @@ died: a native container's runc state, the container process (pid and start time
 recycled pid is never hit), the cgroup the shim created, the rootfs it mounted. Every step
 runs even when an earlier one failed, and each failure is reported on stderr, which
 containerd logs: this is the only cleanup there is after a crash, and the rootfs mount above
-all must go, or containerd cannot remove the bundle. Only a failed unmount fails the command.
-Last, the pod daemon's socket is removed if nothing accepts on it any more (its daemon died
-before it could), so that the next `start` of the pod binds a fresh one.
+all must go, or containerd cannot remove the bundle. Only a failed unmount fails the command,
+and it keeps the record, so that containerd's next `delete` tries again. The pod daemon's
+socket is removed if nothing accepts on it any more (its daemon died before it could), so
+that the next `start` of the pod binds a fresh one.
 """
 
 from __future__ import annotations
@@ -38,11 +39,17 @@ def undo(opts: ShimOptions, bundle: str, held: dict[str, str]) -> int:
     step("native container", lambda: _delete_native(opts, bundle, held))
     step("process", lambda: _kill(int(pid or 0), started))
     step("cgroup", lambda: _remove_cgroup(held))
+    unmount_error: Exception | None = None
     if held.get(bundle_files.ROOTFS):
         from shim.oci import mounts
 
-        mounts.unmount_all(held[bundle_files.ROOTFS])  # raises: fails the command
+        try:
+            mounts.unmount_all(held[bundle_files.ROOTFS])
+        except Exception as e:  # Internal, with the kernel's reason
+            unmount_error = e
     step("socket", lambda: _remove_dead_socket(bundle))
+    if unmount_error is not None:
+        raise unmount_error  # the record stays, for containerd's next delete to retry
     step("held record", lambda: bundle_files.write_held(bundle, {}))
     return int(pid or 0)
 

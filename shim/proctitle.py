@@ -19,6 +19,8 @@ import ctypes
 import os
 import sys
 
+from shim import libc
+
 PR_SET_NAME = 15
 
 
@@ -39,8 +41,9 @@ def _areas() -> tuple[int, int, int] | None:
 
 def set_title(args: list[str], comm: str = "containerd-shim") -> None:
     """Show `args` as this process's command line (cut to the room there is)."""
-    with contextlib.suppress(Exception):
-        ctypes.CDLL(None).prctl(PR_SET_NAME, comm.encode()[:15], 0, 0, 0)
+    name = ctypes.create_string_buffer(comm.encode()[:15])
+    with contextlib.suppress(OSError):
+        libc.prctl(PR_SET_NAME, ctypes.addressof(name))
     areas = _areas()
     if areas is None:
         return

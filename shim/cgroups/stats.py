@@ -4,13 +4,14 @@ Whatever files this kernel and hierarchy provide are read; missing ones leave th
 unset, and keys the message does not know are skipped, so newer kernels never break Stats.
 
 A deliberate exception to the rule that protobuf stays in shim/task/service.py and
-shim/events.py (README, "Architecture"): this module builds the Metrics messages themselves, and
-``Cgroup.metrics()`` hands them unchanged through ``Tasks.stats()`` to ``TaskService.Stats``,
-which only packs them into the response's ``Any``. Their 100-odd scalar fields mirror the
-kernel's files key for key (``_set_uint`` fills most of them by name), so a plain-Python copy of
-the schema would only be translated back field by field. Nothing else under shim/cgroups/ builds
-or reads a message (``cgroup.py`` names the types in annotations only), and the generated
-modules are imported only when Stats is called, not when the daemon starts.
+shim/events.py (README, "Architecture"): this module builds the Metrics messages themselves,
+and ``TaskService.Stats`` takes them unchanged from ``Cgroup.metrics()`` (of the cgroup
+``Tasks.cgroup_of()`` names) and only packs them into the response's ``Any``. Their 100-odd
+scalar fields mirror the kernel's files key for key (``_set_uint`` fills most of them by
+name), so a plain-Python copy of the schema would only be translated back field by field.
+Nothing else under shim/cgroups/ builds or reads a message (``cgroup.py`` names the types in
+annotations only), and the generated modules are imported when Stats is first called (the
+warm runtime has them loaded already, shim/warm/boot.py).
 """
 
 from __future__ import annotations

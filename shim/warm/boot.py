@@ -1,8 +1,8 @@
 """The warm runtime's boot (`<shim> -address A [-lock-fd N] warm`).
 
 Take this containerd's lock (another live runtime holds it: exit at once; a `start` that
-launched us passes it already taken); import everything a pod daemon, a spawner and a
-container process use, and create the shared wasmtime Engine (`Runtime.warm()`);
+launched us passes it already taken); import what a pod daemon, a spawner and a container
+process use (`_preload`), and create the shared wasmtime Engine (`Runtime.warm()`);
 `gc.freeze()`, so that the garbage collector of a forked process never writes to the pages
 it shares with us; bind the control socket under a temporary name and rename it over the old
 one (a dead runtime's socket is replaced atomically, never missing); record our pid; serve
@@ -41,9 +41,15 @@ def _setup_logging(path: str) -> None:
 
 
 def _preload() -> None:
-    """Everything a daemon, a spawner and a container process import, loaded once here."""
+    """What a daemon, a spawner and a container process import, loaded once here so that
+    every one of them shares it: all of it but the gRPC client of wasm OCI artifacts
+    (shim/oci/content.py; grpc's import registers fork handlers and it is rarely needed),
+    which a daemon imports when a Create first needs it."""
     import shim.serve  # noqa: F401  (the daemon: asyncio, protobuf, ttrpc, the task layer)
     from runtimes.wasmtime import run  # noqa: F401
+    from shim.api.cgroups.v1 import metrics_pb2  # noqa: F401  (Stats)
+    from shim.api.cgroups.v2 import metrics_pb2 as _  # noqa: F401
+    from shim.api.runtimeoptions.v1 import api_pb2  # noqa: F401  (CRI's runtime options)
 
 
 def main(containerd_address: str, lock_fd: int | None = None) -> int:

@@ -154,3 +154,27 @@ def test_cleanup_kills_the_recorded_process_but_never_a_recycled_pid(tmp_path: P
 def test_start_time_names_one_process() -> None:
     assert bundle.start_time(os.getpid()).isdigit()
     assert bundle.start_time(2**22 + 12345) == ""
+
+
+def test_a_failed_unmount_fails_delete_after_every_other_step_and_keeps_the_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+
+    from shim.errors import Internal
+    from shim.oci import mounts
+
+    def refuse(target: str) -> int:
+        raise Internal(f"unmount {target}: Device or resource busy")
+
+    monkeypatch.setattr(mounts, "unmount_all", refuse)
+    dead = tmp_path / "dead.sock"  # a pod daemon's socket whose daemon died
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.bind(str(dead))
+    (tmp_path / "address").write_text(f"unix://{dead}")
+    held = {bundle.ROOTFS: str(tmp_path / "rootfs")}
+    bundle.write_held(str(tmp_path), held)
+    with pytest.raises(Internal, match="resource busy"):
+        cleanup.undo(_opts(tmp_path), str(tmp_path), held)
+    assert not dead.exists()  # the later step ran
+    assert bundle.read_held(str(tmp_path)) == held  # for containerd's next delete
