@@ -17,8 +17,10 @@ Operations (client -> runtime: fields; then the answers):
              -> ok path= note= | error code= message=
     ping     -> ok identity= pid=
     retire   -> ok
-A compile request is answered by a compile job, possibly minutes later, on the same
-connection; every other request at once.
+A compile request is answered on the same connection: at once when the runtime finds the
+entry in the cache, else by a compile job, possibly minutes later; or not at all (the
+connection closes) when the runtime cannot take it on, and then the container process
+compiles the program itself. Every other request is answered at once.
 """
 
 from __future__ import annotations
