@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import os
 
+from shim.procfs import stat_fields
+
 ADDRESS_FILE = "address"
 HELD_FILE = "wasmtime-shim.held"
 
@@ -82,11 +84,5 @@ def write_held(bundle: str, held: dict[str, str]) -> None:
 def start_time(pid: int) -> str:
     """The process's start time in clock ticks since boot (/proc/PID/stat field 22): with
     the pid, it names one process for good, never a later one that got the same pid."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return ""
-    # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
-    fields = stat[stat.rfind(b")") + 2 :].split()
+    fields = stat_fields(pid) or []
     return fields[19].decode() if len(fields) > 19 else ""

@@ -20,18 +20,16 @@ import os
 import sys
 
 from shim import libc
+from shim.procfs import stat_fields
 
 PR_SET_NAME = 15
 
 
 def _areas() -> tuple[int, int, int] | None:
     """(arg_start, arg_end, env_end) of this process, from /proc/self/stat (fields 48-51)."""
-    try:
-        with open("/proc/self/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
+    fields = stat_fields("self")
+    if fields is None:
         return None
-    fields = stat[stat.rfind(b")") + 2 :].split()  # field 3 onwards
     try:
         arg_start, arg_end, _env_start, env_end = (int(x) for x in fields[45:49])
     except (ValueError, IndexError):

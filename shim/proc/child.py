@@ -72,10 +72,15 @@ def memory_headroom(limit: int, usage_file: str) -> int:
     return max(0, limit - used - margin)
 
 
+def cut_error(text: str) -> str:
+    """An error text cut to MAX_ERROR, so that it fits in one datagram (here and in
+    shim/proc/wire.py)."""
+    return text if len(text) <= MAX_ERROR else text[:MAX_ERROR] + " [...]"
+
+
 def encode_failure(code: errors.Code, message: str) -> bytes:
     """What a child writes on its ready pipe when it cannot run the guest."""
-    text = message if len(message) <= MAX_ERROR else message[:MAX_ERROR] + " [...]"
-    return FAILED + json.dumps({"code": int(code), "message": text}).encode()
+    return FAILED + json.dumps({"code": int(code), "message": cut_error(message)}).encode()
 
 
 def ready_note(data: bytes) -> str:

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 
 from shim.errors import DeadlineExceeded, FailedPrecondition, NotFound
 from shim.proc.process import exit_code_from_wait_status
+from shim.procfs import stat_fields
 
 log = logging.getLogger(__name__)
 
@@ -194,9 +195,5 @@ def _children() -> set[int]:
 
 
 def _is_zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return False
-    return stat[stat.rfind(b")") + 2 :][:1] == b"Z"
+    fields = stat_fields(pid)
+    return fields is not None and fields[:1] == [b"Z"]

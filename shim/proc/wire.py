@@ -26,18 +26,17 @@ from typing import Any
 
 from runtimes.base import CacheSettings, Entrypoint, EntrypointKind, Preopen, RunConfig
 from shim import errors
-from shim.proc.child import ProcessSetup
+from shim.proc.child import ProcessSetup, cut_error
 
 SOCKET_BUFFER = 4 << 20  # a datagram must fit: spawn requests carry the whole process env
 MAX_REQUEST = SOCKET_BUFFER  # what the spawner reads at most
 MAX_REPLY = 64 << 10  # what the daemon reads at most (error texts are cut to fit)
-MAX_ERROR = 16 << 10
 
 
 def encode(msg: dict[str, Any]) -> bytes:
     """One message; an error text too long for a datagram is cut."""
-    if len(msg.get("message", "")) > MAX_ERROR:
-        msg = {**msg, "message": msg["message"][:MAX_ERROR] + " [...]"}
+    if "message" in msg:
+        msg = {**msg, "message": cut_error(msg["message"])}
     return json.dumps(msg).encode()
 
 
