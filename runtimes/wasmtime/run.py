@@ -104,21 +104,22 @@ def _compiled(cfg: RunConfig, src: eng.Source, name: str) -> eng.Code:
     """`src` compiled through the cache when `cfg.cache` is set, else here."""
     if cfg.cache is not None:
         with contextlib.suppress(OSError):  # an unwritable cache only costs the caching
-            found = verified_or_compiled(
-                src.key, src.component, cfg.cache, lambda: eng.compile_source(src, name).serialize()
-            )
-            return eng.deserialize(found.path, src.component)
+            return eng.deserialize(_cache_entry(src, name, cfg.cache).path, src.component)
     return eng.compile_source(src, name)
+
+
+def _cache_entry(src: eng.Source, name: str, cache: CacheSettings) -> Compiled:
+    """The verified cache entry of `src`, compiled and stored first when there is none."""
+    return verified_or_compiled(
+        src.key, src.component, cache, lambda: eng.compile_source(src, name).serialize()
+    )
 
 
 def compile_to_cache(
     source_fd: int, kind: EntrypointKind, name: str, cache: CacheSettings
 ) -> Compiled:
     """In a compile job: the verified cache entry for the program on `source_fd`."""
-    src = eng.load_source(read_source(source_fd), kind, name)
-    return verified_or_compiled(
-        src.key, src.component, cache, lambda: eng.compile_source(src, name).serialize()
-    )
+    return _cache_entry(eng.load_source(read_source(source_fd), kind, name), name, cache)
 
 
 def find_in_cache(

@@ -371,9 +371,7 @@ class WarmRuntime:
                 if done.note:
                     log.info("compile %s: %s", name, done.note)
             except errors.ShimError as e:
-                reply = protocol.encode(
-                    "error", [("code", str(int(e.code))), ("message", e.message)]
-                )
+                reply = _error_reply(e)
             with contextlib.suppress(OSError):
                 sock.send(reply)
         except BaseException:
