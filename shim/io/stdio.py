@@ -59,6 +59,7 @@ class ProcessIO:
         self._logger: BinaryLogger | None = None
         self._started = False
         self._closed = False
+        self._close_done = threading.Event()  # set once the first close() has finished
 
     # -- construction -------------------------------------------------------------------
 
@@ -188,21 +189,29 @@ class ProcessIO:
 
     def close(self, timeout: float = 5.0) -> None:
         """Release everything: descriptors, the stdin copier, the logger (waited for up to
-        ``timeout`` s after EOF, then signalled). Idempotent."""
+        ``timeout`` s after EOF, then signalled). Idempotent: a call while another is under
+        way returns when that one has finished (Delete, after the exit's close, must not
+        return before the logger has its last byte), or after ``timeout`` s."""
         with self._lock:
-            if self._closed:
-                return
+            running = self._closed
             self._closed = True
-            self._release_child_fds()
-            copier, self._stdin = self._stdin, None
-            logger, self._logger = self._logger, None
-            keep, self._keep = self._keep, []
-        if copier is not None:
-            copier.stop(timeout=max(timeout, 1.0))
-        for fd in keep:
-            close_quietly(fd)
-        if logger is not None:
-            logger.stop(timeout)
+            if not running:
+                self._release_child_fds()
+                copier, self._stdin = self._stdin, None
+                logger, self._logger = self._logger, None
+                keep, self._keep = self._keep, []
+        if running:
+            self._close_done.wait(timeout)
+            return
+        try:
+            if copier is not None:
+                copier.stop(timeout=max(timeout, 1.0))
+            for fd in keep:
+                close_quietly(fd)
+            if logger is not None:
+                logger.stop(timeout)
+        finally:
+            self._close_done.set()
 
     def _release_child_fds(self) -> None:
         """Close our copies of the child's 0/1/2; the copier and logger close their own."""

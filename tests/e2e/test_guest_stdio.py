@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from tests import binary_logger
 from tests.containerd import WASMTIME_HANDLER, PrivateContainerd
 from tests.cri import CriClient, join_lines
 from tests.e2e.helpers import TestImage, ctr_run, describe, make_image, tool_files
@@ -34,26 +34,6 @@ ERR = ["before (stderr)", *(f"err {i}" for i in range(1, LINES + 1))]
 ARGS = ("/bin/redirect.wasm", "/captured.txt", str(LINES))
 STDERR_LINE = r"before \(stderr\)\n|err \d+\n"  # no stdout line contains "err "
 YOSYS_TIMEOUT = 900.0  # the first run compiles 69 MB of wasm (~30 s here)
-
-# A containerd binary logger: stdout arrives on fd 3, stderr on fd 4; closing fd 5 says ready.
-LOGGER = """\
-#!PYTHON
-import json, os, select, sys
-os.close(5)
-data = {3: b"", 4: b""}
-live = [3, 4]
-while live:
-    for fd in select.select(live, [], [])[0]:
-        chunk = os.read(fd, 65536)
-        if chunk:
-            data[fd] += chunk
-        else:
-            live.remove(fd)
-out = sys.argv[sys.argv.index("result") + 1]
-with open(out + ".tmp", "w") as f:
-    json.dump({"stdout": data[3].decode(), "stderr": data[4].decode()}, f)
-os.rename(out + ".tmp", out)
-"""
 
 
 @pytest.fixture(scope="module")
@@ -96,14 +76,12 @@ def test_a_file_log_uri_gets_every_line(
 def test_a_binary_log_uri_gets_every_line(
     containerd: PrivateContainerd, ns: str, ref: str, tmp_path: Path
 ) -> None:
-    logger = tmp_path / "logger.py"
-    logger.write_text(LOGGER.replace("PYTHON", sys.executable))
-    logger.chmod(0o755)
+    logger = binary_logger.write(tmp_path)
     result = tmp_path / "result.json"
     uri = f"binary://{logger}?result={result}"
     run = ctr_run(containerd, ns, ref, *ARGS, flags=("--log-uri", uri))
     assert run.returncode == 3, describe(containerd, run)
-    got = json.loads(result.read_text())  # the shim waits for the logger before the exit
+    got = json.loads(result.read_text())  # Delete waits for the logger, as runc's shim does
     assert got["stdout"].splitlines() == OUT + TAIL
     assert got["stderr"].splitlines() == ERR
 

@@ -15,7 +15,6 @@ import os
 import select
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -32,6 +31,7 @@ from shim.errors import (
 )
 from shim.io import ProcessIO, StdioConfig
 from shim.io.uri import Scheme, Target, parse, plan
+from tests import binary_logger
 
 HANG_GUARD = 20.0  # seconds; only ever reached when the code under test is broken
 
@@ -288,50 +288,10 @@ def test_stdin_must_be_a_fifo(tmp_path: Path, fd_guard: None) -> None:
 
 # -- binary:// --------------------------------------------------------------------------
 
-LOGGER = """\
-#!PYTHON
-import json, os, select, signal, sys, time
-opts = dict(zip(sys.argv[1::2], sys.argv[2::2]))
-result = opts["result"]
-with open(result + ".pid", "w") as f:
-    f.write(str(os.getpid()))
-mode = opts.get("mode", "")
-if mode == "never-ready":
-    time.sleep(600)
-if mode != "no-byte":
-    os.write(5, b"r")
-os.close(5)
-if mode == "stubborn":
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    time.sleep(600)
-data = {3: b"", 4: b""}
-live = [3, 4]
-while live:
-    for fd in select.select(live, [], [])[0]:
-        chunk = os.read(fd, 4096)
-        if chunk:
-            data[fd] += chunk
-        else:
-            live.remove(fd)
-time.sleep(0.3)  # a close() that did not wait for us would find no result yet
-with open(result + ".tmp", "w") as f:
-    json.dump({
-        "argv": sys.argv[1:],
-        "env": dict(os.environ),
-        "stdout": data[3].decode(),
-        "stderr": data[4].decode(),
-        "fds": [os.readlink("/proc/self/fd/%d" % i) for i in range(3)],
-    }, f)
-os.rename(result + ".tmp", result)
-"""
-
 
 @pytest.fixture
 def logger(tmp_path: Path, fd_guard: None) -> Path:
-    script = tmp_path / "logger.py"
-    script.write_text(LOGGER.replace("PYTHON", sys.executable))
-    script.chmod(0o755)
-    return script
+    return binary_logger.write(tmp_path)
 
 
 def logger_pid(result: Path) -> int:
@@ -368,6 +328,23 @@ def test_binary_logger_gets_both_streams_args_and_env(logger: Path, tmp_path: Pa
     assert (got["stdout"], got["stderr"]) == ("out\n", "err\n")
     assert got["fds"] == ["/dev/null"] * 3
     assert is_gone(logger_pid(result))
+
+
+def test_a_close_while_another_runs_returns_when_the_logger_is_done(
+    logger: Path, tmp_path: Path
+) -> None:
+    """The exit closes stdio on a thread; Delete's close must not return before the logger
+    has written its last byte (it sleeps 0.3 s after EOF before writing its result)."""
+    result = tmp_path / "result.json"
+    uri = f"binary://{logger}?result={result}"
+    pio = ProcessIO.open(StdioConfig("", uri, uri), container_id="c1", namespace="ns")
+    assert exit_code(spawn(pio, "echo last words")) == 0
+    first = threading.Thread(target=pio.close, kwargs={"timeout": HANG_GUARD})
+    first.start()
+    time.sleep(0.05)  # the first close is under way (it waits for the logger)
+    pio.close(timeout=HANG_GUARD)
+    assert json.loads(result.read_text())["stdout"] == "last words\n"
+    first.join(HANG_GUARD)
 
 
 def test_binary_logger_that_never_gets_ready_times_out(logger: Path, tmp_path: Path) -> None:
