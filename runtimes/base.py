@@ -37,7 +37,7 @@ class RunConfig:
     args: tuple[str, ...]  # process.args; args[0] is the entrypoint as written
     env: tuple[str, ...]  # process.env, "KEY=VALUE"
     cwd: str  # process.cwd, a guest path
-    preopens: tuple[Preopen, ...]  # the rootfs at "/" first, then the spec's directory mounts
+    preopens: tuple[Preopen, ...]  # "/" of a confined process; the standalone tool's rootfs+dirs
     memory_limit: int | None = None  # bytes; cap on each wasm linear memory
     cache: CacheSettings | None = None  # where compiled code is cached (None = no cache)
     artifact_dir: str | None = None  # outside the rootfs: holds a wasm OCI artifact's layer
@@ -164,6 +164,14 @@ class Runtime(Protocol):
         Raises `FailedPrecondition` with a message for the user (a missing or unusable
         `#func`, a memory minimum above the limit, ...).
         """
+        ...
+
+    def memory_floor(self, loaded: object) -> int:
+        """In the forked container process, after load(): the bytes of linear memory the
+        program has from its first instruction (the declared minimum of the memories it
+        exports or imports; 0 when the engine cannot tell). The shim refuses to start a
+        program whose floor does not fit in what the memory limit leaves, with a message
+        that names both, instead of letting the kernel OOM-kill it during setup."""
         ...
 
     def limit_memory(self, prepared: Instance, max_bytes: int) -> None:

@@ -1,10 +1,12 @@
 """The system calls the shim makes through libc, because Python 3.11's os module has none for them.
 
-mount(2), umount2(2), setns(2), prctl(2) and unshare(2) have no function in the os module of
-Python 3.11 (os.setns and os.unshare arrive in 3.12), so they are called through ctypes, and only
-here. Each wrapper passes typed arguments, and on failure raises ``OSError(errno, strerror)``, as
-the os module does, so callers handle one failure style and add their own context (the path,
-the namespace) to the message.
+mount(2), umount2(2), setns(2), prctl(2), unshare(2), capset(2), pivot_root(2), open_tree(2) and
+move_mount(2) have no function in the os module of Python 3.11 (os.setns and os.unshare arrive
+in 3.12; the others in no version), so they are called through ctypes, and only here. The last
+three have no glibc wrapper either and go through syscall(2) with their numbers. Each wrapper
+passes typed arguments, and on failure raises ``OSError(errno, strerror)``, as the os module
+does, so callers handle one failure style and add their own context (the path, the namespace)
+to the message.
 
 libc is the one already loaded into the process (``CDLL(None)``, dlopen of the program itself):
 no library search at import time, and the same libc in the venv and in the frozen binary.
@@ -19,6 +21,27 @@ import os
 # prctl(2) options the shim uses, from <linux/prctl.h>.
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
+PR_SET_KEEPCAPS = 8
+PR_CAPBSET_DROP = 24
+PR_SET_NO_NEW_PRIVS = 38
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_RAISE = 2
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+
+# open_tree(2) and move_mount(2) flags, from <linux/mount.h> and <linux/fcntl.h>.
+OPEN_TREE_CLONE = 1
+OPEN_TREE_CLOEXEC = 0o2000000
+AT_RECURSIVE = 0x8000
+AT_EMPTY_PATH = 0x1000
+AT_FDCWD = -100
+MOVE_MOUNT_F_EMPTY_PATH = 0x4
+
+# System call numbers of the calls glibc has no wrapper for. open_tree and move_mount came
+# after the kernel unified its tables (the same number on every architecture); pivot_root
+# did not.
+_SYS_OPEN_TREE = 428
+_SYS_MOVE_MOUNT = 429
+_SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}.get(os.uname().machine, -1)
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -47,6 +70,27 @@ _prctl.restype = ctypes.c_int
 _unshare = _libc.unshare
 _unshare.argtypes = [ctypes.c_int]
 _unshare.restype = ctypes.c_int
+
+_syscall = _libc.syscall
+_syscall.restype = ctypes.c_long
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [
+        ("effective", ctypes.c_uint32),
+        ("permitted", ctypes.c_uint32),
+        ("inheritable", ctypes.c_uint32),
+    ]
+
+
+_CAPABILITY_VERSION_3 = 0x20080522  # 64-bit sets, as two 32-bit halves
+_capset = _libc.capset
+_capset.argtypes = [ctypes.POINTER(_CapHeader), ctypes.POINTER(_CapData)]
+_capset.restype = ctypes.c_int
 
 
 def _check(rc: int) -> int:
@@ -88,3 +132,55 @@ def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 
 def unshare(flags: int) -> None:
     """unshare(2) with CLONE_* ``flags``."""
     _check(_unshare(flags))
+
+
+def capset(effective: int, permitted: int, inheritable: int) -> None:
+    """capset(2) for this thread: the three capability sets as 64-bit masks."""
+    header = _CapHeader(_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    for i in range(2):
+        shift = 32 * i
+        data[i].effective = (effective >> shift) & 0xFFFFFFFF
+        data[i].permitted = (permitted >> shift) & 0xFFFFFFFF
+        data[i].inheritable = (inheritable >> shift) & 0xFFFFFFFF
+    _check(_capset(ctypes.byref(header), data))
+
+
+def pivot_root(new_root: str, put_old: str) -> None:
+    """pivot_root(2): make `new_root` this mount namespace's root."""
+    if _SYS_PIVOT_ROOT < 0:
+        raise OSError(38, f"pivot_root: no system call number known for {os.uname().machine}")
+    _check(
+        _syscall(
+            ctypes.c_long(_SYS_PIVOT_ROOT),
+            ctypes.c_char_p(new_root.encode()),
+            ctypes.c_char_p(put_old.encode()),
+        )
+    )
+
+
+def open_tree(path: str, flags: int, dirfd: int = AT_FDCWD) -> int:
+    """open_tree(2): a descriptor for the mount at `path` (a detached copy with
+    OPEN_TREE_CLONE), which move_mount can attach elsewhere, even after pivot_root."""
+    return _check(
+        _syscall(
+            ctypes.c_long(_SYS_OPEN_TREE),
+            ctypes.c_int(dirfd),
+            ctypes.c_char_p(path.encode()),
+            ctypes.c_uint(flags),
+        )
+    )
+
+
+def move_mount_fd(fd: int, target: str) -> None:
+    """move_mount(2) of the detached mount `fd` onto `target` (resolved from the cwd/root)."""
+    _check(
+        _syscall(
+            ctypes.c_long(_SYS_MOVE_MOUNT),
+            ctypes.c_int(fd),
+            ctypes.c_char_p(b""),
+            ctypes.c_int(AT_FDCWD),
+            ctypes.c_char_p(target.encode()),
+            ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH),
+        )
+    )

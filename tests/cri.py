@@ -264,12 +264,14 @@ class CriClient:
         mounts: Iterable[cri.Mount] = (),
         log_path: str | None = None,
         attempt: int = 0,
+        linux: cri.LinuxContainerConfig | None = None,
     ) -> str:
         """CreateContainer in ``pod``; returns the container id.
 
         ``command``/``args`` replace the image's Entrypoint/Cmd as a pod spec's would. The log
         file is ``<pod log dir>/<name>/<attempt>.log`` (kubelet's layout) unless ``log_path``
-        (relative to the pod's log directory) says otherwise.
+        (relative to the pod's log directory) says otherwise. ``linux``: resources and the
+        security context, as kubelet fills them (default: empty, as for a bare pod spec).
         """
         config = cri.ContainerConfig(
             metadata=cri.ContainerMetadata(name=name, attempt=attempt),
@@ -282,7 +284,7 @@ class CriClient:
             labels=dict(labels or {}),
             annotations=dict(annotations or {}),
             log_path=log_path or f"{name}/{attempt}.log",
-            linux=cri.LinuxContainerConfig(),
+            linux=linux or cri.LinuxContainerConfig(),
         )
         (pod.log_directory / Path(config.log_path).parent).mkdir(parents=True, exist_ok=True)
         reply = self._call(

@@ -35,7 +35,7 @@ import wasmtime.component
 
 from runtimes.base import CacheSettings, Compiled, Entrypoint, EntrypointKind, RunConfig
 from runtimes.wasmtime import engine as eng
-from runtimes.wasmtime import renumber
+from runtimes.wasmtime import renumber, sections
 from runtimes.wasmtime.cache import Cache, entry_is_component, verified_or_compiled
 from runtimes.wasmtime.entry import open_source, read_source
 from runtimes.wasmtime.wasi import wasi_config
@@ -74,6 +74,7 @@ class Loaded:
 
     code: eng.Code
     renumber: wasmtime.Module | None = None
+    declared_memory: int = 0  # bytes, from the module's binary (sections.py); 0: unknown
 
 
 def load(cfg: RunConfig, entry: Entrypoint, compiled: Compiled | None) -> Loaded:
@@ -81,12 +82,20 @@ def load(cfg: RunConfig, entry: Entrypoint, compiled: Compiled | None) -> Loaded
     the entry vanished), compile here, through the cache when `cfg.cache` is set. Raises
     FailedPrecondition for a program that does not compile."""
     code = _program(cfg, entry, compiled)
+    declared = 0
+    if entry.kind is EntrypointKind.MODULE:
+        fd = open_source(cfg, entry)
+        try:
+            declared = sections.declared_memory(fd)
+        finally:
+            os.close(fd)
+    adapter: wasmtime.Module | None = None
     if isinstance(code, wasmtime.Module) and renumber.needed(code):
-        adapter = _compiled(cfg, renumber.source(), renumber.NAME)
-        if not isinstance(adapter, wasmtime.Module):
-            raise TypeError(f"{renumber.NAME} compiled to a {type(adapter).__name__}")
-        return Loaded(code, adapter)
-    return Loaded(code)
+        compiled_adapter = _compiled(cfg, renumber.source(), renumber.NAME)
+        if not isinstance(compiled_adapter, wasmtime.Module):
+            raise TypeError(f"{renumber.NAME} compiled to a {type(compiled_adapter).__name__}")
+        adapter = compiled_adapter
+    return Loaded(code, adapter, declared)
 
 
 def _program(cfg: RunConfig, entry: Entrypoint, compiled: Compiled | None) -> eng.Code:
@@ -130,6 +139,21 @@ def find_in_cache(
     src = eng.load_source(read_source(source_fd), kind, name)
     path, note = Cache(cache).lookup(src.key)
     return Compiled(path=path or "", note=note)
+
+
+def memory_floor(loaded: Loaded) -> int:
+    """The declared minimum size of the module's memories: from its binary when it is one
+    (sections.py), else of those it exports or imports (what wasmtime-py lists: a `.wat`
+    entry's own unexported memory is not counted); 0 for a component."""
+    code = loaded.code
+    if not isinstance(code, wasmtime.Module):
+        return 0
+    listed = 0
+    types = [e.type for e in code.exports] + [i.type for i in code.imports]
+    for ty in types:
+        if isinstance(ty, wasmtime.MemoryType):
+            listed += ty.limits.min * sections.WASM_PAGE
+    return max(listed, loaded.declared_memory)
 
 
 def prepare(cfg: RunConfig, entry: Entrypoint, loaded: Loaded) -> Instance:

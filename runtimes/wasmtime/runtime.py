@@ -61,6 +61,13 @@ class WasmtimeRuntime:
             raise TypeError(f"not loaded by WasmtimeRuntime: {type(loaded).__name__}")
         return run.prepare(cfg, entry, loaded)
 
+    def memory_floor(self, loaded: object) -> int:
+        from runtimes.wasmtime import run
+
+        if not isinstance(loaded, run.Loaded):
+            raise TypeError(f"not loaded by WasmtimeRuntime: {type(loaded).__name__}")
+        return run.memory_floor(loaded)
+
     def limit_memory(self, prepared: Instance, max_bytes: int) -> None:
         from runtimes.wasmtime import run
 

@@ -5,8 +5,10 @@
 - The environment is `process.env` exactly. Nothing of the shim's own environment leaks in.
 - stdio is inherited: the container process has already put containerd's FIFOs on fds 0,
   1 and 2 (shim/proc/child.py).
-- Preopens are given in order (the rootfs at "/" first, then the spec's mounts), read-only
-  ones with read-only directory and file permissions (wasmtime's `fs_mutable=False`).
+- Preopens are given in order, read-only ones with read-only directory and file permissions
+  (wasmtime's `fs_mutable=False`). A container process has one, `/`, taken after it pivoted
+  into its rootfs, so the kernel enforces every mount's options (shim/confine/); the
+  standalone tool preopens the image's rootfs at "/" and its `-v` directories.
 
 The working directory. WASI preview 1 has no notion of one: wasi-libc (and Rust's std, which
 uses it) starts with a cwd of "/" and resolves a relative path by prefixing that cwd and

@@ -2,8 +2,10 @@
 
 containerd writes config.json before it runs `start`; the shim reads it in `start` (for the
 grouping annotations), in Create (to run the container) and in `delete` (to find the cgroup).
-Only what the shim acts on is typed here; `linux.resources` stays the spec's own JSON mapping
-because shim/cgroups/ applies it key by key exactly as the OCI schema spells it.
+Only what the shim acts on is typed here; `linux.resources` and `linux.seccomp` stay the spec's
+own JSON mappings, because shim/cgroups/ and libseccomp take them key by key exactly as the
+OCI schema spells them, and the rest of `linux` (devices, masked and read-only paths) is
+checked where it is used (shim/confine/policy.py).
 """
 
 from __future__ import annotations
@@ -72,6 +74,10 @@ class Process:
     cwd: str = "/"
     terminal: bool = False
     user: User = field(default_factory=User)
+    capabilities: Mapping[str, Any] | None = None  # the five sets, as names (shim/confine)
+    rlimits: tuple[Mapping[str, Any], ...] = ()
+    no_new_privileges: bool = False
+    oom_score_adj: int | None = None
 
     def getenv(self, name: str) -> str | None:
         """The value of `name` in the process env; see :func:`getenv`."""
@@ -105,6 +111,8 @@ class Spec:
     cgroups_path: str = ""
     resources: Mapping[str, Any] = field(default_factory=dict)
     namespaces: tuple[Namespace, ...] = ()
+    seccomp: Mapping[str, Any] | None = None  # linux.seccomp, as JSON (libseccomp reads it)
+    linux: Mapping[str, Any] = field(default_factory=dict)  # the raw section (shim/confine)
 
     @property
     def memory_limit(self) -> int | None:
@@ -145,12 +153,23 @@ def parse(doc: Any) -> Spec:
         gid=int(user_doc.get("gid", 0)),
         additional_gids=tuple(int(g) for g in user_doc.get("additionalGids") or ()),
     )
+    rlimits = proc.get("rlimits") or []
+    if not isinstance(rlimits, list):
+        raise InvalidArgument("config.json: process.rlimits must be a list")
+    oom = proc.get("oomScoreAdj")
+    if oom is not None and (not isinstance(oom, int) or not -1000 <= oom <= 1000):
+        raise InvalidArgument("config.json: process.oomScoreAdj must be an integer in -1000..1000")
+    caps = proc.get("capabilities")
     process = Process(
         args=args,
         env=_str_tuple(proc.get("env"), "process.env"),
         cwd=str(proc.get("cwd") or "/"),
         terminal=bool(proc.get("terminal", False)),
         user=user,
+        capabilities=_mapping(caps, "process.capabilities") if caps is not None else None,
+        rlimits=tuple(rlimits),
+        no_new_privileges=bool(proc.get("noNewPrivileges", False)),
+        oom_score_adj=oom,
     )
     root = _mapping(doc.get("root"), "root")
     mounts = []
@@ -185,6 +204,8 @@ def parse(doc: Any) -> Spec:
         cgroups_path=str(linux.get("cgroupsPath") or ""),
         resources=_mapping(linux.get("resources"), "linux.resources"),
         namespaces=namespaces,
+        seccomp=_mapping(linux.get("seccomp"), "linux.seccomp") or None,
+        linux=linux,
     )
 
 

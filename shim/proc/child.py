@@ -1,16 +1,29 @@
 """A wasm container process, between the spawner's fork and the guest's first instruction.
 
 In order: a new session; the container's cgroup (while the process still has one thread:
-see `Cgroup.join_files`) and the pod's namespaces; the hostname; stdio onto 0/1/2 and every
-other descriptor closed; signal dispositions back to their defaults; the working directory.
-Then, still as root, the engine loads the program's compiled code (`Runtime.load`: the
-verified cache entry the warm runtime's compile job named, or a compile of its own), because
-the cache is readable by root only. Only then does the process drop to the spec's uid and
-gids, so that everything the guest can reach (WASI preopens, instantiation, `run`) happens
-with the container's identity. "Ready" is written on the ready pipe once the program is
-instantiated, with the compile job's note if it had one (a damaged cache entry replaced: the
-daemon logs it); any failure before that is written there instead, as an error code and a
-message, so Start fails with the engine's reason rather than a bare exit status.
+see `Cgroup.join_files`); the pod's namespaces joined by path, and the container's own
+unshared (a mount namespace always: shim/confine/policy.py); the hostname; stdio onto 0/1/2
+and every other descriptor closed; signal dispositions back to their defaults. Then, still as
+root and on the host's filesystem: rlimits and oom_score_adj, the seccomp filter compiled
+(libseccomp is loaded now, while it can be found), the mounts' sources taken
+(shim/confine/rootfs.py), and the engine loads the program's compiled code (`Runtime.load`:
+the verified cache entry the warm runtime's compile job named, or a compile of its own),
+because the cache is readable by root only and outside the container's root. Then the
+process pivots into the container's root and mounts the spec's mounts there, changes to the
+spec's user with its capabilities and no_new_privs (shim/confine/privileges.py), and installs
+the seccomp filter (before the change of user when no_new_privs is off, since the kernel
+then requires CAP_SYS_ADMIN to install it; after it otherwise, as runc does). Only then is the
+program instantiated, with one WASI preopen, the container's `/`, so that everything the
+guest can reach is what the kernel lets the container's process reach.
+
+"Ready" is written on the ready pipe once the program is instantiated, with the compile
+job's note if it had one (a damaged cache entry replaced: the daemon logs it); any failure
+before that is written there instead, as an error code and a message, so Start fails with
+the reason rather than a bare exit status.
+
+A process without a `Confinement` (the standalone `wasmtime-shim run` tool's) skips all of
+the confinement: it changes to `host_cwd` and the engine preopens the host directories its
+RunConfig names.
 
 Signals: SIGSEGV, SIGBUS, SIGILL and SIGFPE keep the handlers wasmtime installed when the
 warm runtime created the Engine (a process-wide, once-only installation that a reset here
@@ -33,6 +46,9 @@ from dataclasses import dataclass
 
 from runtimes.base import Entrypoint, RunConfig, Runtime
 from shim import errors, libc
+from shim.confine import privileges, rootfs
+from shim.confine.policy import CLONE_NEWUTS, Confinement
+from shim.confine.seccomp import Filter
 from shim.warm.compiling import read_compile_reply
 
 ENGINE_SIGNALS = frozenset({signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE})
@@ -41,9 +57,6 @@ MAX_NOTE = 2000  # a ready note (from the compile job) is cut to this
 READY = b"R"
 FAILED = b"E"
 
-# Namespaces a container process may join by path (CRI pods); others are not for wasm.
-JOINABLE_NAMESPACES = {"network": "net", "ipc": "ipc", "uts": "uts"}
-
 
 @dataclass(frozen=True, slots=True)
 class ProcessSetup:
@@ -51,25 +64,75 @@ class ProcessSetup:
 
     cgroup_files: tuple[str, ...] = ()  # cgroup.procs files to join by (see `join_cgroup`)
     namespaces: tuple[tuple[str, str], ...] = ()  # (nsfs type, path) to setns into
-    host_cwd: str = "/"  # the directory to chdir to, on the host
-    uid: int = 0
-    gid: int = 0
-    additional_gids: tuple[int, ...] = ()
+    host_cwd: str = "/"  # unconfined only: the directory to chdir to, on the host
     hostname: str = ""
     memory_usage_file: str = ""  # the cgroup's memory charge, for the linear-memory cap
     compile_channel: bool = False  # a 4th descriptor carries the compile job's answer
+    confinement: Confinement | None = None  # None: the standalone tool's unconfined process
 
 
-def memory_headroom(limit: int, usage_file: str) -> int:
+def memory_headroom(limit: int, usage_fd: int) -> int:
     """How large the guest's linear memory may grow: the cgroup limit, less what the process
     is already charged once the engine is ready (compiled code, the interpreter's pages it
     has touched since fork), less a margin for what running costs besides linear memory.
     Without this the guest's memory alone could reach the limit and the kernel would
     OOM-kill the process (status 137) instead of memory.grow failing inside the guest."""
-    with open(usage_file) as f:
-        used = int(f.read().strip() or 0)
+    used = int(os.pread(usage_fd, 64, 0).strip() or 0)
     margin = max(4 << 20, limit // 16)
     return max(0, limit - used - margin)
+
+
+def _size(n: int) -> str:
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift:
+            return f"{n / (1 << shift):.1f} {unit}"
+    return f"{n} bytes"
+
+
+def check_memory_floor(limit: int, usage_fd: int, floor: int, program: str) -> int:
+    """What the guest's linear memory may grow to (`memory_headroom`); raises
+    FailedPrecondition, naming the limit and what the program needs, when even its initial
+    memory does not fit: instantiating it would only get the process OOM-killed."""
+    headroom = memory_headroom(limit, usage_fd)
+    if floor > headroom:
+        used = int(os.pread(usage_fd, 64, 0).strip() or 0)
+        raise errors.FailedPrecondition(
+            f"the memory limit of {_size(limit)} is too small for {program}: its linear "
+            f"memory starts at {_size(floor)}, and the container process already uses "
+            f"{_size(used)} of the limit before the program runs (plus a margin of "
+            f"{_size(limit - used - headroom)} kept for running); raise the limit to at "
+            f"least {_size(floor + limit - headroom)}"
+        )
+    return headroom
+
+
+def oom_kills(usage_file: str) -> int:
+    """How many processes the kernel's OOM killer has killed in the cgroup whose memory
+    charge file is `usage_file` (v2 memory.events, v1 memory.oom_control); 0 if unknown."""
+    folder = os.path.dirname(usage_file)
+    for name in ("memory.events", "memory.oom_control"):
+        try:
+            with open(os.path.join(folder, name)) as f:
+                text = f.read()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            key, _, value = line.partition(" ")
+            if key == "oom_kill" and value.strip().isdigit():
+                return int(value)
+    return 0
+
+
+def setup_death(status: int | None, memory_limit: int | None, usage_file: str) -> str:
+    """Why a container process died before it could say a word, as well as can be told."""
+    what = f"exit status {status}" if status is not None else "no report"
+    if status == 128 + signal.SIGKILL and memory_limit and usage_file and oom_kills(usage_file):
+        return (
+            f"the container process was killed by the kernel's OOM killer during setup: its "
+            f"memory limit of {_size(memory_limit)} is below what the process needs to load "
+            "the program (the engine, the compiled code and the runtime's own pages)"
+        )
+    return f"the container process ended during setup ({what})"
 
 
 def cut_error(text: str) -> str:
@@ -126,7 +189,11 @@ def join_cgroup(procs_file: str) -> None:
 
 
 def _setns(ns_type: str, path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    """Join the namespace at `path`. O_NONBLOCK: a FIFO put there cannot hold the open."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as e:
+        raise OSError(e.errno, f"setns {ns_type} {path}: {e.strerror}") from None
     try:
         libc.setns(fd)
     except OSError as e:
@@ -155,7 +222,12 @@ def _enter(setup: ProcessSetup, fds: Sequence[int], ready_w: int) -> int:
         join_cgroup(path)
     for ns_type, path in setup.namespaces:
         _setns(ns_type, path)
-    if setup.hostname and any(t == "uts" for t, _ in setup.namespaces):
+    conf = setup.confinement
+    own_uts = False
+    if conf is not None:
+        libc.unshare(conf.unshare)
+        own_uts = bool(conf.unshare & CLONE_NEWUTS)
+    if setup.hostname and (own_uts or any(t == "uts" for t, _ in setup.namespaces)):
         socket.sethostname(setup.hostname)
     # Move every descriptor we keep above the ones we are about to fill, then into place.
     high = 10 + max((*fds, ready_w))
@@ -170,17 +242,43 @@ def _enter(setup: ProcessSetup, fds: Sequence[int], ready_w: int) -> int:
         keep = COMPILE_FD + 1
     os.closerange(keep, os.sysconf("SC_OPEN_MAX"))
     _default_signals()
-    os.chdir(setup.host_cwd)
+    if conf is None:
+        os.chdir(setup.host_cwd)
     return ready_w
 
 
-def _drop_privileges(setup: ProcessSetup) -> None:
-    if setup.gid or setup.additional_gids:
-        os.setgroups(list(setup.additional_gids))
-    if setup.gid:
-        os.setgid(setup.gid)
-    if setup.uid:
-        os.setuid(setup.uid)
+@dataclass(slots=True)
+class _Confining:
+    """What the host-side half of confinement took, for the container-side half."""
+
+    conf: Confinement
+    staged: rootfs.Staged
+    seccomp: Filter | None
+
+
+def _before_load(conf: Confinement) -> _Confining:
+    """The steps that need the host: limits, libseccomp, the mounts' sources."""
+    privileges.apply_limits(conf.privileges)
+    filt = Filter(conf.seccomp) if conf.seccomp else None
+    return _Confining(conf, rootfs.stage(conf.filesystem), filt)
+
+
+def _confine(c: _Confining) -> None:
+    """Into the container's root, then its identity and its seccomp filter."""
+    rootfs.enter(c.conf.filesystem, c.staged)
+    try:
+        os.chdir(c.conf.cwd)
+    except OSError:
+        os.chdir("/")
+    nnp = c.conf.privileges.no_new_privileges
+    if c.seccomp is not None and not nnp:
+        c.seccomp.load()
+    try:
+        privileges.drop(c.conf.privileges)
+    except OSError as e:
+        raise errors.FailedPrecondition(f"cannot take the container's identity: {e}") from None
+    if c.seccomp is not None and nnp:
+        c.seccomp.load()
 
 
 def run_child(
@@ -195,13 +293,20 @@ def run_child(
     try:
         ready_w = _enter(setup, fds, ready_w)
         compiled = read_compile_reply(COMPILE_FD) if setup.compile_channel else None
-        loaded = runtime.load(cfg, entry, compiled)
-        _drop_privileges(setup)
-        prepared = runtime.prepare(cfg, entry, loaded)
+        usage_fd = -1
         if cfg.memory_limit and setup.memory_usage_file:
-            runtime.limit_memory(
-                prepared, memory_headroom(cfg.memory_limit, setup.memory_usage_file)
-            )
+            usage_fd = os.open(setup.memory_usage_file, os.O_RDONLY | os.O_CLOEXEC)
+        confining = _before_load(setup.confinement) if setup.confinement else None
+        loaded = runtime.load(cfg, entry, compiled)
+        if confining is not None:
+            _confine(confining)
+        headroom = -1
+        if cfg.memory_limit and usage_fd >= 0:
+            floor = runtime.memory_floor(loaded)
+            headroom = check_memory_floor(cfg.memory_limit, usage_fd, floor, entry.guest_path)
+        prepared = runtime.prepare(cfg, entry, loaded)
+        if headroom >= 0:
+            runtime.limit_memory(prepared, headroom)
     except BaseException as e:  # every failure must reach the daemon, then exit
         with contextlib.suppress(BaseException):
             os.write(ready_w, _failure(e))

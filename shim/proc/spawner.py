@@ -29,13 +29,33 @@ from typing import Any
 
 from runtimes.base import Runtime
 from shim import errors, libc
+from shim.confine.policy import CLONE_NEWPID, PID_HOST, PID_NEW
 from shim.proc import wire
-from shim.proc.child import decode_report, ready_note, run_child
+from shim.proc.child import decode_report, ready_note, run_child, setup_death
 from shim.proc.process import exit_code_from_wait_status
 
 log = logging.getLogger(__name__)
 
 SO_SNDBUFFORCE = 32
+
+# Signals whose default action ends a process. A wasm guest cannot handle any signal, so each
+# of these ends it; but as the init of its own PID namespace the kernel would ignore them
+# (only SIGKILL and SIGSTOP reach an init without handlers), so such a guest gets SIGKILL and
+# its exit is reported as the signal asked for.
+_TERMINATING = frozenset(int(s) for s in signal.valid_signals()) - {
+    int(s)
+    for s in (
+        signal.SIGKILL,
+        signal.SIGSTOP,
+        signal.SIGTSTP,
+        signal.SIGTTIN,
+        signal.SIGTTOU,
+        signal.SIGCHLD,
+        signal.SIGCONT,
+        signal.SIGURG,
+        signal.SIGWINCH,
+    )
+}
 
 
 @dataclass(slots=True)
@@ -43,7 +63,12 @@ class _Child:
     pid: int
     pidfd: int
     ready_fd: int  # -1 once the child has reported
+    ready_watched: bool = True  # ready_fd is in the selector
     report: bytearray = field(default_factory=bytearray)
+    pid_init: bool = False  # the init of a PID namespace of its own
+    memory_limit: int | None = None  # to tell an OOM kill during setup
+    usage_file: str = ""
+    killed_as: int = 0  # the signal a SIGKILL stood in for (see _TERMINATING)
 
 
 class Spawner:
@@ -54,6 +79,8 @@ class Spawner:
         self.runtime = runtime
         self.sel = selectors.DefaultSelector()
         self.by_pid: dict[int, _Child] = {}
+        self._own_pid_ns = -1  # opened on first use: to return to after a fork into another
+        self._pid = os.getpid()
 
     def send(self, msg: dict[str, Any]) -> None:
         """A failed send is logged, never raised: the loop must outlive any one request."""
@@ -113,7 +140,8 @@ class Spawner:
                     f"{3 + setup.compile_channel}"
                 )
             ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
-            pid = os.fork()
+            pid_mode = setup.confinement.pid if setup.confinement else PID_HOST
+            pid = self._fork(pid_mode)
         except (KeyError, TypeError, ValueError, OSError) as e:
             for fd in (*fds, ready_r, ready_w):
                 if fd >= 0:
@@ -134,21 +162,59 @@ class Spawner:
             os.close(ready_r)
             self.send(wire.error_reply(req, errors.Code.INTERNAL, f"cannot watch it: {e}"))
             return
-        child = _Child(pid=pid, pidfd=pidfd, ready_fd=ready_r)
+        child = _Child(
+            pid=pid,
+            pidfd=pidfd,
+            ready_fd=ready_r,
+            pid_init=pid_mode == PID_NEW,
+            memory_limit=cfg.memory_limit,
+            usage_file=setup.memory_usage_file,
+        )
         self.by_pid[pid] = child
         self.sel.register(ready_r, selectors.EVENT_READ, ("ready", child))
         self.sel.register(pidfd, selectors.EVENT_READ, ("exit", child))
         self.send({"req": req, "pid": pid})
 
+    def _fork(self, pid_mode: str) -> int:
+        """fork(), the child in the PID namespace `pid_mode` asks for: the spawner's own, a
+        new one (the child is its init), or the one at a path (a pod's shared namespace).
+        unshare/setns of a PID namespace only decide where the *next* child goes, so the
+        spawner returns to its own namespace right after the fork."""
+        if pid_mode == PID_HOST:
+            return os.fork()
+        if self._own_pid_ns < 0:
+            self._own_pid_ns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+        if pid_mode == PID_NEW:
+            libc.unshare(CLONE_NEWPID)
+        else:
+            fd = os.open(pid_mode, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+            try:
+                libc.setns(fd, CLONE_NEWPID)
+            except OSError as e:
+                raise OSError(e.errno, f"setns pid {pid_mode}: {e.strerror}") from None
+            finally:
+                os.close(fd)
+        try:
+            return os.fork()
+        finally:
+            if os.getpid() == self._pid:
+                libc.setns(self._own_pid_ns, CLONE_NEWPID)
+
     def _on_report(self, child: _Child) -> None:
         chunk = os.read(child.ready_fd, 65536)
         child.report += chunk
-        if not chunk or child.report[:1] == b"R":
+        if not chunk and not child.report:
+            # Died without a word (killed during setup): its exit status is the only clue,
+            # so the answer waits for _on_exit.
+            self.sel.unregister(child.ready_fd)
+            child.ready_watched = False
+        elif not chunk or child.report[:1] == b"R":
             self._finish_report(child, None)
 
     def _finish_report(self, child: _Child, status: int | None) -> None:
         """Tell the daemon whether the child got ready; `status` when it is already gone."""
-        self.sel.unregister(child.ready_fd)
+        if child.ready_watched:
+            self.sel.unregister(child.ready_fd)
         os.close(child.ready_fd)
         child.ready_fd = -1
         failure = decode_report(bytes(child.report)) if child.report else None
@@ -156,10 +222,9 @@ class Spawner:
             self.send({"ready": child.pid, "note": ready_note(bytes(child.report))})
             return
         if failure is None:
-            what = f"exit status {status}" if status is not None else "no report"
             failure = (
                 errors.Code.FAILED_PRECONDITION,
-                f"the container process ended during setup ({what})",
+                setup_death(status, child.memory_limit, child.usage_file),
             )
         code, message = failure
         self.send({"failed": child.pid, "code": int(code), "message": message})
@@ -170,6 +235,8 @@ class Spawner:
         os.close(child.pidfd)
         del self.by_pid[child.pid]
         status = exit_code_from_wait_status(wait_status)
+        if child.killed_as and os.WIFSIGNALED(wait_status):
+            status = 128 + child.killed_as
         if child.ready_fd >= 0:  # its ready pipe holds all it will ever say: answer first
             with contextlib.suppress(OSError):
                 while chunk := os.read(child.ready_fd, 65536):
@@ -183,8 +250,12 @@ class Spawner:
         if child is None:
             self.send(wire.error_reply(req, errors.Code.NOT_FOUND, "process already finished"))
             return
+        sig = int(msg["signal"])
+        if child.pid_init and sig in _TERMINATING:
+            child.killed_as = child.killed_as or sig
+            sig = signal.SIGKILL
         try:
-            signal.pidfd_send_signal(child.pidfd, int(msg["signal"]))
+            signal.pidfd_send_signal(child.pidfd, sig)
         except ProcessLookupError:
             self.send(wire.error_reply(req, errors.Code.NOT_FOUND, "process already finished"))
             return

@@ -26,6 +26,7 @@ from typing import Any
 
 from runtimes.base import CacheSettings, Entrypoint, EntrypointKind, Preopen, RunConfig
 from shim import errors
+from shim.confine.policy import Confinement
 from shim.proc.child import ProcessSetup, cut_error
 
 SOCKET_BUFFER = 4 << 20  # a datagram must fit: spawn requests carry the whole process env
@@ -69,7 +70,8 @@ def parse_spawn(msg: dict[str, Any]) -> tuple[RunConfig, Entrypoint, ProcessSetu
     s = dict(msg["setup"])
     s["cgroup_files"] = tuple(s["cgroup_files"])
     s["namespaces"] = tuple((str(t), str(p)) for t, p in s["namespaces"])
-    s["additional_gids"] = tuple(s["additional_gids"])
+    if s.get("confinement") is not None:
+        s["confinement"] = Confinement.from_wire(s["confinement"])
     return RunConfig(**c), Entrypoint(**e), ProcessSetup(**s)
 
 

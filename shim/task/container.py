@@ -22,11 +22,12 @@ from dataclasses import dataclass, field, replace
 from runtimes.base import Entrypoint, Preopen, RunConfig
 from shim import bundle as bundle_files
 from shim.cgroups import Cgroup
+from shim.confine.policy import Confinement, cgroup_dirs, confinement
 from shim.errors import FailedPrecondition, InvalidArgument, NotFound
 from shim.io.stdio import ProcessIO, StdioConfig
 from shim.oci import mounts
 from shim.oci.spec import Spec, load
-from shim.proc.child import JOINABLE_NAMESPACES, ProcessSetup
+from shim.proc.child import ProcessSetup
 from shim.proc.process import Process
 from shim.task import workload
 from shim.task.native import NATIVE_PID_FILE, NativeOptions, NativeSupervisor, Runc
@@ -65,6 +66,8 @@ class Container:
     supervisor: Supervisor | None = None
     entry: Entrypoint | None = None  # wasm only: the program
     run_config: RunConfig | None = None
+    confinement: Confinement | None = None  # wasm only: see shim/confine/
+    joined: tuple[tuple[str, str], ...] = ()  # wasm only: namespaces joined by path
     state: State = State.CREATED
     process: Process | None = None
     pid: int = 0
@@ -107,6 +110,7 @@ class Container:
                 cgroup = (
                     Cgroup.create(spec.cgroups_path, spec.resources) if spec.cgroups_path else None
                 )
+                c.confine(cgroup)
                 wasm = WasmSupervisor(host, c.run_config, c.entry, c.process_setup, cgroup)
                 c.supervisor = wasm
                 c.record()
@@ -176,16 +180,18 @@ class Container:
         if not os.path.isdir(self.rootfs):
             raise FailedPrecondition(f"rootfs {self.rootfs} is not a directory")
 
+    def confine(self, cgroup: Cgroup | None) -> None:
+        """Decide the container process's confinement (shim/confine/policy.py): a spec that
+        asks for what cannot be honoured fails Create here, naming the entry."""
+        dirs: tuple[tuple[str, str], ...] = ()
+        if cgroup is not None:
+            dirs = cgroup_dirs(cgroup.join_files(), cgroup.layout.version.value == "v2")
+        self.confinement, self.joined = confinement(self.spec, self.rootfs, dirs)
+
     def _run_config(self, host: Host) -> RunConfig:
-        """The engine's view: rootfs at "/", then every host-directory mount at its target."""
-        preopens = [Preopen(host=self.rootfs, guest="/", readonly=self.spec.root_readonly)]
-        for m in self.spec.mounts:
-            if m.is_bind and os.path.isdir(m.source):
-                preopens.append(Preopen(host=m.source, guest=m.destination, readonly=m.readonly))
-            else:
-                log.debug(
-                    "mount %s (%s) is not a host directory; not preopened", m.destination, m.type
-                )
+        """The engine's view. The process pivots into its rootfs first, so the one preopen is
+        `/` (the kernel applies `root.readonly` and every mount's options below it)."""
+        preopens = [Preopen(host="/", guest="/", readonly=False)]
         proc = self.spec.process
         return RunConfig(
             container_id=self.id,
@@ -200,32 +206,14 @@ class Container:
 
     def process_setup(self) -> ProcessSetup:
         """What the forked child does before the engine runs (see shim/proc/child.py)."""
-        host_cwd = self._host_cwd()
-        namespaces = tuple(
-            (JOINABLE_NAMESPACES[ns.type], ns.path)
-            for ns in self.spec.namespaces
-            if ns.path and ns.type in JOINABLE_NAMESPACES
-        )
-        user = self.spec.process.user
         cgroup = self.cgroup
         return ProcessSetup(
             cgroup_files=cgroup.join_files() if cgroup else (),
-            namespaces=namespaces,
-            host_cwd=host_cwd,
-            uid=user.uid,
-            gid=user.gid,
-            additional_gids=user.additional_gids,
+            namespaces=self.joined,
             hostname=self.spec.hostname,
             memory_usage_file=(cgroup.memory_usage_file() or "") if cgroup else "",
+            confinement=self.confinement,
         )
-
-    def _host_cwd(self) -> str:
-        """process.cwd inside the rootfs, never outside it (symlinks resolved)."""
-        root = os.path.realpath(self.rootfs)
-        candidate = os.path.realpath(os.path.join(root, self.spec.process.cwd.lstrip("/")))
-        if (candidate == root or candidate.startswith(root + os.sep)) and os.path.isdir(candidate):
-            return candidate
-        return root
 
     # ------------------------------------------------------------------ exit and release
 

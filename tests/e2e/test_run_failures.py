@@ -22,6 +22,7 @@ from tests.e2e.helpers import (
     make_image,
     task_pid,
     wait_for_status,
+    wat_binary,
 )
 from tests.e2e.test_run_lifecycle import (
     assert_no_leaks,
@@ -51,6 +52,7 @@ def test_image(
     files["/script.sh"] = b"#!/bin/sh\necho from a script\n"
     files["/truncated.wasm"] = build_wasm("hello").read_bytes()[:100]
     files["/empty.wasm"] = b""
+    files["/bigmem.wasm"] = wat_binary("bigmem")  # 64 MiB of initial linear memory
     config = ImageConfig(entrypoint=("/hello.wasm",))
     return make_image(tmp_path_factory.mktemp("failures"), files, ref=IMAGE, config=config)
 
@@ -123,6 +125,32 @@ def test_memory_bomb_fails_cleanly_instead_of_oom_kill(
     # Either the guest saw malloc fail (and said so), or the engine trapped (and said so).
     clear = "malloc failed" in result.stdout or "wasm trap" in result.stderr
     assert clear, report
+    assert_next_container_runs(containerd, ns, image)
+
+
+def test_a_memory_limit_below_the_modules_initial_memory_is_named(
+    containerd: PrivateContainerd, ns: str, image: str
+) -> None:
+    """Issue 10: the module cannot even instantiate under the limit: Start fails with a
+    message naming the limit and what the module needs, not "died during setup"."""
+    result = ctr_run(containerd, ns, image, "/bigmem.wasm", flags=("--memory-limit", str(64 * MIB)))
+    report = describe(containerd, result)
+    assert result.returncode != 0, report
+    assert "the memory limit of 64.0 MiB is too small for /bigmem.wasm" in result.stderr, report
+    assert "its linear memory starts at 64.0 MiB" in result.stderr, report
+    assert_next_container_runs(containerd, ns, image)
+
+
+def test_a_memory_limit_too_small_to_load_anything_is_named(
+    containerd: PrivateContainerd, ns: str, image: str
+) -> None:
+    """64 KiB: the process is OOM-killed while it loads the program; the error says so and
+    names the limit."""
+    result = ctr_run(containerd, ns, image, "/hello.wasm", flags=("--memory-limit", "65536"))
+    report = describe(containerd, result)
+    assert result.returncode != 0, report
+    assert "killed by the kernel's OOM killer during setup" in result.stderr, report
+    assert "memory limit of 64.0 KiB" in result.stderr, report
     assert_next_container_runs(containerd, ns, image)
 
 

@@ -44,6 +44,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "shim.proctitle",
             "shim.oci",
             "shim.cgroups",
+            "shim.confine",
             "shim.io",
             "shim.ttrpc",
             "shim.events",

@@ -6,6 +6,9 @@
  *   files list DIR           print the directory's entries, sorted, one per line
  *   files mkdir DIR          create a directory
  *   files rm PATH            remove a file
+ *   files symlink TARGET PATH  create a symbolic link PATH -> TARGET
+ *   files link OLD NEW       create a hard link NEW to OLD
+ *   files rename OLD NEW     rename OLD to NEW
  * Errors go to stderr as "files: OP PATH: <strerror>" and exit 1; bad usage exits 2.
  */
 #include <dirent.h>
@@ -97,6 +100,15 @@ int main(int argc, char **argv) {
     if (argc == 3 && strcmp(argv[1], "rm") == 0) {
         return unlink(argv[2]) == 0 ? 0 : fail("rm", argv[2]);
     }
-    fprintf(stderr, "usage: files read|write|append|list|mkdir|rm PATH [TEXT]\n");
+    if (argc == 4 && strcmp(argv[1], "symlink") == 0) {
+        return symlink(argv[2], argv[3]) == 0 ? 0 : fail("symlink", argv[3]);
+    }
+    if (argc == 4 && strcmp(argv[1], "link") == 0) {
+        return link(argv[2], argv[3]) == 0 ? 0 : fail("link", argv[3]);
+    }
+    if (argc == 4 && strcmp(argv[1], "rename") == 0) {
+        return rename(argv[2], argv[3]) == 0 ? 0 : fail("rename", argv[2]);
+    }
+    fprintf(stderr, "usage: files read|write|append|list|mkdir|rm|symlink|link|rename ARGS\n");
     return 2;
 }
