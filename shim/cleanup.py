@@ -82,7 +82,7 @@ def _remove_cgroup(held: dict[str, str]) -> None:
         return
     from shim.cgroups import Cgroup
 
-    cg = Cgroup.load(held[bundle_files.CGROUP])
+    cg = Cgroup.load(held[bundle_files.CGROUP], owned=True)
     if cg is not None:
         cg.kill_all(signal.SIGKILL)
         cg.remove()

@@ -5,6 +5,8 @@ containerd runs `<shim> -namespace NS -address SOCK -publish-binary BIN -id ID [
 dashes); newer releases add flags and write a bootstrap message on stdin. Unknown flags are
 therefore ignored, and stdin is never read: what it holds cannot break us. `warm` runs this
 containerd's warm runtime (shim/warm/boot.py); `start` launches it, people rarely do.
+`spawner` replaces a pod daemon's spawner that died (shim/proc/spawner.py); only the daemon
+runs it, with the socket it serves as descriptor 3.
 
 No argparse: it imports `re`, `gettext`, `shutil` and more, and this module runs on every
 container's start and removal. The parser is the dozen lines below.
@@ -21,7 +23,7 @@ VALUE_FLAGS = frozenset(
     {"namespace", "address", "publish-binary", "id", "bundle", "socket", "title-room", "lock-fd"}
 )
 BOOL_FLAGS = frozenset({"debug", "v", "version", "info"})
-ACTIONS = ("start", "delete", "warm")
+ACTIONS = ("start", "delete", "warm", "spawner")
 USAGE = (
     "containerd-shim-wasmtime-v1 is run by containerd (start, delete); "
     "see `wasmtime-shim --help` for the user-facing command\n"
@@ -101,6 +103,10 @@ def main(argv: list[str] | None = None) -> int:
             sys.stderr.write(f"containerd-shim-wasmtime-v1 delete: {e}\n")
             return 1
         return _done(out)
+    if action == "spawner":
+        from shim.proc import spawner
+
+        return spawner.main(opts)
     if action == "warm":
         from shim.warm import boot
 

@@ -18,7 +18,9 @@ little memory as it ever will (every page written before that fork would end up 
 both). Then `main`, the daemon's body: logging to the bundle's `log` FIFO (this process has
 no stderr), a child subreaper (native containers' init processes come back to it), and the
 event loop (shim/serve.py). A failure to fork the spawner never reaches containerd's log:
-the daemon exits, and containerd's Create fails on the closed socket.
+the daemon exits, and containerd's Create fails on the closed socket. A spawner that dies
+later cannot be forked again (the daemon has threads by then): `SpawnerCommand` starts its
+replacement by posix_spawn of the shim's own program (shim/proc/spawner.py).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from shim import bundle as bundle_files
 from shim import libc, logs, proctitle
 from shim.oci import spec as oci_spec
 from shim.options import ShimOptions
-from shim.proc.spawner import fork_spawner
+from shim.proc.spawner import SpawnerCommand, fork_spawner
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +207,9 @@ def main(
 
         from shim import serve  # loaded already when forked from the warm runtime
 
-        return serve.run(opts, listener, spawner[0], spawner[1], runtime)
+        # A spawner that dies is replaced by one this command starts (shim/proc/client.py).
+        command = SpawnerCommand.of_daemon(opts, bundle)
+        return serve.run(opts, listener, spawner[0], spawner[1], runtime, command)
     except Exception:
         log.exception("the shim daemon failed")
         return 1

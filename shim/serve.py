@@ -20,6 +20,7 @@ from shim.events import Publisher
 from shim.options import ShimOptions
 from shim.proc.client import SpawnerClient
 from shim.proc.reaper import Reaper
+from shim.proc.spawner import SpawnerCommand
 from shim.task.service import SERVICE, ProtoEvents, TaskService
 from shim.task.supervisor import Host
 from shim.task.tasks import Tasks
@@ -65,9 +66,11 @@ def run(
     spawner_pid: int,
     spawner_sock: socket.socket,
     runtime: Runtime,
+    spawner_command: SpawnerCommand | None = None,
 ) -> int:
-    """Serve until shutdown; returns the process exit code."""
-    return asyncio.run(_serve(opts, listener, spawner_pid, spawner_sock, runtime))
+    """Serve until shutdown; returns the process exit code. `spawner_command` starts a new
+    spawner when this one dies (shim/proc/client.py)."""
+    return asyncio.run(_serve(opts, listener, spawner_pid, spawner_sock, runtime, spawner_command))
 
 
 async def _serve(
@@ -76,6 +79,7 @@ async def _serve(
     spawner_pid: int,
     spawner_sock: socket.socket,
     runtime: Runtime,
+    spawner_command: SpawnerCommand | None,
 ) -> int:
     ttrpc_address = os.environ.get("TTRPC_ADDRESS") or opts.address + ".ttrpc"
     loop = asyncio.get_running_loop()
@@ -87,7 +91,7 @@ async def _serve(
     reaper = Reaper()
     reaper.start()
     reaper.claim(spawner_pid)  # the spawner's end is the client's to notice
-    spawner = SpawnerClient(spawner_pid, spawner_sock, reaper)
+    spawner = SpawnerClient(spawner_pid, spawner_sock, reaper, spawner_command)
     spawner.start()
     host = Host(
         runtime=runtime,

@@ -3,12 +3,14 @@
 A wasm container has no runc underneath, so the shim does runc's cgroup work for it: turn the
 spec's ``linux.cgroupsPath`` into one directory per hierarchy, write ``linux.resources`` into the
 kernel files, let the container process join, read the files back as containerd's Metrics
-messages, and remove exactly the directory it made. The systemd form of the path is converted to
-the cgroupfs path systemd would use and created directly; systemd is never asked to make a scope,
-so it does not know about (or manage) these cgroups. For a native container runc makes the cgroup
-and the shim only loads it (``Cgroup.load``) to read stats, count OOM kills, signal its members
-and remove it. Every call is a plain file operation; the daemon runs them off the event loop,
-and a forked child joins by writing into ``join_files()`` itself.
+messages, and remove exactly the directory it made; a cgroupsPath that exists already is not
+its to take (``cgroup.py``, "Ownership"). The systemd form of the path is converted to the
+cgroupfs path systemd would use and created directly; systemd is never asked to make a scope,
+so it does not know about (or manage) these cgroups. For a native container runc makes the
+cgroup; the shim first refuses a path that exists already (``Cgroup.require_absent``: runc would
+join it), then only reads it (``Cgroup.load(owned=False)``: stats, members, OOM kills). Every
+call is a plain file operation; the daemon runs them off the event loop, and a forked child
+joins by writing into ``join_files()`` itself.
 
 The package is split by concern: ``paths`` (cgroupsPath rules, layout detection), ``limits``
 (linux.resources -> kernel files), ``stats`` (kernel files -> Metrics messages), ``cgroup`` (the

@@ -3,6 +3,14 @@
 It ties the path rules (``paths``), the limits (``limits``) and the Metrics readers (``stats``)
 to the directories it owns, and removes only those. It does not move processes: it names the
 ``cgroup.procs`` files (``join_files``) that the forked container process writes itself into.
+
+Ownership. ``create`` claims a container's leaf with ``mkdir``, which the kernel lets exactly
+one caller win: a cgroupsPath whose directory exists already (a host cgroup, one left behind,
+or another container's, of this pod or any other) is refused with FailedPrecondition, and
+nothing is written into it. So every cgroup the shim kills or removes is one it made for that
+container, and no two containers ever share one. ``kill_all`` and ``remove`` act on owned
+leaves only; a cgroup loaded without ownership (a native container's, which runc made) is for
+reading.
 """
 
 from __future__ import annotations
@@ -45,16 +53,21 @@ class Cgroup:
         *,
         layout: Layout | None = None,
     ) -> Cgroup:
-        """Make the directories and apply the limits. Raises InvalidArgument, Internal."""
+        """Make the container's own cgroup and apply the limits (module docstring: a leaf
+        that exists already is refused). Raises InvalidArgument, FailedPrecondition,
+        Internal; on any failure the leaves made so far are removed again."""
         rel = cgroupfs_path(cgroups_path)
         res = Resources.from_spec(resources)
         cg = cls(layout or detect_layout(), rel)
+        cg._refuse_existing(cgroups_path)  # before any parent is made or enabled
         made: list[str] = []
         try:
             for leaf in cg._leaves():
-                if not os.path.isdir(leaf):
+                try:
                     cg._make(leaf)
-                    made.append(leaf)
+                except FileExistsError:  # made by someone else since the check: theirs
+                    raise _taken(cgroups_path, leaf) from None
+                made.append(leaf)
             cg.owned = frozenset(made)
             if cg.layout.version is Version.V2:
                 _apply_v2(cg._leaves()[0], res)
@@ -67,15 +80,32 @@ class Cgroup:
         return cg
 
     @classmethod
-    def load(cls, cgroups_path: str, *, layout: Layout | None = None) -> Cgroup | None:
-        """The existing cgroup of a container (for cleanup in ``delete``), or None.
+    def require_absent(cls, cgroups_path: str, *, layout: Layout | None = None) -> None:
+        """Refuse a cgroupsPath whose cgroup exists already, for a container whose runtime
+        (runc) makes the cgroup itself: runc would join an existing one, and its kill and
+        delete would then reach processes the container never started. Raises
+        InvalidArgument, FailedPrecondition."""
+        cls(layout or detect_layout(), cgroupfs_path(cgroups_path))._refuse_existing(cgroups_path)
 
-        The leaf is the container's own cgroup by construction of its path, so every existing
-        leaf counts as owned; parents never do.
-        """
+    def _refuse_existing(self, cgroups_path: str) -> None:
+        for leaf in self._leaves():
+            if os.path.lexists(leaf):
+                raise _taken(cgroups_path, leaf)
+
+    @classmethod
+    def load(cls, cgroups_path: str, *, owned: bool, layout: Layout | None = None) -> Cgroup | None:
+        """The existing cgroup of a container, or None when none of its leaves exists.
+
+        ``owned``: whether the shim created it (the bundle's held record says so, for
+        cleanup in ``delete``); then every existing leaf is the shim's to kill and remove.
+        Otherwise (a native container's, made by runc) it is only read: stats, members, OOM
+        kills."""
         cg = cls(layout or detect_layout(), cgroupfs_path(cgroups_path))
-        cg.owned = frozenset(d for d in cg._leaves() if os.path.isdir(d))
-        return cg if cg.owned else None
+        existing = frozenset(d for d in cg._leaves() if os.path.isdir(d))
+        if not existing:
+            return None
+        cg.owned = existing if owned else frozenset()
+        return cg
 
     # ---- layout ------------------------------------------------------------------------------
 
@@ -88,8 +118,11 @@ class Cgroup:
         return list(dict.fromkeys(self._dirs().values()))
 
     def _make(self, leaf: str) -> None:
+        """Make `leaf`'s missing parents, then `leaf` itself with a plain mkdir: raises
+        FileExistsError when it exists (the claim, see `create`)."""
         if self.layout.version is Version.V1:
-            _os_call(os.makedirs, leaf, exist_ok=True)
+            _os_call(os.makedirs, os.path.dirname(leaf), exist_ok=True)
+            _os_call(os.mkdir, leaf)
             return
         # v2: a controller reaches a cgroup only when every ancestor enables it for its children.
         mount = self.layout.mounts[""]
@@ -104,8 +137,11 @@ class Cgroup:
                     " ".join("+" + c for c in wanted),
                 )
             current = os.path.join(current, name)
-            if not os.path.isdir(current):
+            if current == leaf:
                 _os_call(os.mkdir, current)
+            elif not os.path.isdir(current):
+                with contextlib.suppress(FileExistsError):  # a parent: anyone's to share
+                    _os_call(os.mkdir, current)
 
     def _existing(self) -> list[str]:
         leaves = [d for d in self._leaves() if os.path.isdir(d)]
@@ -146,11 +182,21 @@ class Cgroup:
         return sorted(found)
 
     def kill_all(self, sig: int) -> None:
-        """Signal every member; frozen meanwhile so a forking process cannot escape the sweep."""
+        """Signal every member of a cgroup the shim created; frozen meanwhile so that a
+        forking process cannot escape the sweep. Raises FailedPrecondition for a cgroup it
+        did not create (it never signals processes it did not start).
+
+        v2's ``cgroup.kill`` takes the whole subtree, so it is used only while the leaf has
+        no cgroup below it (one the shim did not make, such as another container nested
+        there); otherwise, and on v1, the leaf's own members are signalled."""
+        if not self.owned:
+            raise FailedPrecondition(
+                f"cgroup {self.path} was not created by the shim; it signals only its own"
+            )
         leaf = self._existing()[0]
         if self.layout.version is Version.V2 and sig == signal.SIGKILL:
             kill_file = os.path.join(leaf, "cgroup.kill")
-            if os.path.exists(kill_file):
+            if os.path.exists(kill_file) and not _has_subdirs(leaf):
                 _write(kill_file, "1")
                 return
         # Freeze for the sweep unless already frozen (a paused container stays paused).
@@ -248,6 +294,25 @@ class Cgroup:
         for leaf in sorted(self.owned):
             for sub in _subdirs_bottom_up(leaf):
                 _rmdir_patiently(sub)
+
+
+def _taken(cgroups_path: str, leaf: str) -> FailedPrecondition:
+    """The refusal of a cgroupsPath whose leaf exists (module docstring, "Ownership")."""
+    try:
+        members = f"{len(_read(os.path.join(leaf, 'cgroup.procs'), missing='').split())}"
+    except Internal:
+        members = "unknown"
+    return FailedPrecondition(
+        f"cgroupsPath {cgroups_path!r}: the cgroup {leaf} exists already (processes in it: "
+        f"{members}); the shim runs a container only in a cgroup it creates for it, so that "
+        "Kill and Delete never reach processes it did not start: give every container a "
+        "cgroupsPath of its own"
+    )
+
+
+def _has_subdirs(leaf: str) -> bool:
+    with os.scandir(leaf) as entries:
+        return any(e.is_dir(follow_symlinks=False) for e in entries)
 
 
 def _subdirs_bottom_up(leaf: str) -> Iterator[str]:

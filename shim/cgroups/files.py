@@ -51,8 +51,12 @@ def _read(path: str, missing: str | None = None) -> str:
 
 
 def _os_call(fn: Callable[..., object], path: str, **kwargs: Any) -> None:
+    """Make a directory; failures become Internal naming it, except FileExistsError, which
+    passes unchanged: for a container's leaf it means the cgroup is not the shim's to take."""
     try:
         fn(path, **kwargs)
+    except FileExistsError:
+        raise
     except OSError as e:
         raise Internal(f"cgroup: creating {path}: {e.strerror}") from e
 

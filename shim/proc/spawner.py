@@ -13,6 +13,13 @@ pid goes back the moment the child exists, so the daemon can signal a child that
 becomes ready (a start function that loops); readiness and the exit status follow as
 separate messages (shim/proc/wire.py). Signals go through the pidfd, so a recycled pid is
 never hit. One bad request never ends the loop: its error goes back to the daemon.
+
+A replacement. When the spawner dies, the daemon (threaded by then, so it cannot fork)
+starts another with `SpawnerCommand`: posix_spawn of the shim's own program, the binary or
+the venv's script, as `<shim> ... spawner` (`main` below), with its end of a new socket as
+descriptor 3. It boots as a cold shim does (the engine's modules, the Engine: its pages are
+its own, not the warm runtime's), then says hello with its build identity; the daemon uses
+it only if that is the build the daemon runs itself (shim/proc/client.py).
 """
 
 from __future__ import annotations
@@ -28,8 +35,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from runtimes.base import Runtime
-from shim import errors, libc
+from shim import errors, libc, logs
 from shim.confine.policy import CLONE_NEWPID, PID_HOST, PID_NEW
+from shim.options import ShimOptions
 from shim.proc import wire
 from shim.proc.child import decode_report, ready_note, run_child, setup_death
 from shim.proc.process import exit_code_from_wait_status
@@ -37,6 +45,7 @@ from shim.proc.process import exit_code_from_wait_status
 log = logging.getLogger(__name__)
 
 SO_SNDBUFFORCE = 32
+SOCKET_FD = 3  # where a spawner started by `SpawnerCommand` finds its end of the socket
 
 # Signals whose default action ends a process. A wasm guest cannot handle any signal, so each
 # of these ends it; but as the init of its own PID namespace the kernel would ignore them
@@ -265,6 +274,18 @@ class Spawner:
         self.send({"req": req, "ok": True})
 
 
+def _socketpair() -> tuple[socket.socket, socket.socket]:
+    """(the daemon's end, the spawner's end), each with room for a spawn request with a
+    large environment."""
+    pair = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    for sock in pair:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, wire.SOCKET_BUFFER)
+        except OSError:  # without CAP_NET_ADMIN: as much as net.core.wmem_max allows
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, wire.SOCKET_BUFFER)
+    return pair
+
+
 def fork_spawner(
     runtime: Runtime, close: Sequence[int] = (), on_start: Callable[[], None] | None = None
 ) -> tuple[int, socket.socket]:
@@ -273,12 +294,7 @@ def fork_spawner(
     Call before any thread exists in this process. `close`: descriptors of the daemon the
     spawner must not hold (the listening socket); `on_start`: run first in the spawner (its
     logging). The spawner dies with the daemon."""
-    parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    for sock in (parent_sock, child_sock):  # room for a spawn request with a large env
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, wire.SOCKET_BUFFER)
-        except OSError:  # without CAP_NET_ADMIN: as much as net.core.wmem_max allows
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, wire.SOCKET_BUFFER)
+    parent_sock, child_sock = _socketpair()
     daemon_pid = os.getpid()
     pid = os.fork()
     if pid == 0:
@@ -302,3 +318,89 @@ def fork_spawner(
         os._exit(code)
     child_sock.close()
     return pid, parent_sock
+
+
+@dataclass(frozen=True, slots=True)
+class SpawnerCommand:
+    """How a daemon that has threads starts a spawner (module docstring, "A replacement")."""
+
+    argv: tuple[str, ...]
+    identity: str  # the build the daemon runs; a spawner of another build is not used
+
+    @classmethod
+    def of_daemon(cls, opts: ShimOptions, bundle: str) -> SpawnerCommand:
+        """The command for this daemon: its flags (so that `ps` and containerd's log name
+        its pod), and the identity of the code it runs (computed before it was forked:
+        shim/warm/identity.py)."""
+        from shim.warm.identity import build_identity
+        from shim.warm.launch import self_argv
+
+        flags = ["-namespace", opts.namespace, "-id", opts.id, "-address", opts.address]
+        flags += ["-bundle", bundle, *(["-debug"] if opts.debug else [])]
+        return cls(argv=(*self_argv(), *flags, "spawner"), identity=build_identity())
+
+    def launch(self) -> tuple[int, socket.socket]:
+        """Start one; (its pid, the daemon's end of its socket). posix_spawn (vfork-like) is
+        safe in a threaded process. Call on the daemon's main thread: the spawner's
+        PR_SET_PDEATHSIG fires when the thread that started it ends. Raises OSError."""
+        parent_sock, child_sock = _socketpair()
+        try:
+            # Nothing of the daemon but stdio and the socket: a stray inheritable descriptor
+            # (a FIFO) held by the spawner would keep its other end from ever seeing EOF.
+            actions: list[tuple[int, ...]] = [
+                (os.POSIX_SPAWN_CLOSE, fd)
+                for fd in _inheritable_fds()
+                if fd > 2 and fd != child_sock.fileno()
+            ]
+            actions.append((os.POSIX_SPAWN_DUP2, child_sock.fileno(), SOCKET_FD))
+            pid = os.posix_spawn(
+                self.argv[0],
+                list(self.argv),
+                dict(os.environ),
+                file_actions=actions,
+                setsigmask=(),
+            )
+        except BaseException:
+            parent_sock.close()
+            raise
+        finally:
+            child_sock.close()
+        return pid, parent_sock
+
+
+def _inheritable_fds() -> list[int]:
+    found = []
+    for name in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            if os.get_inheritable(int(name)):
+                found.append(int(name))
+    return found
+
+
+def main(opts: ShimOptions) -> int:
+    """`<shim> ... spawner`: a spawner started by `SpawnerCommand`. It boots the engine,
+    says hello with its build, and serves until the daemon's end of the socket closes (or
+    the daemon dies: PR_SET_PDEATHSIG). A failure to boot is told to the daemon as "fatal"
+    before the process exits."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
+    with contextlib.suppress(OSError):
+        libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGKILL)
+    sock = socket.socket(fileno=SOCKET_FD)
+    sock.set_inheritable(False)
+    logs.setup(opts.bundle, opts.id, opts.debug)
+    try:
+        from runtimes.wasmtime import WasmtimeRuntime
+        from shim.warm.identity import build_identity
+
+        runtime = WasmtimeRuntime()
+        runtime.warm()
+        spawner = Spawner(sock, runtime)
+        spawner.send({"hello": os.getpid(), "identity": build_identity()})
+        spawner.serve()
+    except Exception as e:
+        log.exception("spawner failed")
+        with contextlib.suppress(OSError):
+            sock.send(wire.encode({"fatal": f"{type(e).__name__}: {e}"}))
+        return 1
+    return 0

@@ -16,6 +16,9 @@ spawner -> daemon:
                                               the log, how its compiled code was found)
     {"failed": p, "code": c, "message": m}    setup failed; its exit follows
     {"exit": p, "status": s}                  always after "ready" or "failed" for that p
+    {"hello": p, "identity": i}               a spawner started by exec has booted (i: its
+                                              build, shim/warm/identity.py); first message
+    {"fatal": t}                              such a spawner cannot boot; it exits next
 """
 
 from __future__ import annotations

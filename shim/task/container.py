@@ -102,6 +102,8 @@ class Container:
                 spec.annotations, spec.process.args[0], lambda: c._resolve(host)
             )
             if kind is Workload.NATIVE:
+                if spec.cgroups_path:  # runc would join an existing one (shim/cgroups/cgroup.py)
+                    Cgroup.require_absent(spec.cgroups_path)
                 runc = Runc(cfg.native, cfg.namespace, cfg.id, cfg.bundle, host.reaper)
                 c.supervisor = NativeSupervisor(runc, spec.cgroups_path)
                 c.record()

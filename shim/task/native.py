@@ -169,7 +169,7 @@ class NativeSupervisor:
         exited.add_done_callback(lambda f: proc.set_exited(f.result()))
         if self.cgroups_path:
             try:
-                self._cgroup = await asyncio.to_thread(Cgroup.load, self.cgroups_path)
+                self._cgroup = await asyncio.to_thread(Cgroup.load, self.cgroups_path, owned=False)
             except ShimError as e:
                 log.warning("no stats for %s: %s", self.runc.id, e)
         return proc

@@ -8,7 +8,8 @@ undoes what Create acquired. Neither the task logic nor the container knows whic
 holds.
 
 `WasmSupervisor`: the container process is forked by the pod's spawner. At Create it makes
-the container's cgroup (the shim is the OCI runtime here) and asks the warm runtime to
+the container's cgroup (the shim is the OCI runtime here; a cgroupsPath that exists already
+is refused, so the cgroup is the container's alone) and asks the warm runtime to
 compile the program (shim/warm/compiling.py); the answer's connection goes to the process at
 Start, which waits for it itself, so Kill reaches a process that waits for a compile or runs
 a start function that never ends.

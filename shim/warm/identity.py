@@ -29,13 +29,22 @@ def _files() -> list[str]:
     return found
 
 
+_identity: str | None = None  # computed once per process image (see build_identity)
+
+
 def build_identity() -> str:
-    """The identity of the code this process runs (see the module docstring)."""
-    crc = zlib.crc32(shim.__version__.encode())
-    for path in _files():
-        try:
-            st = os.stat(path)
-        except OSError:
-            continue
-        crc = zlib.crc32(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}\n".encode(), crc)
-    return f"{shim.__version__}-{crc:08x}"
+    """The identity of the code this process runs (see the module docstring). Computed once
+    and kept: a process forked afterwards (a pod daemon, from the warm runtime or from a
+    cold `start`) holds the identity of the code it really runs, not of what is on disk
+    when it asks, which an upgrade may have replaced (shim/proc/spawner.py compares them)."""
+    global _identity
+    if _identity is None:
+        crc = zlib.crc32(shim.__version__.encode())
+        for path in _files():
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            crc = zlib.crc32(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}\n".encode(), crc)
+        _identity = f"{shim.__version__}-{crc:08x}"
+    return _identity

@@ -1,6 +1,7 @@
 """The process model (README "Processes") through the real containerd and ctr, for the venv's
 script and the shipped PyInstaller bundle alike: the warm runtime can die or be replaced at
-any time without touching a running container, containerd can restart, a container whose
+any time without touching a running container, a pod's spawner that dies is replaced while
+its containers run on, containerd can restart, a container whose
 program never gets ready stays killable, a damaged cache entry costs a recompile, and
 hundreds of lifecycles leave nothing behind.
 
@@ -41,6 +42,7 @@ from tests.e2e.helpers import (
 from wasmtime_shim.images.build import ImageConfig
 
 IMAGE = "docker.io/library/e2e-process-model:latest"
+GROUP = "io.containerd.runc.v2.group"  # containers naming one group share a pod daemon
 WAIT = 30.0  # seconds: the bound of every poll here (against hangs, not a speed claim)
 DEFAULT_CACHE = Path("/var/lib/containerd-shim-wasmtime/cache")
 
@@ -124,6 +126,62 @@ def test_a_killed_warm_runtime_takes_no_container_down(
     deleted = _kill_and_collect(cd, ns, cid)  # the old container is still killable
     assert "137" in deleted.stderr, deleted.stderr
     assert not alive(guest)
+
+
+def _parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def test_a_killed_spawner_is_replaced_and_the_running_container_goes_on(
+    space: tuple[PrivateContainerd, str],
+) -> None:
+    """Issue 10, part 5: SIGKILL a pod's spawner while a container of the pod runs. The pod
+    daemon starts a new spawner by exec of the shim's own program; the next containers of
+    the pod run (forked by it, under the same daemon), and the one that was running goes
+    on, is still killed by `ctr task kill` and its exit status reaches `ctr run`."""
+    cd, ns = space
+    pod = ("--annotation", f"{GROUP}={ns}-pod")
+    first, later = f"{ns}-first", f"{ns}-later"
+    running = ctr_popen(cd, ns, *run_args(IMAGE, first, ["/sleep.wasm"], flags=(*pod, "--null-io")))
+    try:
+        wait_for_status(cd, ns, first, "RUNNING")
+        guest = task_pid(cd, ns, first)
+        spawner = _parent(guest)
+        daemon = _parent(spawner)
+        os.kill(spawner, signal.SIGKILL)
+        deadline = time.monotonic() + WAIT
+        while alive(spawner):
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert alive(guest) and task_status(cd, ns, first) == "RUNNING"
+
+        hello = ctr_run(cd, ns, IMAGE, "/hello.wasm", "5", flags=pod)
+        assert hello.returncode == 5 and hello.stdout.startswith("hello from wasm"), describe(
+            cd, hello
+        )
+        run = ctr_run(
+            cd, ns, IMAGE, "/sleep.wasm", container_id=later, rm=False, flags=(*pod, "-d")
+        )
+        assert run.returncode == 0, describe(cd, run)
+        wait_for_status(cd, ns, later, "RUNNING")
+        replacement = _parent(task_pid(cd, ns, later))
+        assert replacement != spawner and _parent(replacement) == daemon
+        argv = Path(f"/proc/{replacement}/cmdline").read_bytes().split(b"\0")
+        assert b"spawner" in argv and str(cd.address).encode() in argv
+        assert alive(guest) and task_status(cd, ns, first) == "RUNNING"
+
+        cd.ctr("task", "kill", "-s", "SIGTERM", first, namespace=ns)  # through the reaper
+        out, err = running.communicate(timeout=WAIT)
+        assert running.returncode == 128 + signal.SIGTERM, (out, err, cd.log_tail())
+        assert not alive(guest)
+        assert "137" in _kill_and_collect(cd, ns, later).stderr
+    finally:
+        if running.poll() is None:
+            running.kill()
+            running.wait()
+    log = cd.log_path.read_text(errors="replace")
+    assert f"the spawner (pid {spawner}) went away" in log, cd.log_tail()
+    assert f"a new spawner (pid {replacement}) serves this pod" in log, cd.log_tail()
 
 
 def test_a_start_function_that_never_returns_is_killed_and_run_reports_137(

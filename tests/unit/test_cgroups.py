@@ -280,7 +280,7 @@ def test_metrics_of_a_missing_cgroup_is_not_found(tmp_path: Path) -> None:
     with pytest.raises(errors.NotFound):
         cg.pids()
     cg.remove()  # nothing owned, nothing there: a no-op
-    assert Cgroup.load("/gone", layout=cg.layout) is None
+    assert Cgroup.load("/gone", owned=True, layout=cg.layout) is None
 
 
 # ---- cgroup v2 on a fake tree: the code's v2 file work, run where the kernel lacks it -----
@@ -341,6 +341,9 @@ class FakeCgroup2:
             real_write(path, value)
             if os.path.basename(path) == "cgroup.subtree_control":
                 self._subtree_control(Path(path), before, value)
+            elif os.path.basename(path) == "cgroup.freeze":  # no members: settles at once
+                os.truncate(path, len(value.encode()))
+                Path(path).with_name("cgroup.events").write_text(f"populated 0\nfrozen {value}\n")
             else:  # a cgroup file holds the value last written, not the rest of the old one
                 os.truncate(path, len(value.encode()))
 
@@ -449,6 +452,77 @@ def test_v2_oom_kills_are_read_from_memory_events(fake_v2: FakeCgroup2) -> None:
     events = fake_v2.root / "c" / "memory.events"
     events.write_text("low 0\nhigh 0\nmax 9\noom 3\noom_kill 2\noom_group_kill 0\n")
     assert cg.oom_killed_count() == 2
+
+
+def test_v2_an_existing_leaf_is_refused_and_nothing_is_written(fake_v2: FakeCgroup2) -> None:
+    """A cgroupsPath whose directory exists (a host cgroup, or another container's) is
+    refused before any file is written: not even the parent's subtree_control changes."""
+    root = fake_v2.root
+    (root / "host").mkdir()
+    (root / "host" / "cgroup.procs").write_text("4242\n")
+    before = _text(root / "cgroup.subtree_control")
+    with pytest.raises(errors.FailedPrecondition, match=r"exists already \(processes in it: 1\)"):
+        Cgroup.create("/host", {"pids": {"limit": 5}}, layout=fake_v2.layout)
+    assert _text(root / "cgroup.subtree_control") == before
+    assert sorted(p.name for p in (root / "host").iterdir()) == ["cgroup.procs"]
+    with pytest.raises(errors.FailedPrecondition, match="cgroupsPath of its own"):
+        Cgroup.require_absent("/host", layout=fake_v2.layout)
+    Cgroup.require_absent("/other", layout=fake_v2.layout)  # absent: fine, nothing made
+    assert not (root / "other").exists()
+
+
+def test_v2_the_same_path_twice_is_refused_the_second_time(fake_v2: FakeCgroup2) -> None:
+    first = Cgroup.create("/pod/c", None, layout=fake_v2.layout)
+    with pytest.raises(errors.FailedPrecondition, match="/pod/c"):
+        Cgroup.create("/pod/c", None, layout=fake_v2.layout)
+    assert first.owned == frozenset({str(fake_v2.root / "pod" / "c")})
+    assert (fake_v2.root / "pod" / "c" / "cgroup.procs").exists()  # the first's, untouched
+
+
+def test_v2_a_leaf_taken_between_the_check_and_the_mkdir_is_refused(
+    fake_v2: FakeCgroup2, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """mkdir is the claim: if another creator wins after the existence check, Create is
+    refused (it does not share the winner's cgroup) and removes nothing of the winner's."""
+    real = cgroup_module._os_call
+
+    def racing(fn: Callable[..., object], path: str, **kwargs: Any) -> None:
+        if path == str(fake_v2.root / "c") and not os.path.exists(path):
+            real(fn, path, **kwargs)  # the other creator's mkdir, just before ours
+        real(fn, path, **kwargs)
+
+    monkeypatch.setattr(cgroup_module, "_os_call", racing)
+    with pytest.raises(errors.FailedPrecondition, match="exists already"):
+        Cgroup.create("/c", None, layout=fake_v2.layout)
+    assert (fake_v2.root / "c").is_dir()
+
+
+def test_v2_kill_all_takes_no_subtree_it_did_not_make(fake_v2: FakeCgroup2) -> None:
+    """cgroup.kill would kill a nested cgroup's processes too (another container's, say):
+    with a cgroup below the leaf, only the leaf's own members are signalled."""
+    cg = Cgroup.create("/c", None, layout=fake_v2.layout)
+    leaf = fake_v2.root / "c"
+    (leaf / "cgroup.kill").write_text("")
+    cg.kill_all(signal.SIGKILL)
+    assert _text(leaf / "cgroup.kill") == "1"  # no cgroup below: the kernel's subtree kill
+    (leaf / "cgroup.kill").write_text("")
+    (leaf / "nested").mkdir()
+    cg.kill_all(signal.SIGKILL)  # no members of its own in the fake: nobody is signalled
+    assert _text(leaf / "cgroup.kill") == ""
+    assert _text(leaf / "cgroup.freeze") == "0"  # frozen for the sweep, thawed after
+
+
+def test_a_cgroup_loaded_without_ownership_is_never_signalled_or_removed(
+    fake_v2: FakeCgroup2,
+) -> None:
+    Cgroup.create("/native", None, layout=fake_v2.layout)  # as runc would have made it
+    seen = Cgroup.load("/native", owned=False, layout=fake_v2.layout)
+    assert seen is not None and seen.owned == frozenset()
+    with pytest.raises(errors.FailedPrecondition, match="not created by the shim"):
+        seen.kill_all(signal.SIGKILL)
+    seen.remove()
+    assert (fake_v2.root / "native").is_dir()
+    assert seen.pids() == []  # still readable
 
 
 def test_v2_cgroup_without_the_memory_controller_has_no_usage_file(tmp_path: Path) -> None:
@@ -787,7 +861,7 @@ def test_remove_leaves_nothing_and_keeps_parents(env: Env) -> None:
     assert not [d for d in env.dirs() if os.path.exists(d)]
     assert all(os.path.isdir(m + env.base) for m in env.layout.mounts.values())
     cg.remove()  # idempotent
-    assert Cgroup.load(env.path(), layout=env.layout) is None
+    assert Cgroup.load(env.path(), owned=True, layout=env.layout) is None
     with pytest.raises(errors.NotFound):
         cg.metrics()
 
@@ -796,7 +870,7 @@ def test_remove_leaves_nothing_and_keeps_parents(env: Env) -> None:
 @needs_root
 def test_load_finds_an_existing_cgroup(env: Env) -> None:
     Cgroup.create(env.path(), None, layout=env.layout)
-    loaded = Cgroup.load(env.path(), layout=env.layout)
+    loaded = Cgroup.load(env.path(), owned=True, layout=env.layout)
     assert loaded is not None
     assert loaded.path == env.path()
     assert loaded.owned == frozenset(env.dirs())
@@ -810,13 +884,37 @@ def test_load_finds_an_existing_cgroup(env: Env) -> None:
 
 @root
 @needs_root
-def test_a_leaf_that_existed_before_create_is_not_removed(env: Env) -> None:
+def test_a_cgroup_that_existed_before_is_refused_and_its_process_left_alone(env: Env) -> None:
+    """A host cgroup named as a container's cgroupsPath, with an unrelated process in it:
+    Create is refused, nothing is written into it, and the process and the cgroup stay."""
     for d in env.dirs():
         os.makedirs(d)
-    cg = Cgroup.create(env.path(), None, layout=env.layout)
-    assert cg.owned == frozenset()
-    cg.remove()
+    host = Cgroup.load(env.path(), owned=False, layout=env.layout)
+    assert host is not None
+    pid = env.fork(host, _idle)
+    limits = {"pids": {"limit": 7}} if "pids" in env.layout.mounts else None
+    with pytest.raises(errors.FailedPrecondition, match=r"processes in it: 1\)"):
+        Cgroup.create(env.path(), limits, layout=env.layout)
     assert all(os.path.isdir(d) for d in env.dirs())
+    assert host.pids() == [pid] and os.waitpid(pid, os.WNOHANG) == (0, 0)
+    if limits:
+        assert _read(env.layout.mounts["pids"] + env.path() + "/pids.max") == "max"
+    os.kill(pid, signal.SIGKILL)
+    env.reap(pid)
+
+
+@root
+@needs_root
+def test_a_second_container_on_the_same_path_is_refused(env: Env) -> None:
+    first = Cgroup.create(env.path(), None, layout=env.layout)
+    pid = env.fork(first, _idle)
+    with pytest.raises(errors.FailedPrecondition, match=env.path()):
+        Cgroup.create(env.path(), None, layout=env.layout)
+    assert first.pids() == [pid]  # the first container's process and cgroup are untouched
+    first.kill_all(signal.SIGKILL)
+    env.reap(pid)
+    first.remove()
+    assert not [d for d in env.dirs() if os.path.exists(d)]
 
 
 @root

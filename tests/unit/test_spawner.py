@@ -177,6 +177,90 @@ asyncio.run(main())
 """
 
 
+REPLACED = r"""
+from shim.options import ShimOptions
+from shim.proc.spawner import SpawnerCommand
+
+OPTS = ShimOptions(namespace="n", address="/run/none", publish_binary="", id="t", bundle="",
+                   debug=False)
+
+def ppid(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
+
+async def started(command):
+    reaper = Reaper()
+    reaper.start()
+    pid, sock = fork_spawner(WasmtimeRuntime())
+    reaper.claim(pid)
+    client = SpawnerClient(pid, sock, reaper, command)
+    client.start()
+    return client
+
+async def kill_spawner(client):
+    # SIGKILL the client's spawner and let the client notice (a spawn sent to a spawner in
+    # its last moments fails: it may have forked, so it is never sent again).
+    pid = client.pid
+    os.kill(pid, signal.SIGKILL)
+    while alive(pid):
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)
+
+async def error_of(client):
+    try:
+        await spawn(client, "exit7.wat")
+        return None
+    except ShimError as e:
+        return [type(e).__name__, str(e)]
+
+async def main():
+    command = SpawnerCommand.of_daemon(OPTS, root)
+    client = await started(command)
+    first = client.pid
+    spin = await spawn(client, "spin.wat")
+    await spin.ready
+    await kill_spawner(client)
+    result = {"spin_alive_after": alive(spin.pid)}
+    later = await spawn(client, "exit7.wat")  # waits for the new spawner's hello
+    second = client.pid
+    result["second_is_new_child_of_ours"] = second != first and ppid(second) == os.getpid()
+    result["later_forked_by_second"] = ppid(later.pid) == second
+    result["later_exit"] = await asyncio.wait_for(later.exited, 30)
+    await client.kill(spin.pid, signal.SIGKILL)  # the first spawner's child: the reaper's
+    result["spin_exit"] = await asyncio.wait_for(spin.exited, 10)
+    await kill_spawner(client)  # a replacement is replaced too
+    again = await spawn(client, "exit7.wat")
+    result["third_exit"] = await asyncio.wait_for(again.exited, 30)
+    third = client.pid
+    client.close()
+    await asyncio.sleep(0.2)
+    result["all_spawners_gone"] = not any(alive(p) for p in (first, second, third))
+
+    # Another build on disk: refused, and never tried again.
+    other = SpawnerCommand(argv=command.argv, identity="0.0.0-another-build")
+    client = await started(other)
+    await kill_spawner(client)
+    result["other_build"] = await error_of(client)
+    result["identity"] = command.identity
+    tried = client.pid
+    result["other_build_again"] = await error_of(client)
+    result["not_tried_again"] = client.pid == tried
+
+    # A program that is no spawner at all, or none: each spawn says why it cannot start.
+    quits = SpawnerCommand(argv=(sys.executable, "-c", "pass"), identity=command.identity)
+    client = await started(quits)
+    await kill_spawner(client)
+    result["quits"] = await error_of(client)
+    missing = SpawnerCommand(argv=("/nonexistent/shim", "spawner"), identity=command.identity)
+    client = await started(missing)
+    await kill_spawner(client)
+    result["missing"] = await error_of(client)
+    print(json.dumps(result))
+
+asyncio.run(main())
+"""
+
+
 def _scenario(body: str, *args: str) -> dict[str, object]:
     proc = subprocess.run(
         [sys.executable, "-c", PRELUDE + body, *args],
@@ -206,6 +290,28 @@ def test_when_the_spawner_dies_its_containers_run_on_report_their_exits_and_stay
     assert result["sleeper"] == 7  # the real status, learned by the daemon's reaper
     assert result["spin"] == 137
     assert result["later"] == "Unavailable"
+
+
+def test_a_dead_spawner_is_replaced_and_its_children_stay_reported_and_killable() -> None:
+    """The daemon's case (it has a SpawnerCommand): the new spawner is started by exec of the
+    shim's own program (here `python -m shim ... spawner`), is the daemon's child, forks the
+    next containers; the old one's child is still killed through the reaper; a replacement
+    is replaced in turn; nothing of it outlives close(). A spawner of another build is not
+    used (and not retried); one that quits or cannot be run gives each spawn the reason."""
+    result = _scenario(REPLACED)
+    assert result["spin_alive_after"]
+    assert result["second_is_new_child_of_ours"] and result["later_forked_by_second"]
+    assert result["later_exit"] == 7 and result["third_exit"] == 7
+    assert result["spin_exit"] == 137
+    assert result["all_spawners_gone"]
+    kind, message = result["other_build"]  # type: ignore[misc]
+    assert kind == "Unavailable"
+    assert f"another build ({result['identity']}) than this pod's daemon (0.0.0-" in message
+    assert result["other_build_again"] == result["other_build"]
+    assert result["not_tried_again"]
+    assert result["quits"] == ["Unavailable", "a new spawner ended before it was ready"]
+    kind, message = result["missing"]  # type: ignore[misc]
+    assert kind == "Unavailable" and "cannot start a new spawner (/nonexistent/shim)" in message
 
 
 def test_a_process_whose_start_function_never_returns_is_killed_before_it_is_ready() -> None:
