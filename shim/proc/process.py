@@ -11,7 +11,28 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 from dataclasses import dataclass, field
+
+# Signals whose default action ends a process. A wasm guest cannot handle any signal, so each
+# of these ends it; but as the init of its own PID namespace the kernel ignores them (only
+# SIGKILL and SIGSTOP reach an init without handlers), so such a guest gets SIGKILL instead
+# (`Process.stand_in`) and its exit is reported as the signal asked for.
+TERMINATING_SIGNALS = frozenset(int(s) for s in signal.valid_signals()) - {
+    int(s)
+    for s in (
+        signal.SIGKILL,
+        signal.SIGSTOP,
+        signal.SIGTSTP,
+        signal.SIGTTIN,
+        signal.SIGTTOU,
+        signal.SIGCHLD,
+        signal.SIGCONT,
+        signal.SIGURG,
+        signal.SIGWINCH,
+    )
+}
+_SIGKILL_STATUS = 128 + signal.SIGKILL
 
 
 def exit_code_from_wait_status(status: int) -> int:
@@ -32,6 +53,17 @@ class Process:
     exited: asyncio.Future[int] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
+    pid_namespace_init: bool = False  # a wasm guest alone in a PID namespace of its own
+    killed_as: int = 0  # the signal a SIGKILL was sent in place of (`stand_in`)
+
+    def stand_in(self, sig: int) -> int:
+        """The signal to send for `sig`: SIGKILL in place of a terminating one when the
+        process is a PID namespace's init (see TERMINATING_SIGNALS), remembered so that its
+        exit is reported as `sig`'s."""
+        if self.pid_namespace_init and sig in TERMINATING_SIGNALS:
+            self.killed_as = self.killed_as or sig
+            return int(signal.SIGKILL)
+        return sig
 
     def set_ready(self, error: BaseException | None = None) -> None:
         """Readiness is decided once; later calls are ignored."""
@@ -46,4 +78,6 @@ class Process:
     def set_exited(self, status: int) -> None:
         """The exit status is decided once; later calls are ignored."""
         if not self.exited.done():
+            if self.killed_as and status == _SIGKILL_STATUS:
+                status = 128 + self.killed_as
             self.exited.set_result(status)

@@ -47,25 +47,6 @@ log = logging.getLogger(__name__)
 SO_SNDBUFFORCE = 32
 SOCKET_FD = 3  # where a spawner started by `SpawnerCommand` finds its end of the socket
 
-# Signals whose default action ends a process. A wasm guest cannot handle any signal, so each
-# of these ends it; but as the init of its own PID namespace the kernel would ignore them
-# (only SIGKILL and SIGSTOP reach an init without handlers), so such a guest gets SIGKILL and
-# its exit is reported as the signal asked for.
-_TERMINATING = frozenset(int(s) for s in signal.valid_signals()) - {
-    int(s)
-    for s in (
-        signal.SIGKILL,
-        signal.SIGSTOP,
-        signal.SIGTSTP,
-        signal.SIGTTIN,
-        signal.SIGTTOU,
-        signal.SIGCHLD,
-        signal.SIGCONT,
-        signal.SIGURG,
-        signal.SIGWINCH,
-    )
-}
-
 
 @dataclass(slots=True)
 class _Child:
@@ -74,10 +55,8 @@ class _Child:
     ready_fd: int  # -1 once the child has reported
     ready_watched: bool = True  # ready_fd is in the selector
     report: bytearray = field(default_factory=bytearray)
-    pid_init: bool = False  # the init of a PID namespace of its own
     memory_limit: int | None = None  # to tell an OOM kill during setup
     usage_file: str = ""
-    killed_as: int = 0  # the signal a SIGKILL stood in for (see _TERMINATING)
 
 
 class Spawner:
@@ -175,7 +154,6 @@ class Spawner:
             pid=pid,
             pidfd=pidfd,
             ready_fd=ready_r,
-            pid_init=pid_mode == PID_NEW,
             memory_limit=cfg.memory_limit,
             usage_file=setup.memory_usage_file,
         )
@@ -244,8 +222,6 @@ class Spawner:
         os.close(child.pidfd)
         del self.by_pid[child.pid]
         status = exit_code_from_wait_status(wait_status)
-        if child.killed_as and os.WIFSIGNALED(wait_status):
-            status = 128 + child.killed_as
         if child.ready_fd >= 0:  # its ready pipe holds all it will ever say: answer first
             with contextlib.suppress(OSError):
                 while chunk := os.read(child.ready_fd, 65536):
@@ -260,9 +236,6 @@ class Spawner:
             self.send(wire.error_reply(req, errors.Code.NOT_FOUND, "process already finished"))
             return
         sig = int(msg["signal"])
-        if child.pid_init and sig in _TERMINATING:
-            child.killed_as = child.killed_as or sig
-            sig = signal.SIGKILL
         try:
             signal.pidfd_send_signal(child.pidfd, sig)
         except ProcessLookupError:

@@ -30,6 +30,7 @@ from typing import Protocol
 from runtimes.base import CacheSettings, Entrypoint, RunConfig, Runtime
 from shim import bundle as bundle_files
 from shim.cgroups import Cgroup
+from shim.confine.policy import PID_NEW
 from shim.proc.child import ProcessSetup
 from shim.proc.client import SpawnerClient
 from shim.proc.process import Process
@@ -134,12 +135,15 @@ class WasmSupervisor:
             fds = (*stdio, self._compile_fd)
             setup = replace(setup, compile_channel=True)
         try:
-            return await self.host.spawner.spawn(self.run_config, self.entry, setup, fds)
+            process = await self.host.spawner.spawn(self.run_config, self.entry, setup, fds)
         finally:
             self._close_compile_channel()
+        conf = setup.confinement
+        process.pid_namespace_init = conf is not None and conf.pid == PID_NEW
+        return process
 
     async def kill(self, process: Process, sig: int, all_: bool) -> None:
-        await self.host.spawner.kill(process.pid, sig)
+        await self.host.spawner.kill(process.pid, process.stand_in(sig))
         if all_ and self._cgroup is not None:
             await asyncio.to_thread(self._cgroup.kill_all, sig)
 
