@@ -1,10 +1,10 @@
 """The system calls the shim makes through libc, because Python 3.11's os module has none for them.
 
-mount(2), umount2(2), setns(2), prctl(2) and unshare(2) have no function in the os module of
-Python 3.11 (os.setns and os.unshare arrive in 3.12), so they are called through ctypes, and only
-here. Each wrapper passes typed arguments, and on failure raises ``OSError(errno, strerror)``, as
-the os module does, so callers handle one failure style and add their own context (the path,
-the namespace) to the message.
+mount(2), umount2(2), setns(2), prctl(2), unshare(2) and fstatfs(2) have no function in the os
+module of Python 3.11 (os.setns and os.unshare arrive in 3.12; os.fstatvfs has no f_type), so
+they are called through ctypes, and only here. Each wrapper passes typed arguments, and on
+failure raises ``OSError(errno, strerror)``, as the os module does, so callers handle one
+failure style and add their own context (the path, the namespace) to the message.
 
 libc is the one already loaded into the process (``CDLL(None)``, dlopen of the program itself):
 no library search at import time, and the same libc in the venv and in the frozen binary.
@@ -48,6 +48,13 @@ _unshare = _libc.unshare
 _unshare.argtypes = [ctypes.c_int]
 _unshare.restype = ctypes.c_int
 
+# struct statfs starts with f_type (a C long on every Linux ABI the shim runs on); 120 bytes
+# on 64-bit, 84 on 32-bit. The buffer is larger than either so no ABI detail can overrun it.
+_STATFS_SIZE = 256
+_fstatfs = _libc.fstatfs
+_fstatfs.argtypes = [ctypes.c_int, ctypes.c_void_p]
+_fstatfs.restype = ctypes.c_int
+
 
 def _check(rc: int) -> int:
     """``rc`` when the call succeeded; else the OSError for the errno it left."""
@@ -88,3 +95,11 @@ def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 
 def unshare(flags: int) -> None:
     """unshare(2) with CLONE_* ``flags``."""
     _check(_unshare(flags))
+
+
+def fstatfs_type(fd: int) -> int:
+    """fstatfs(2)'s ``f_type``: the magic number of the filesystem ``fd`` is on (os.fstatvfs
+    has no such field). Works on O_PATH descriptors."""
+    buf = ctypes.create_string_buffer(_STATFS_SIZE)
+    _check(_fstatfs(fd, buf))
+    return ctypes.c_ulong.from_buffer(buf).value

@@ -24,7 +24,7 @@ from shim import bundle as bundle_files
 from shim.cgroups import Cgroup
 from shim.errors import FailedPrecondition, InvalidArgument, NotFound
 from shim.io.stdio import ProcessIO, StdioConfig
-from shim.oci import mounts
+from shim.oci import mounts, namespaces
 from shim.oci.spec import Spec, load
 from shim.proc.child import JOINABLE_NAMESPACES, ProcessSetup
 from shim.proc.process import Process
@@ -90,6 +90,7 @@ class Container:
         spec = load(cfg.bundle)
         if spec.process.terminal:
             raise InvalidArgument("process.terminal is not supported by the wasmtime shim yet")
+        namespaces.check_paths(spec.namespaces)  # before anything opens them (never blocks)
         c = cls(id=cfg.id, bundle=cfg.bundle, namespace=cfg.namespace, spec=spec, stdio=cfg.stdio)
         try:
             c._mount_rootfs(cfg.rootfs)
