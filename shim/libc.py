@@ -1,12 +1,12 @@
 """The system calls the shim makes through libc, because Python 3.11's os module has none for them.
 
-mount(2), umount2(2), setns(2), prctl(2), unshare(2), capset(2), pivot_root(2), open_tree(2) and
-move_mount(2) have no function in the os module of Python 3.11 (os.setns and os.unshare arrive
-in 3.12; the others in no version), so they are called through ctypes, and only here. The last
-three have no glibc wrapper either and go through syscall(2) with their numbers. Each wrapper
-passes typed arguments, and on failure raises ``OSError(errno, strerror)``, as the os module
-does, so callers handle one failure style and add their own context (the path, the namespace)
-to the message.
+mount(2), umount2(2), setns(2), prctl(2), unshare(2), fstatfs(2), capset(2), pivot_root(2),
+open_tree(2) and move_mount(2) have no function in the os module of Python 3.11 (os.setns and
+os.unshare arrive in 3.12; os.fstatvfs has no f_type; the others are in no version), so they
+are called through ctypes, and only here. The last three have no glibc wrapper either and go
+through syscall(2) with their numbers. Each wrapper passes typed arguments, and on failure
+raises ``OSError(errno, strerror)``, as the os module does, so callers handle one failure
+style and add their own context (the path, the namespace) to the message.
 
 libc is the one already loaded into the process (``CDLL(None)``, dlopen of the program itself):
 no library search at import time, and the same libc in the venv and in the frozen binary.
@@ -91,6 +91,13 @@ _CAPABILITY_VERSION_3 = 0x20080522  # 64-bit sets, as two 32-bit halves
 _capset = _libc.capset
 _capset.argtypes = [ctypes.POINTER(_CapHeader), ctypes.POINTER(_CapData)]
 _capset.restype = ctypes.c_int
+
+# struct statfs starts with f_type (a C long on every Linux ABI the shim runs on); 120 bytes
+# on 64-bit, 84 on 32-bit. The buffer is larger than either so no ABI detail can overrun it.
+_STATFS_SIZE = 256
+_fstatfs = _libc.fstatfs
+_fstatfs.argtypes = [ctypes.c_int, ctypes.c_void_p]
+_fstatfs.restype = ctypes.c_int
 
 
 def _check(rc: int) -> int:
@@ -184,3 +191,11 @@ def move_mount_fd(fd: int, target: str) -> None:
             ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH),
         )
     )
+
+
+def fstatfs_type(fd: int) -> int:
+    """fstatfs(2)'s ``f_type``: the magic number of the filesystem ``fd`` is on (os.fstatvfs
+    has no such field). Works on O_PATH descriptors."""
+    buf = ctypes.create_string_buffer(_STATFS_SIZE)
+    _check(_fstatfs(fd, buf))
+    return ctypes.c_ulong.from_buffer(buf).value

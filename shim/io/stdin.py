@@ -9,7 +9,7 @@ Like the runc shim we also hold a write end of the FIFO ourselves. It keeps the 
 seeing EOF when a client detaches, so another client can attach later; the guest sees EOF only
 through close_stdin() (CloseIO) or when the process is torn down. Both FIFO ends are opened
 O_NONBLOCK: opening never waits for the client, so Create cannot hang when the client never
-opens its end.
+opens its end; a stdin path that is not a FIFO is refused before it is opened (fds.py).
 
 One daemon thread does the copying; it only ever blocks in poll() together with a wake-up
 pipe, so stop() always gets it back promptly. It owns the descriptors it copies between.
@@ -21,11 +21,9 @@ import contextlib
 import fcntl
 import os
 import select
-import stat
 import threading
 
-from shim.errors import InvalidArgument
-from shim.io.fds import close_quietly, open_fd, os_error, pipe
+from shim.io.fds import close_quietly, open_fifo, os_error, pipe
 
 _CHUNK = 65536
 
@@ -46,11 +44,7 @@ class StdinCopier:
         self._wake_r = self._wake_w = -1
         self._thread: threading.Thread | None = None
         try:
-            self._fifo_r = open_fd(path, os.O_RDONLY | os.O_NONBLOCK, "open stdin FIFO")
-            if not stat.S_ISFIFO(os.fstat(self._fifo_r).st_mode):
-                raise InvalidArgument(f"stdin {path!r} is not a FIFO")
-            # Cannot fail with ENXIO: our own read end is open.
-            self._fifo_w = open_fd(path, os.O_WRONLY | os.O_NONBLOCK, "open stdin FIFO")
+            self._fifo_r, self._fifo_w = open_fifo(path, "stdin")
             self.child_fd, self._pipe_w = pipe()
             os.set_blocking(self._pipe_w, False)
             self._wake_r, self._wake_w = pipe()

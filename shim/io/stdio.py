@@ -24,8 +24,8 @@ import stat
 import threading
 from dataclasses import dataclass
 
-from shim.errors import FailedPrecondition, InvalidArgument
-from shim.io.fds import close_quietly, open_fd, os_error
+from shim.errors import FailedPrecondition, InvalidArgument, NotFound
+from shim.io.fds import close_quietly, kind, open_fd, open_fifo, open_regular, os_error, stat_path
 from shim.io.logger import BinaryLogger
 from shim.io.stdin import StdinCopier
 from shim.io.uri import Plan, Scheme, Target, plan
@@ -77,12 +77,13 @@ class ProcessIO:
         namespace: str,
         ready_timeout: float = DEFAULT_READY_TIMEOUT,
     ) -> ProcessIO:
-        """Open everything ``cfg`` names. Never waits for the client; a binary logger gets
-        ``ready_timeout`` seconds.
+        """Open everything ``cfg`` names. Never waits for the client, nor on any file it
+        names (fds.py); a binary logger gets ``ready_timeout`` seconds.
 
         Raises InvalidArgument (terminal, unknown scheme, bad combination, a path that is
-        neither a FIFO nor a regular file), NotFound / PermissionDenied naming the path,
-        DeadlineExceeded / FailedPrecondition from a logger. Nothing stays open on failure.
+        neither a FIFO nor a regular file, a ``file://`` log that is not a regular file),
+        NotFound / PermissionDenied naming the path, DeadlineExceeded / FailedPrecondition
+        from a logger. Nothing stays open on failure.
         """
         if cfg.terminal:
             raise InvalidArgument("terminal (tty) stdio is not supported by this shim")
@@ -125,36 +126,36 @@ class ProcessIO:
         return fd
 
     def _open_output(self, target: Target, stream: str) -> int:
-        """A FIFO (with our keep-alive read end) or an existing regular file to append to."""
+        """A FIFO (with our keep-alive read end) or an existing regular file to append to.
+        Nothing here waits on the file (see fds.py)."""
         if target.scheme is Scheme.NULL:
             return self._null()
         path = target.path
-        # O_NONBLOCK: a read end opens at once even with no writer, and a regular file
-        # is unaffected by it. It is a read-only handle we never read from.
-        reader = open_fd(path, os.O_RDONLY | os.O_NONBLOCK, f"open {stream}")
-        try:
-            mode = os.fstat(reader).st_mode
-        except OSError as exc:  # pragma: no cover - fstat of an open fd does not fail
-            close_quietly(reader)
-            raise os_error(exc, f"stat {stream}", path) from exc
-        if stat.S_ISFIFO(mode):
-            self._keep.append(reader)
-            # A reader exists (ours), so this cannot block.
-            return self._owned(open_fd(path, os.O_WRONLY, f"open {stream} FIFO"))
-        close_quietly(reader)
-        if stat.S_ISREG(mode):  # the runc shim appends to a plain file, without creating it
-            return self._owned(open_fd(path, os.O_WRONLY | os.O_APPEND, f"open {stream} file"))
-        raise InvalidArgument(f"{stream} {path!r} is neither a FIFO nor a regular file")
+        st = stat_path(path, f"stat {stream}")
+        if st is None:
+            raise NotFound(f"open {stream} {path!r}: No such file or directory")
+        if stat.S_ISFIFO(st.st_mode):
+            reader, writer = open_fifo(path, f"{stream} FIFO")
+            self._keep.append(reader)  # a read-only handle we never read from
+            self._owned(writer)
+            os.set_blocking(writer, True)  # the guest writes as to any FIFO: blocking
+            return writer
+        if stat.S_ISREG(st.st_mode):  # the runc shim appends to a plain file, without creating it
+            return self._owned(open_regular(path, os.O_WRONLY | os.O_APPEND, f"{stream} file"))
+        raise InvalidArgument(
+            f"{stream} {path!r} is {kind(st.st_mode)}, neither a FIFO nor a regular file"
+        )
 
     @staticmethod
     def _open_log_file(path: str) -> int:
-        """``file://``: create parent directories and the file, append to it."""
+        """``file://``: create parent directories and the file, append to it. It must be a
+        regular file: a FIFO would hold the guest's output hostage to whoever reads it."""
         parent = os.path.dirname(path)
         try:
             os.makedirs(parent, mode=0o755, exist_ok=True)
         except OSError as exc:
             raise os_error(exc, "create log directory", parent) from exc
-        return open_fd(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, "open log file", 0o644)
+        return open_regular(path, os.O_WRONLY | os.O_APPEND, "log file", create=True)
 
     # -- the life cycle -----------------------------------------------------------------
 

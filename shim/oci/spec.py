@@ -17,8 +17,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shim.errors import InvalidArgument, NotFound
+from shim.io.fds import read_regular
 
 CONFIG_FILE = "config.json"
+CONFIG_LIMIT = 16 << 20  # bytes; a spec is a few KiB, this only refuses a runaway file
 
 # The annotations the shim reads: the two that containerd's CRI plugin sets on every container
 # of a pod, and the runc shim's grouping annotation, honoured the same way.
@@ -212,11 +214,11 @@ def parse(doc: Any) -> Spec:
 def read_document(bundle: str) -> dict[str, Any]:
     """The raw config.json of a bundle. Missing -> NotFound, not JSON -> InvalidArgument."""
     path = os.path.join(bundle, CONFIG_FILE)
+    if not os.path.exists(path):
+        raise NotFound(f"{path} does not exist")
+    raw = read_regular(path, "spec", CONFIG_LIMIT)  # never waits on a FIFO put there
     try:
-        with open(path, "rb") as f:
-            doc = json.load(f)
-    except FileNotFoundError:
-        raise NotFound(f"{path} does not exist") from None
+        doc = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
         raise InvalidArgument(f"{path} is not valid JSON: {e}") from None
     if not isinstance(doc, dict):

@@ -25,7 +25,7 @@ from shim.cgroups import Cgroup
 from shim.confine.policy import Confinement, cgroup_dirs, confinement
 from shim.errors import FailedPrecondition, InvalidArgument, NotFound
 from shim.io.stdio import ProcessIO, StdioConfig
-from shim.oci import mounts
+from shim.oci import mounts, namespaces
 from shim.oci.spec import Spec, load
 from shim.proc.child import ProcessSetup
 from shim.proc.process import Process
@@ -93,6 +93,7 @@ class Container:
         spec = load(cfg.bundle)
         if spec.process.terminal:
             raise InvalidArgument("process.terminal is not supported by the wasmtime shim yet")
+        namespaces.check_paths(spec.namespaces)  # before anything opens them (never blocks)
         c = cls(id=cfg.id, bundle=cfg.bundle, namespace=cfg.namespace, spec=spec, stdio=cfg.stdio)
         try:
             c._mount_rootfs(cfg.rootfs)
@@ -112,10 +113,10 @@ class Container:
                 cgroup = (
                     Cgroup.create(spec.cgroups_path, spec.resources) if spec.cgroups_path else None
                 )
-                c.confine(cgroup)
                 wasm = WasmSupervisor(host, c.run_config, c.entry, c.process_setup, cgroup)
-                c.supervisor = wasm
+                c.supervisor = wasm  # holds the cgroup: released on any failure below
                 c.record()
+                c.confine(cgroup)
                 wasm.request_compile()
             c.io = ProcessIO.open(cfg.stdio, container_id=cfg.id, namespace=cfg.namespace)
         except BaseException:

@@ -24,7 +24,8 @@ from shim.api.containerd.events import task_pb2 as events_pb2
 from shim.api.containerd.task.v2 import shim_pb2 as pb
 from shim.api.containerd.types import mount_pb2
 from shim.api.containerd.types.task import task_pb2 as types_pb2
-from shim.errors import InvalidArgument, Unimplemented
+from shim.errors import Unimplemented
+from shim.io.fds import read_regular
 from shim.io.stdio import StdioConfig
 from shim.logs import current_container
 from shim.oci.mounts import MountRequest
@@ -36,6 +37,7 @@ from shim.task.tasks import Tasks
 log = logging.getLogger(__name__)
 
 SERVICE = "containerd.task.v2.Task"
+OPTIONS_FILE_LIMIT = 1 << 20  # bytes of a runtime options file (CRI's config_path)
 
 _STATUS = {
     State.CREATED: types_pb2.CREATED,
@@ -81,11 +83,9 @@ def native_options(options: any_pb2.Any) -> NativeOptions:
     if opts.config_body:
         text = opts.config_body.decode("utf-8", "replace")
     elif opts.config_path:
-        try:
-            with open(opts.config_path, encoding="utf-8") as f:
-                text = f.read()
-        except OSError as e:
-            raise InvalidArgument(f"runtime options file {opts.config_path}: {e.strerror}") from e
+        # Read on the event loop: a small regular file or a refusal, never a wait (fds.py).
+        data = read_regular(opts.config_path, "runtime options file", OPTIONS_FILE_LIMIT)
+        text = data.decode("utf-8", "replace")
     return options_from_toml(text)
 
 

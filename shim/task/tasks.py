@@ -4,8 +4,10 @@ Plain arguments in, plain values out: shim/task/service.py adapts the ttrpc wire
 calls, and events leave through the `EventSink` protocol. The public method checks the state
 table (shim/task/states.py), a private step acts through the container's `Supervisor`
 (shim/task/supervisor.py: wasm or native, this module does not know which), and blocking
-host work (mounts, FIFOs, cgroups) runs in a worker thread so one slow Create never stalls
-another container's Wait or Kill.
+host work runs in a worker thread so one slow Create never stalls another container's Wait
+or Kill: Create's and Delete's (mounts, stdio, unmounts) on a bounded set of threads of their
+own, each with a deadline (shim/workers.py), the small rest (a cgroup file, the bundle's
+record) on asyncio's default executor.
 
 Start and Kill. A container process exists (its pid is known) the moment the supervisor has
 created it, long before it is ready (its program compiled, loaded and instantiated). Kill
@@ -27,16 +29,21 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from shim.cgroups import Cgroup
-from shim.errors import AlreadyExists, NotFound, ShimError, Unavailable
+from shim.errors import AlreadyExists, DeadlineExceeded, NotFound, ShimError, Unavailable
 from shim.logs import current_container
 from shim.proc.process import Process
 from shim.task.container import Container, CreateConfig
 from shim.task.states import Event, State, next_state
 from shim.task.supervisor import Host
+from shim.workers import Workers, within
 
 log = logging.getLogger(__name__)
 
 START_FAILED_STATUS = 1  # the exit status of a task whose process never ran
+HOST_WORKERS = 8  # threads for Create's and Delete's host work (shim/workers.py)
+ADMISSION = 10.0  # seconds a Create or Delete waits for one of them to be free
+CREATE_TIMEOUT = 60.0  # seconds Create's host work may take before Create gives up on it
+DELETE_TIMEOUT = 30.0  # the same for Delete's release
 
 
 class EventSink(Protocol):
@@ -65,6 +72,7 @@ class Tasks:
         self.containers: dict[str, Container] = {}
         self._creating: set[str] = set()
         self._on_idle: Callable[[], None] | None = None
+        self._work = Workers("Create and Delete", HOST_WORKERS, ADMISSION)
 
     def get(self, container_id: str, exec_id: str = "") -> Container:
         """The container, or NotFound; exec processes do not exist (Exec is UNIMPLEMENTED)."""
@@ -81,15 +89,17 @@ class Tasks:
         if cfg.id in self.containers or cfg.id in self._creating:
             raise AlreadyExists(f"container {cfg.id} already exists")
         self._creating.add(cfg.id)
-        work = asyncio.ensure_future(asyncio.to_thread(Container.prepare, cfg, self.host))
+        work = asyncio.ensure_future(
+            self._work.call(f"create {cfg.id}", lambda: Container.prepare(cfg, self.host))
+        )
         # The id stays reserved until the preparation really ends, cancelled or not: a retried
         # Create must not mount the same bundle while the first one is still at work.
         work.add_done_callback(lambda _: self._creating.discard(cfg.id))
         try:
-            # Shielded: if containerd hangs up mid-Create, the thread still finishes, and
-            # what it acquired is released instead of leaking.
-            c = await asyncio.shield(work)
-        except asyncio.CancelledError:
+            # Shielded: if containerd hangs up mid-Create, or it passes its deadline, the
+            # thread still finishes, and what it acquired is released instead of leaking.
+            c = await within(work, CREATE_TIMEOUT, f"create {cfg.id}")
+        except (asyncio.CancelledError, DeadlineExceeded):
             work.add_done_callback(self._release_abandoned)
             raise
         self.containers[cfg.id] = c
@@ -143,7 +153,7 @@ class Tasks:
         c.state = next_state(c.state, Event.START_FAILED)
         c.set_exited(status)
         assert c.io is not None
-        await asyncio.to_thread(c.io.close)
+        await self._work.call(f"close the stdio of {c.id}", c.io.close)
 
     # ------------------------------------------------------------------ exits
 
@@ -159,7 +169,7 @@ class Tasks:
             self.events.task_oom(c)
         self.events.task_exit(c)
         if c.io is not None:
-            asyncio.get_running_loop().run_in_executor(None, c.io.close)
+            self._work.start(f"close the stdio of {c.id}", c.io.close)
 
     @staticmethod
     def _oom_killed(c: Container) -> bool:
@@ -202,7 +212,8 @@ class Tasks:
         try:
             if c.supervisor is not None:
                 await asyncio.shield(c.supervisor.delete())
-            await asyncio.shield(asyncio.to_thread(c.release))
+            release = self._work.call(f"delete {c.id}", c.release)
+            await within(asyncio.ensure_future(release), DELETE_TIMEOUT, f"delete {c.id}")
         finally:
             c.state = next_state(c.state, Event.DELETED)
             del self.containers[c.id]
@@ -256,7 +267,8 @@ class Tasks:
         if work.cancelled() or work.exception() is not None:
             self._check_idle()
             return
-        release = asyncio.get_running_loop().run_in_executor(None, work.result().release)
+        c = work.result()
+        release = self._work.start(f"release abandoned {c.id}", c.release)
         release.add_done_callback(lambda _: self._check_idle())
 
     async def kill_everything(self) -> None:
@@ -275,5 +287,7 @@ class Tasks:
             if c.supervisor is not None:
                 with contextlib.suppress(ShimError):
                     await c.supervisor.delete()
-            await asyncio.to_thread(c.release)
+            with contextlib.suppress(ShimError):
+                release = asyncio.ensure_future(self._work.call(f"delete {c.id}", c.release))
+                await within(release, DELETE_TIMEOUT, f"delete {c.id}")
         self.containers.clear()

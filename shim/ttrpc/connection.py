@@ -7,6 +7,7 @@ as ttrpc-go enforces them:
 
 - a frame with an even stream id           -> INVALID_ARGUMENT on that stream
 - an oversized frame (over 4 MiB)           -> RESOURCE_EXHAUSTED on that stream, bytes skipped
+- a frame over the memory caps (limits.py)  -> RESOURCE_EXHAUSTED on that stream, bytes skipped
 - a Request whose id is not above the last  -> INVALID_ARGUMENT (ids cannot be reused)
 - a Request that does not parse             -> INVALID_ARGUMENT
 - a Data frame                              -> INVALID_ARGUMENT (no streaming calls here)
@@ -14,6 +15,12 @@ as ttrpc-go enforces them:
 
 :class:`ClientConnection` allocates odd, increasing stream ids and matches responses to them; an
 answer over the size limit becomes RESOURCE_EXHAUSTED, one that does not decode INTERNAL.
+
+The server side also keeps the memory accounting of ``limits.py``: each frame is charged to
+the connection and to the server's shared :class:`~shim.ttrpc.limits.Budget` before it is
+buffered; a call's charge travels in its :class:`RequestReceived` and comes back through
+:meth:`ServerConnection.release` once the answer has left; :meth:`ServerConnection.close`
+returns whatever is still held.
 
 These codes are decided here: each rule puts a shim.errors instance (InvalidArgument,
 ResourceExhausted, Internal) into its event, and :func:`shim.errors.to_status` turns it into code
@@ -38,8 +45,10 @@ from shim.ttrpc.frames import (
     FrameType,
     OversizedFrame,
     ProtocolError,
+    RefusedFrame,
     encode_frame,
 )
+from shim.ttrpc.limits import Budget, Limits
 from shim.ttrpc.messages import (
     Request,
     Response,
@@ -52,10 +61,12 @@ from shim.ttrpc.messages import (
 
 @dataclass(frozen=True, slots=True)
 class RequestReceived:
-    """A well-formed call; the server must eventually answer it on ``stream_id``."""
+    """A well-formed call; the server must eventually answer it on ``stream_id``, then give
+    ``charge`` back to :meth:`ServerConnection.release`."""
 
     stream_id: int
     request: Request
+    charge: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,15 +109,28 @@ def _too_large(length: int, limit: int) -> ResourceExhausted:
 
 
 class ServerConnection:
-    """Server-side protocol state of one connection: the last stream id and owed answers."""
+    """Server-side protocol state of one connection: the last stream id, owed answers, and
+    the bytes its frames hold (charged to ``budget``, the server's; a private one if None)."""
 
-    def __init__(self, max_payload: int = MAX_PAYLOAD) -> None:
-        self._decoder = FrameDecoder(max_payload)
+    def __init__(
+        self,
+        max_payload: int = MAX_PAYLOAD,
+        *,
+        limits: Limits | None = None,
+        budget: Budget | None = None,
+    ) -> None:
+        self._limits = limits or (budget.limits if budget is not None else Limits())
+        self._budget = budget or Budget(self._limits)
+        self._decoder = FrameDecoder(max_payload, admit=self._admit)
         self._max_payload = max_payload
         self._last_stream_id = 0
         # Streams we owe an answer on. A Counter, because a bad client can make us owe
         # several answers on one id (a live call plus a rejected duplicate of it).
         self._owed: Counter[int] = Counter()
+        self._held = 0  # bytes charged to this connection (the frame in progress + calls)
+        self._receiving = 0  # the charge of the frame being received
+        self._refusal: ShimError | None = None  # why the last refused frame was refused
+        self._closed = False
 
     @property
     def last_stream_id(self) -> int:
@@ -116,6 +140,22 @@ class ServerConnection:
     def owed(self) -> int:
         """How many answers are outstanding (calls in flight plus rejections not yet sent)."""
         return sum(self._owed.values())
+
+    @property
+    def held(self) -> int:
+        """Bytes charged to this connection and not yet released."""
+        return self._held
+
+    @property
+    def in_frame(self) -> bool:
+        """True while an admitted frame is only partly received (its deadline is running)."""
+        return self._decoder.in_frame
+
+    @property
+    def frames_admitted(self) -> int:
+        """How many frames have been admitted so far (tells one frame in progress from the
+        next)."""
+        return self._decoder.frames_admitted
 
     def receive_data(self, data: bytes) -> None:
         """Bytes from the client; ``b""`` when it closed. See FrameDecoder.receive_data."""
@@ -129,16 +169,66 @@ class ServerConnection:
                 return None
             if isinstance(event, EndOfStream):
                 return ConnectionClosed(truncated=event.truncated)
+            charge = 0
+            if isinstance(event, Frame):
+                charge, self._receiving = self._receiving, 0
             result = self._classify(event)
+            if isinstance(result, RequestReceived):
+                result = RequestReceived(result.stream_id, result.request, charge)
+            else:
+                self.release(charge)
             if result is not None:
                 if not isinstance(result, ConnectionClosed):
                     self._owed[result.stream_id] += 1
                 return result
 
-    def _classify(self, event: Frame | OversizedFrame) -> ServerEvent | None:
+    def release(self, charge: int) -> None:
+        """Give back a call's charge once its answer has left (nothing after ``close``)."""
+        if self._closed or charge <= 0:
+            return
+        self._held -= charge
+        self._budget.release(charge)
+
+    def close(self) -> None:
+        """The connection is gone: return everything it still holds to the budget."""
+        if self._closed:
+            return
+        self._closed = True
+        self._decoder.close()
+        self._budget.release(self._held)
+        self._held = self._receiving = 0
+
+    def _admit(self, stream_id: int, type_: int, length: int) -> bool:
+        """The decoder's gate: charge a frame before its payload is kept, or refuse it."""
+        if self._closed:
+            return False
+        charge = self._budget.cost(length)
+        limit = self._limits.connection_bytes
+        if self._held + charge > limit:
+            self._refusal = ResourceExhausted(
+                f"ttrpc: a frame of {length} bytes would make this connection hold "
+                f"{self._held + charge} bytes of unanswered requests, over its limit of {limit}"
+            )
+            return False
+        if not self._budget.charge(charge, small=length <= self._limits.small_frame):
+            self._refusal = ResourceExhausted(
+                f"ttrpc: the shim already holds {self._budget.used} bytes of unanswered "
+                f"requests; a frame of {length} bytes does not fit its limit of "
+                f"{self._limits.server_bytes}"
+            )
+            return False
+        self._held += charge
+        self._receiving = charge
+        return True
+
+    def _classify(self, event: Frame | OversizedFrame | RefusedFrame) -> ServerEvent | None:
         sid = event.stream_id
         if isinstance(event, OversizedFrame):
             return StreamError.of(sid, _too_large(event.length, self._max_payload))
+        if isinstance(event, RefusedFrame):
+            refusal = self._refusal or ResourceExhausted("ttrpc: frame refused")
+            self._refusal = None
+            return StreamError.of(sid, refusal)
         if sid % 2 != 1:
             return StreamError.of(
                 sid, InvalidArgument("StreamID must be odd for client initiated streams")
@@ -237,7 +327,7 @@ class ClientConnection:
             if sid not in self._pending or event.type != FrameType.RESPONSE:
                 continue
             self._pending.discard(sid)
-            if isinstance(event, OversizedFrame):
+            if not isinstance(event, Frame):  # oversized (a client admits every legal frame)
                 response = Response.from_error(_too_large(event.length, self._max_payload))
             else:
                 try:

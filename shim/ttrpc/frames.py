@@ -9,12 +9,22 @@ This module implements exactly that, and nothing about what the payload means (s
 
 The decoder never buffers an oversized payload: once such a header is seen, the following
 bytes are counted off as they arrive, so a peer cannot make us hold more than one legal frame.
+A frame within the limit is buffered only if the decoder's ``admit`` callback agrees (the
+server's memory budget, ``limits.py``); a refused frame is skipped the same way and reported
+as a :class:`RefusedFrame`. An admitted payload is received into a buffer of exactly its
+announced length, allocated once, so the memory a frame holds is what it was admitted for.
+A payload of ``MAP_THRESHOLD`` bytes or more gets an anonymous mapping of its own: its pages
+are touched only as bytes arrive (half a frame costs half its size), and they go back to the
+kernel the moment the frame is done or dropped, not to a heap that keeps them.
 """
 
 from __future__ import annotations
 
 import enum
+import mmap
 import struct
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from shim.errors import Code, ShimError
@@ -22,6 +32,8 @@ from shim.errors import Code, ShimError
 HEADER_SIZE = 10
 MAX_PAYLOAD = 4 << 20
 MAX_STREAM_ID = 0xFFFF_FFFF
+
+MAP_THRESHOLD = 128 << 10
 
 _HEADER = struct.Struct(">IIBB")
 
@@ -72,13 +84,26 @@ class OversizedFrame:
 
 
 @dataclass(frozen=True, slots=True)
+class RefusedFrame:
+    """A frame within MAX_PAYLOAD that the decoder's ``admit`` callback refused; its bytes
+    are being skipped, as an oversized frame's are."""
+
+    stream_id: int
+    type: int
+    length: int
+
+
+@dataclass(frozen=True, slots=True)
 class EndOfStream:
     """The peer closed its side. ``truncated`` is True when a frame was cut off."""
 
     truncated: bool
 
 
-FrameEvent = Frame | OversizedFrame | EndOfStream
+FrameEvent = Frame | OversizedFrame | RefusedFrame | EndOfStream
+
+# Whether a frame may be buffered: (stream id, type, payload length) -> admitted.
+Admit = Callable[[int, int, int], bool]
 
 
 def encode_header(length: int, stream_id: int, type_: int, flags: int = 0) -> bytes:
@@ -114,20 +139,40 @@ class FrameDecoder:
 
     ``receive_data(b"")`` signals end of input; after that ``next_event`` returns the
     remaining frames and then a single :class:`EndOfStream`, then None forever.
+
+    ``admit``, when given, is asked once per frame whose header announces a payload within
+    ``max_payload``, before any of the payload is kept: False skips the frame (a
+    :class:`RefusedFrame`). Bytes of a payload in progress go straight into its buffer (or
+    are dropped, for a skipped one); other bytes received and not yet consumed by
+    ``next_event`` are held as they came, so a caller that calls ``next_event`` until None
+    after every ``receive_data`` (as the server does) holds no more than the last chunk.
     """
 
-    def __init__(self, max_payload: int = MAX_PAYLOAD) -> None:
+    def __init__(self, max_payload: int = MAX_PAYLOAD, admit: Admit | None = None) -> None:
         self._max_payload = max_payload
-        self._buffer = bytearray()
-        self._header: tuple[int, int, int, int] | None = None
-        self._skip = 0  # bytes of an oversized payload still to discard
+        self._admit = admit
+        self._pending: deque[memoryview] = deque()  # received, not yet consumed
+        self._pending_size = 0
+        self._head = bytearray()  # a header being received (fewer than HEADER_SIZE bytes)
+        self._header: tuple[int, int, int, int] | None = None  # of the payload in _payload
+        self._payload: bytearray | mmap.mmap | None = None  # exactly the announced length
+        self._filled = 0
+        self._skip = 0  # bytes of an oversized or refused payload still to discard
         self._eof = False
         self._eof_reported = False
+        self.frames_admitted = 0  # frames whose payload buffer was allocated, ever
 
     @property
     def buffered(self) -> int:
-        """Bytes held, waiting for the rest of a frame (never more than one legal frame)."""
-        return len(self._buffer)
+        """Bytes held: received and not yet consumed, a partial header, and the buffer of
+        the payload being received (its full length, allocated when it was admitted)."""
+        payload = len(self._payload) if self._payload is not None else 0
+        return self._pending_size + len(self._head) + payload
+
+    @property
+    def in_frame(self) -> bool:
+        """True while an admitted frame's payload is only partly received."""
+        return self._payload is not None
 
     def receive_data(self, data: bytes) -> None:
         """Feed bytes read from the peer; an empty ``data`` means the peer closed.
@@ -141,46 +186,102 @@ class FrameDecoder:
         if not data:
             self._eof = True
             return
-        view = memoryview(data)
+        self._pending.append(memoryview(data))
+        self._pending_size += len(data)
+        # Bytes of the frame in progress go where they belong at once: into its payload
+        # buffer, or nowhere when it is being skipped.
         if self._skip:
-            dropped = min(self._skip, len(view))
-            self._skip -= dropped
-            view = view[dropped:]
-        self._buffer += view
+            self._skip -= self._drop(self._skip)
+        elif self._payload is not None:
+            self._fill()
 
     def next_event(self) -> FrameEvent | None:
-        """The next complete frame, oversize report or end; None when more bytes are needed."""
+        """The next complete frame, oversize or refusal report, or end; None when more bytes
+        are needed."""
         if self._skip:
-            dropped = min(self._skip, len(self._buffer))
-            del self._buffer[:dropped]
-            self._skip -= dropped
+            self._skip -= self._drop(self._skip)
             if self._skip:
                 return self._end_or_none()
-        if self._header is None:
-            if len(self._buffer) < HEADER_SIZE:
+        if self._payload is None:
+            self._head += self._take(HEADER_SIZE - len(self._head))
+            if len(self._head) < HEADER_SIZE:
                 return self._end_or_none()
-            header = _HEADER.unpack_from(self._buffer)
-            del self._buffer[:HEADER_SIZE]
-            length, stream_id, type_, _flags = header
+            length, stream_id, type_, flags = _HEADER.unpack(self._head)
+            self._head.clear()
+            refused: FrameEvent | None = None
             if length > self._max_payload:
+                refused = OversizedFrame(stream_id=stream_id, type=type_, length=length)
+            elif self._admit is not None and not self._admit(stream_id, type_, length):
+                refused = RefusedFrame(stream_id=stream_id, type=type_, length=length)
+            if refused is not None:
                 # Report now, skip as bytes arrive: the answer need not wait for the junk.
-                self._skip = length
-                dropped = min(self._skip, len(self._buffer))
-                del self._buffer[:dropped]
-                self._skip -= dropped
-                return OversizedFrame(stream_id=stream_id, type=type_, length=length)
-            self._header = header
+                self._skip = length - self._drop(length)
+                return refused
+            self._header = (length, stream_id, type_, flags)
+            self._payload = mmap.mmap(-1, length) if length >= MAP_THRESHOLD else bytearray(length)
+            self._filled = 0
+            self.frames_admitted += 1
+        assert self._header is not None
+        self._fill()
         length, stream_id, type_, flags = self._header
-        if len(self._buffer) < length:
+        if self._filled < length:
             return self._end_or_none()
-        payload = bytes(self._buffer[:length])
-        del self._buffer[:length]
-        self._header = None
+        payload = bytes(self._payload)
+        self.close()
         return Frame(stream_id=stream_id, type=type_, flags=flags, payload=payload)
+
+    def close(self) -> None:
+        """Release the buffer of a frame in progress at once (the connection is gone)."""
+        buffer, self._payload, self._header = self._payload, None, None
+        if isinstance(buffer, mmap.mmap):
+            buffer.close()
+
+    def _take(self, n: int) -> bytes:
+        """Up to ``n`` bytes from the pending chunks (for headers: n <= HEADER_SIZE)."""
+        out = bytearray()
+        while n > 0 and self._pending:
+            chunk = self._pending[0]
+            part = chunk[:n]
+            out += part
+            n -= len(part)
+            self._consumed(len(part))
+        return bytes(out)
+
+    def _drop(self, n: int) -> int:
+        """Discard up to ``n`` pending bytes; returns how many were discarded."""
+        dropped = 0
+        while dropped < n and self._pending:
+            dropped += self._consumed(n - dropped)
+        return dropped
+
+    def _fill(self) -> None:
+        """Copy pending bytes into the payload buffer, up to its length."""
+        assert self._payload is not None
+        target = memoryview(self._payload)
+        while self._filled < len(target) and self._pending:
+            chunk = self._pending[0]
+            n = min(len(chunk), len(target) - self._filled)
+            target[self._filled : self._filled + n] = chunk[:n]
+            self._filled += n
+            self._consumed(n)
+        target.release()
+
+    def _consumed(self, n: int) -> int:
+        """Remove up to ``n`` bytes from the first pending chunk; returns how many."""
+        chunk = self._pending[0]
+        n = min(n, len(chunk))
+        if n == len(chunk):
+            self._pending.popleft()
+        else:
+            self._pending[0] = chunk[n:]
+        self._pending_size -= n
+        return n
 
     def _end_or_none(self) -> EndOfStream | None:
         if not self._eof or self._eof_reported:
             return None
         self._eof_reported = True
-        truncated = bool(self._buffer) or self._header is not None or self._skip > 0
+        truncated = (
+            bool(self._pending) or bool(self._head) or self._payload is not None or self._skip > 0
+        )
         return EndOfStream(truncated=truncated)

@@ -14,6 +14,15 @@ and DeadlineExceeded when the caller's ``timeout_nano`` passes (the handler is c
 Rejected frames (:class:`~shim.ttrpc.connection.StreamError`) come with their status from
 the connection layer and are answered as they are.
 
+Memory (``limits.py``): every frame is charged to its connection and to the server's budget
+before it is buffered, and refused with RESOURCE_EXHAUSTED when it does not fit; a call's
+charge is returned once its answer has been handed to the socket. Connections beyond
+``max_connections`` are closed as they are accepted. Nothing waits on a peer for ever: a frame
+must arrive whole, and the answers already written must be taken by the peer, within
+``frame_timeout`` seconds, or the connection is dropped. While more than 64 KiB of answers
+wait to be sent, the connection acts on nothing more and reads nothing more, so what a peer
+sends without reading cannot pile up as answers either.
+
 Handlers are cancelled when their connection goes away (as ttrpc-go cancels the request
 context) and when a shutdown's grace period runs out, so they must be cancellation-safe;
 a handler that must finish a critical section should ``asyncio.shield`` it.
@@ -23,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import os
 import socket
@@ -42,11 +52,21 @@ from shim.errors import (
 )
 from shim.ttrpc.connection import ConnectionClosed, RequestReceived, ServerConnection, StreamError
 from shim.ttrpc.frames import MAX_PAYLOAD
+from shim.ttrpc.limits import Budget, Limits
 from shim.ttrpc.messages import NAMESPACE_KEY, Request, Response, metadata_dict
 
 log = logging.getLogger(__name__)
 
 _READ_SIZE = 64 * 1024
+_WRITE_HIGH = 64 * 1024  # answers waiting to be sent before the read loop stops acting
+
+
+class _Progress(enum.Enum):
+    """How far ``_ServerConn._process_events`` got."""
+
+    IDLE = "idle"  # every complete event acted on: read more
+    BACKLOG = "backlog"  # answers are piling up: wait for the peer to take them first
+    CLOSED = "closed"  # the peer closed its side
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,9 +139,17 @@ def same_user(peer: PeerCredentials) -> bool:
 class Server:
     """A ttrpc server: register services, ``start`` on a path or inherited socket, ``shutdown``."""
 
-    def __init__(self, *, require_same_user: bool = True, max_payload: int = MAX_PAYLOAD) -> None:
+    def __init__(
+        self,
+        *,
+        require_same_user: bool = True,
+        max_payload: int = MAX_PAYLOAD,
+        limits: Limits | None = None,
+    ) -> None:
         self._require_same_user = require_same_user
         self._max_payload = max_payload
+        self.limits = limits or Limits()
+        self.budget = Budget(self.limits)
         self._methods: dict[tuple[str, str], Method] = {}
         self._services: set[str] = set()
         self._listeners: list[asyncio.AbstractServer] = []
@@ -193,6 +221,14 @@ class Server:
             writer.close()
             return
         if self._shutting_down:
+            writer.close()
+            return
+        if len(self._connections) >= self.limits.max_connections:
+            log.warning(
+                "ttrpc: closing a new connection from %s: %d connections are open, the limit",
+                peer,
+                len(self._connections),
+            )
             writer.close()
             return
         conn = _ServerConn(self, reader, writer, peer)
@@ -275,19 +311,32 @@ class _ServerConn:
         self._reader = reader
         self._writer = writer
         self._peer = peer
-        self._proto = ServerConnection(server._max_payload)
+        self._timeout = server.limits.frame_timeout
+        self._proto = ServerConnection(server._max_payload, budget=server.budget)
         self.calls: set[asyncio.Task[None]] = set()
         self.finished = asyncio.Event()
 
     async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        deadline: float | None = None  # of the frame in progress
+        frame = -1  # which frame the deadline is for
         try:
             while True:
+                if not self._proto.in_frame:
+                    deadline = None
+                elif deadline is None or frame != self._proto.frames_admitted:
+                    deadline = loop.time() + self._timeout
+                    frame = self._proto.frames_admitted
                 try:
-                    data = await self._reader.read(_READ_SIZE)
+                    async with asyncio.timeout_at(deadline):
+                        data = await self._reader.read(_READ_SIZE)
+                except TimeoutError:
+                    self._drop(f"a frame did not arrive whole within {self._timeout:g}s")
+                    break
                 except (ConnectionError, OSError):
                     data = b""
                 self._proto.receive_data(data)
-                if self._process_events():
+                if not await self._act():
                     break
         finally:
             # The client is gone (or we are closing): like ttrpc-go, cancel what it asked for.
@@ -295,29 +344,67 @@ class _ServerConn:
                 task.cancel()
             if self.calls:
                 await asyncio.gather(*self.calls, return_exceptions=True)
+            self._proto.close()  # every charge back to the server's budget
             self._writer.close()
-            with contextlib.suppress(ConnectionError, OSError):
-                await self._writer.wait_closed()
+            with contextlib.suppress(ConnectionError, OSError, TimeoutError):
+                async with asyncio.timeout(self._timeout):  # unread answers: drop them
+                    await self._writer.wait_closed()
+            self._writer.transport.abort()
             self.finished.set()
 
-    def _process_events(self) -> bool:
-        """Act on every complete event; True once the peer has closed."""
+    async def _act(self) -> bool:
+        """Act on every complete event, pausing whenever more than _WRITE_HIGH bytes of
+        answers wait to be sent until the peer has taken them. False once the connection is
+        over (the peer closed, or left its answers unread past the deadline)."""
+        while True:
+            progress = self._process_events()
+            if progress is _Progress.CLOSED:
+                return False
+            if not await self._drained():
+                self._drop(f"the peer left our answers unread for {self._timeout:g}s")
+                return False
+            if progress is _Progress.IDLE:
+                return True
+
+    async def _drained(self) -> bool:
+        """Wait (bounded) until the answers written so far have left; False if they did not."""
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self._writer.drain()
+        except TimeoutError:
+            return False
+        except (ConnectionError, OSError):
+            pass  # the next read sees the end
+        return True
+
+    def _drop(self, reason: str) -> None:
+        log.warning("ttrpc: dropping the connection from %s: %s", self._peer, reason)
+        self._writer.transport.abort()
+
+    def _process_events(self) -> _Progress:
+        """Act on complete events until more bytes are needed (IDLE), the peer has closed
+        (CLOSED), or the answers written wait over _WRITE_HIGH bytes (BACKLOG)."""
         while (event := self._proto.next_event()) is not None:
             if isinstance(event, ConnectionClosed):
-                return True
+                return _Progress.CLOSED
             if isinstance(event, StreamError):
                 self._send(event.stream_id, Response(code=event.code, message=event.message))
             elif isinstance(event, RequestReceived):
-                task = asyncio.create_task(self._call(event.stream_id, event.request))
+                task = asyncio.create_task(self._call(event))
                 self.calls.add(task)
                 task.add_done_callback(self.calls.discard)
-        return False
+            if self._writer.transport.get_write_buffer_size() > _WRITE_HIGH:
+                return _Progress.BACKLOG
+        return _Progress.IDLE
 
-    async def _call(self, stream_id: int, request: Request) -> None:
-        response = await self._server._dispatch(request, self._peer)
-        self._send(stream_id, response)
-        with contextlib.suppress(ConnectionError, OSError):
-            await self._writer.drain()
+    async def _call(self, event: RequestReceived) -> None:
+        try:
+            response = await self._server._dispatch(event.request, self._peer)
+            self._send(event.stream_id, response)
+            if not await self._drained():
+                self._drop(f"the peer left our answers unread for {self._timeout:g}s")
+        finally:
+            self._proto.release(event.charge)
 
     def _send(self, stream_id: int, response: Response) -> None:
         data = self._proto.send_response(stream_id, response)

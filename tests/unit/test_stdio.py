@@ -29,7 +29,7 @@ from shim.errors import (
     InvalidArgument,
     NotFound,
 )
-from shim.io import ProcessIO, StdioConfig
+from shim.io import ProcessIO, StdioConfig, fds
 from shim.io.uri import Scheme, Target, parse, plan
 from tests import binary_logger
 
@@ -139,12 +139,23 @@ def exit_code(child: subprocess.Popen[bytes]) -> int:
 
 
 def run_bounded(fn: object) -> object:
-    """Call ``fn`` in a thread; fail instead of hanging if it never returns."""
+    """Call ``fn`` in a thread; fail instead of hanging if it never returns. What it raised
+    is raised here."""
     result: list[object] = []
-    thread = threading.Thread(target=lambda: result.append(fn()), daemon=True)  # type: ignore[operator]
+    failure: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            result.append(fn())  # type: ignore[operator]
+        except BaseException as exc:
+            failure.append(exc)
+
+    thread = threading.Thread(target=call, daemon=True)
     thread.start()
     thread.join(HANG_GUARD)
     assert not thread.is_alive(), "blocked"
+    if failure:
+        raise failure[0]
     return result[0]
 
 
@@ -284,6 +295,100 @@ def test_stdin_must_be_a_fifo(tmp_path: Path, fd_guard: None) -> None:
     regular.write_text("x")
     with pytest.raises(InvalidArgument, match="not a FIFO"):
         ProcessIO.open(StdioConfig(str(regular), "", ""), container_id="c", namespace="ns")
+
+
+# -- hostile paths: nothing a client names can make Create wait -----------------------
+
+
+@pytest.mark.parametrize("reader", [False, True], ids=["no-reader", "with-reader"])
+def test_a_file_log_uri_that_is_a_fifo_is_refused_at_once(
+    tmp_path: Path, fd_guard: None, reader: bool
+) -> None:
+    fifo = tmp_path / "log.fifo"
+    os.mkfifo(fifo)
+    held = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK) if reader else -1
+    uri = f"file://{fifo}"
+    try:
+        with pytest.raises(
+            InvalidArgument, match=r"log file '.*log\.fifo' is a FIFO, not a regular"
+        ):
+            run_bounded(
+                lambda: ProcessIO.open(StdioConfig("", uri, uri), container_id="c", namespace="n")
+            )
+    finally:
+        if held >= 0:
+            os.close(held)
+
+
+def test_a_fifo_that_appears_after_the_look_is_refused_not_waited_on(
+    tmp_path: Path, fd_guard: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The path is looked at, then opened with O_NONBLOCK: a FIFO put there in between
+    (here: the look is made to miss it) fails the open with ENXIO instead of waiting."""
+    fifo = tmp_path / "late.fifo"
+    os.mkfifo(fifo)
+    monkeypatch.setattr(fds, "stat_path", lambda path, action: None)
+    with pytest.raises(InvalidArgument, match="is a FIFO, not a regular file"):
+        run_bounded(lambda: fds.open_regular(str(fifo), os.O_WRONLY, "log file", create=True))
+
+
+@pytest.mark.parametrize("uri_form", ["file://{}", "{}"])
+def test_a_device_is_refused_without_being_opened(
+    tmp_path: Path, fd_guard: None, uri_form: str
+) -> None:
+    uri = uri_form.format(os.devnull)
+    with pytest.raises(InvalidArgument, match="is a character device"):
+        ProcessIO.open(StdioConfig("", uri, uri), container_id="c", namespace="n")
+
+
+def test_a_directory_for_stdout_is_refused(tmp_path: Path, fd_guard: None) -> None:
+    with pytest.raises(InvalidArgument, match="is a directory, neither a FIFO nor a regular"):
+        ProcessIO.open(StdioConfig("", str(tmp_path), ""), container_id="c", namespace="n")
+
+
+def test_fifo_ends_never_wait_and_the_guests_end_blocks(client: Client) -> None:
+    """Opening stdout's FIFO with no writer and stdin's with no client at all returns at
+    once; the descriptor the guest writes to is blocking, as a FIFO from runc's shim is."""
+    os.close(client.out_r)  # the client has not opened stdout yet: only we will read it
+    client.out_r = -1
+    pio = run_bounded(lambda: ProcessIO.open(client.config(), container_id="c", namespace="n"))
+    assert isinstance(pio, ProcessIO)
+    _, stdout_fd, _ = pio.child_fds()
+    assert os.get_blocking(stdout_fd)
+    assert fcntl.fcntl(stdout_fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_WRONLY
+    assert os.fstat(stdout_fd).st_ino == os.stat(client.stdout).st_ino
+    pio.close()
+
+
+def test_read_regular_reads_files_and_refuses_fifos_devices_and_runaways(tmp_path: Path) -> None:
+    good = tmp_path / "options.toml"
+    good.write_bytes(b"BinaryName = 'crun'\n")
+    assert fds.read_regular(str(good), "options", 100) == b"BinaryName = 'crun'\n"
+    with pytest.raises(InvalidArgument, match="larger than 10 bytes"):
+        fds.read_regular(str(good), "options", 10)
+    fifo = tmp_path / "options.fifo"
+    os.mkfifo(fifo)
+    for path, what in ((fifo, "a FIFO"), (Path(os.devnull), "a character device")):
+        with pytest.raises(InvalidArgument, match=f"is {what}, not a regular file"):
+            run_bounded(lambda path=path: fds.read_regular(str(path), "options", 100))
+    with pytest.raises(NotFound):
+        fds.read_regular(str(tmp_path / "absent"), "options", 100)
+
+
+def test_a_spec_or_runtime_options_file_that_is_a_fifo_is_refused(tmp_path: Path) -> None:
+    from google.protobuf import any_pb2
+
+    from shim.api.runtimeoptions.v1 import api_pb2
+    from shim.oci.spec import load
+    from shim.task.service import native_options
+
+    os.mkfifo(tmp_path / "config.json")
+    with pytest.raises(InvalidArgument, match=r"config\.json' is a FIFO"):
+        run_bounded(lambda: load(str(tmp_path)))
+    options = any_pb2.Any()
+    options.Pack(api_pb2.Options(config_path=str(tmp_path / "config.json")))
+    with pytest.raises(InvalidArgument, match=r"runtime options file .* is a FIFO"):
+        run_bounded(lambda: native_options(options))
 
 
 # -- binary:// --------------------------------------------------------------------------

@@ -26,9 +26,11 @@ from shim.ttrpc.frames import (
     FrameType,
     OversizedFrame,
     ProtocolError,
+    RefusedFrame,
     encode_frame,
     encode_header,
 )
+from shim.ttrpc.limits import Budget, Limits
 from shim.ttrpc.messages import (
     Request,
     Response,
@@ -147,6 +149,124 @@ def test_oversized_frame_in_one_chunk_with_a_following_frame() -> None:
     wire = encode_header(20, 1, 1) + bytes(20) + encode_frame(3, 1, b"ok")
     decoder.receive_data(wire)
     assert drain(decoder) == [OversizedFrame(1, 1, 20), Frame(3, 1, 0, b"ok")]
+
+
+def test_refused_frame_is_skipped_without_buffering_and_the_next_decodes() -> None:
+    asked: list[tuple[int, int, int]] = []
+
+    def admit(stream_id: int, type_: int, length: int) -> bool:
+        asked.append((stream_id, type_, length))
+        return length < 100
+
+    decoder = FrameDecoder(admit=admit)
+    body = b"z" * 1000
+    decoder.receive_data(encode_header(len(body), 7, FrameType.REQUEST) + body[:500])
+    assert drain(decoder) == [RefusedFrame(stream_id=7, type=1, length=1000)]
+    assert decoder.buffered == 0
+    decoder.receive_data(body[500:] + encode_frame(9, 1, b"next"))
+    assert drain(decoder) == [Frame(9, 1, 0, b"next")]
+    assert asked == [(7, 1, 1000), (9, 1, 4)]
+
+
+def test_an_admitted_payload_is_one_buffer_of_its_announced_length() -> None:
+    decoder = FrameDecoder()
+    decoder.receive_data(encode_header(1000, 1, FrameType.REQUEST) + b"a" * 10)
+    assert drain(decoder) == []
+    assert decoder.in_frame and decoder.buffered == 1000 and decoder.frames_admitted == 1
+    for _ in range(99):
+        decoder.receive_data(b"a" * 10)
+        assert decoder.buffered == 1000
+    assert drain(decoder) == [Frame(1, 1, 0, b"a" * 1000)]
+    assert not decoder.in_frame and decoder.buffered == 0
+
+
+# -- memory caps (limits.py) -----------------------------------------------------------
+
+SMALL_LIMITS = Limits(
+    connection_bytes=3000,
+    server_bytes=5000,
+    small_frame=300,
+    small_reserve=1000,
+    call_overhead=100,
+)
+
+
+def padded_request(stream_id: int, size: int) -> bytes:
+    """A Request frame whose payload is exactly ``size`` bytes."""
+    body = encode_request(Request(service="test.S", method="M", payload=b""))
+    pad = size - len(body) - 3  # field 3 (payload): tag, two-byte length, bytes
+    body = encode_request(Request(service="test.S", method="M", payload=b"p" * pad))
+    assert len(body) == size, len(body)
+    return encode_frame(stream_id, FrameType.REQUEST, body)
+
+
+def test_a_connection_holds_its_calls_until_they_are_released() -> None:
+    budget = Budget(SMALL_LIMITS)
+    conn = ServerConnection(budget=budget)
+    conn.receive_data(padded_request(1, 700) + padded_request(3, 700) + padded_request(5, 200))
+    first, second, third = drain(conn)
+    # Each is charged twice its length plus the overhead: 2 x 700 + 100.
+    assert isinstance(first, RequestReceived) and first.charge == 1500
+    assert isinstance(second, RequestReceived) and second.charge == 1500
+    # 3000 held: a third call (2 x 200 + 100) would pass the connection's 3000.
+    assert isinstance(third, StreamError) and third.code == Code.RESOURCE_EXHAUSTED
+    assert "this connection" in third.message and "3000" in third.message
+    assert conn.held == budget.used == 3000
+    conn.release(first.charge)
+    assert conn.held == budget.used == 1500
+    conn.receive_data(padded_request(7, 200))
+    (fourth,) = drain(conn)
+    assert isinstance(fourth, RequestReceived) and fourth.charge == 500
+    conn.close()
+    assert conn.held == budget.used == 0
+    conn.release(second.charge)  # after close: nothing more to give back
+    assert budget.used == 0
+
+
+def test_connections_share_the_server_budget_and_small_frames_keep_a_reserve() -> None:
+    budget = Budget(SMALL_LIMITS)
+    a, b = ServerConnection(budget=budget), ServerConnection(budget=budget)
+    a.receive_data(padded_request(1, 1200)[:600])  # a big frame, half sent: charged 2500
+    assert drain(a) == [] and a.in_frame and budget.used == 2500
+    b.receive_data(padded_request(1, 725))  # big: 1550 > 5000 - 2500 - the 1000 reserve
+    (refused,) = drain(b)
+    assert isinstance(refused, StreamError) and refused.code == Code.RESOURCE_EXHAUSTED
+    assert "the shim already holds 2500 bytes" in refused.message
+    assert budget.used == 2500 and b.held == 0
+    b.receive_data(padded_request(3, 200))  # small (up to 300 bytes): may use the reserve
+    (small,) = drain(b)
+    assert isinstance(small, RequestReceived) and budget.used == 2500 + 500
+    a.close()  # the half-sent frame's charge comes back with the connection
+    assert budget.used == 500
+
+
+def test_frames_that_are_not_calls_give_their_charge_back_at_once() -> None:
+    budget = Budget(SMALL_LIMITS)
+    conn = ServerConnection(budget=budget)
+    conn.receive_data(
+        encode_frame(2, FrameType.REQUEST, b"even")  # rejected: even id
+        + encode_frame(1, FrameType.REQUEST, b"\xff\xff")  # rejected: does not decode
+        + encode_frame(3, FrameType.RESPONSE, b"ignored")
+        + encode_frame(5, FrameType.DATA, b"data")
+    )
+    assert [type(e).__name__ for e in drain(conn)] == ["StreamError"] * 3
+    assert conn.held == budget.used == 0
+
+
+@settings(max_examples=200)
+@given(st.lists(st.binary(max_size=600), max_size=12))
+def test_the_budget_never_passes_its_caps_and_close_returns_it(chunks: list[bytes]) -> None:
+    budget = Budget(SMALL_LIMITS)
+    conn = ServerConnection(max_payload=4000, budget=budget)
+    for chunk in chunks:
+        if chunk:
+            conn.receive_data(chunk)
+        for event in drain(conn):
+            if isinstance(event, RequestReceived):
+                conn.release(event.charge)
+        assert budget.used == conn.held <= SMALL_LIMITS.connection_bytes
+    conn.close()
+    assert budget.used == 0
 
 
 # -- envelopes -------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import functools
 import logging
 import os
 import socket
+import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import pytest
 from google.protobuf import empty_pb2, wrappers_pb2
 
 from shim.errors import (
+    Code,
     DeadlineExceeded,
     NotFound,
     ResourceExhausted,
@@ -25,6 +27,7 @@ from shim.errors import (
 from shim.ttrpc.client import Client, socket_path
 from shim.ttrpc.connection import ClientConnection, ResponseReceived
 from shim.ttrpc.frames import FrameType, encode_frame, encode_header
+from shim.ttrpc.limits import Limits
 from shim.ttrpc.messages import Request, encode_request
 from shim.ttrpc.server import CallContext, Method, PeerCredentials, Server, same_user
 from tests.prereq import needs
@@ -428,4 +431,149 @@ async def test_peer_with_other_uid_is_refused() -> None:
     wire = request_wire(1, "Echo")
     assert await asyncio.to_thread(_connect_as, address, wire, None) > 0  # our user: answered
     assert await asyncio.to_thread(_connect_as, address, wire, 65534) == 0  # nobody: closed
+    await server.shutdown()
+
+
+# -- memory caps and deadlines (shim/ttrpc/limits.py) -----------------------------------
+
+
+async def answer_or_close(reader: asyncio.StreamReader, timeout: float) -> int | None:
+    """The status code of the first answer on the connection, or None if it was closed."""
+    proto = ClientConnection()
+    proto._pending.add(1)  # a raw peer: it sent stream 1 itself
+    async with asyncio.timeout(timeout):
+        while True:
+            try:
+                data = await reader.read(65536)
+            except ConnectionError:
+                return None
+            if not data:
+                return None
+            proto.receive_data(data)
+            event = proto.next_event()
+            if isinstance(event, ResponseReceived):
+                return event.response.code
+
+
+@asynctest
+async def test_fifty_half_sent_frames_are_bounded_refused_and_dropped(tmp_path: Path) -> None:
+    limits = Limits(frame_timeout=0.5)
+    server, _, path = await serving(tmp_path, limits=limits)
+    half = encode_header(TTRPC_MAX_PAYLOAD, 1, FrameType.REQUEST) + b"\0" * (1 << 20)
+    peers = []
+    peak = 0
+    for _ in range(50):
+        reader, writer = await asyncio.open_unix_connection(path)
+        writer.write(half)
+        peers.append((reader, writer))
+        await asyncio.sleep(0.01)
+        peak = max(peak, server.budget.used)
+    outcomes = await asyncio.gather(*(answer_or_close(r, 10) for r, _ in peers))
+    peak = max(peak, server.budget.used)
+    # As many 4 MiB frames as fit the shim's budget less the reserve for small frames are
+    # admitted (one, by default); the other accepted connections are answered
+    # RESOURCE_EXHAUSTED, those past the limit are closed, and those whose frames never
+    # finish are dropped after the frame deadline.
+    admitted = (limits.server_bytes - limits.small_reserve) // server.budget.cost(TTRPC_MAX_PAYLOAD)
+    assert admitted >= 1
+    assert peak <= limits.server_bytes - limits.small_reserve
+    assert outcomes.count(Code.RESOURCE_EXHAUSTED) == limits.max_connections - admitted, outcomes
+    assert outcomes.count(None) == 50 - limits.max_connections + admitted, outcomes
+    assert server.budget.used == 0
+    for _, writer in peers:
+        writer.close()
+    async with await Client.connect(path) as client:
+        assert (await client.call(SVC, "Echo", Str(value="ok"), Str)).value == "echo:ok"
+    await server.shutdown()
+
+
+@asynctest
+async def test_connections_past_the_limit_are_closed(tmp_path: Path) -> None:
+    server, _, path = await serving(tmp_path, limits=Limits(max_connections=2))
+    first, second = await Client.connect(path), await Client.connect(path)
+    for client in (first, second):  # both are being served
+        assert (await client.call(SVC, "Echo", Str(value="x"), Str)).value == "echo:x"
+    reader, writer = await asyncio.open_unix_connection(path)
+    writer.write(request_wire(1, "Echo"))
+    assert await answer_or_close(reader, 5) is None
+    writer.close()
+    await first.close()
+    for _ in range(100):  # the server notices the close on its next read
+        if len(server._connections) < 2:
+            break
+        await asyncio.sleep(0.01)
+    async with await Client.connect(path) as third:
+        assert (await third.call(SVC, "Echo", Str(value="y"), Str)).value == "echo:y"
+    await second.close()
+    await server.shutdown()
+
+
+@asynctest
+async def test_calls_in_flight_hold_their_charge_until_answered(tmp_path: Path) -> None:
+    limits = Limits(connection_bytes=3 * 4096 + 500)
+    server, svc, path = await serving(tmp_path, limits=limits)
+    reader, writer = await asyncio.open_unix_connection(path)
+    proto = ClientConnection()
+    for _ in range(4):
+        proto.send_request(Request(service="x", method="y"))  # expect answers on 1, 3, 5, 7
+    writer.write(request_wire(1, "Slow", "a") + request_wire(3, "Slow", "b"))
+    writer.write(request_wire(5, "Slow", "c") + request_wire(7, "Slow", "d"))
+    codes: dict[int, int] = {}
+    while 7 not in codes:  # the fourth pending call would pass 3 x 4 KiB + 500
+        proto.receive_data(await reader.read(65536))
+        while (event := proto.next_event()) is not None:
+            assert isinstance(event, ResponseReceived)
+            codes[event.stream_id] = event.response.code
+    assert codes == {7: Code.RESOURCE_EXHAUSTED}
+    assert server.budget.used > 3 * 4096
+    svc.release.set()
+    while len(codes) < 4:
+        proto.receive_data(await reader.read(65536))
+        while (event := proto.next_event()) is not None:
+            assert isinstance(event, ResponseReceived)
+            codes[event.stream_id] = event.response.code
+    assert codes == {1: 0, 3: 0, 5: 0, 7: Code.RESOURCE_EXHAUSTED}
+    for _ in range(100):
+        if server.budget.used == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert server.budget.used == 0
+    writer.close()
+    await server.shutdown()
+
+
+def _flood_without_reading(address: str, seconds: float) -> int:
+    """Send 10-byte frames on an even stream id (each one answered INVALID_ARGUMENT) and
+    never read; returns the bytes sent before the server dropped us or ``seconds`` passed."""
+    frame = encode_header(0, 2, FrameType.REQUEST)
+    chunk = frame * 6000
+    sent = 0
+    deadline = time.monotonic() + seconds
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.connect(address)
+        try:
+            while (left := deadline - time.monotonic()) > 0:
+                s.settimeout(left)
+                sent += s.send(chunk)
+        except (ConnectionError, TimeoutError):
+            pass
+    return sent
+
+
+@asynctest
+async def test_a_peer_that_never_reads_is_held_back_then_dropped(tmp_path: Path) -> None:
+    limits = Limits(frame_timeout=0.5)
+    server, _, path = await serving(tmp_path, limits=limits)
+    flood = asyncio.create_task(asyncio.to_thread(_flood_without_reading, path, 10))
+    biggest = 0
+    while not flood.done():
+        for conn in server._connections:
+            biggest = max(biggest, conn._writer.transport.get_write_buffer_size())
+        await asyncio.sleep(0.005)
+    sent = await flood
+    # Past 64 KiB of unread answers the connection acts on nothing more (one answer over).
+    assert 0 < biggest <= (64 << 10) + 1024, biggest
+    assert sent < 64 << 20, sent  # it was dropped, not read from for ever
+    async with await Client.connect(path) as client:
+        assert (await client.call(SVC, "Echo", Str(value="z"), Str)).value == "echo:z"
     await server.shutdown()
