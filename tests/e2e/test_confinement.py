@@ -181,10 +181,15 @@ def test_an_unsupported_mount_type_is_refused_naming_the_mount(
     bed: PrivateContainerd, bed_ns: str, ref: str
 ) -> None:
     containerd, ns = bed, bed_ns
-    flags = mount("server:/export", "/nfs", "rw", type_="nfs")
+    cgroup = f"/{ns}/refused-{os.getpid()}"
+    flags = (*mount("server:/export", "/nfs", "rw", type_="nfs"), "--cgroup", cgroup)
     run = ctr_run(containerd, ns, ref, "/bin/hello.wasm", flags=flags)
     assert run.returncode != 0, describe(containerd, run)
     assert "mount /nfs: type 'nfs' is not supported" in run.stderr, describe(containerd, run)
+    # the cgroup Create made before it read the mounts is gone again, in every hierarchy
+    left = [d for d in Path("/sys/fs/cgroup").glob(f"*{cgroup}") if d.exists()]
+    left += [d for d in [Path("/sys/fs/cgroup" + cgroup)] if d.exists()]
+    assert not left, left
 
 
 def test_a_read_only_root_is_read_only(bed: PrivateContainerd, bed_ns: str, ref: str) -> None:
