@@ -166,10 +166,19 @@ def target(args: argparse.Namespace) -> install.Target:
 
 def _install(args: argparse.Namespace) -> int:
     t = target(args)
+    config = t.on_node(t.config_path)
+    before = files.sha256_file(config)
     for line in install.install(t, args.binary, force=args.force):
         print(line, flush=True)
     pending = install.restart_pending(t)
-    _restart_if(t, pending, args.restart)
+    if pending and not args.restart and files.sha256_file(config) == before:
+        print(
+            f"containerd not restarted: {t.config_path} is unchanged by this run; an earlier "
+            f"run changed it: restart {t.flavor.units[0]} to load it (or pass --restart)",
+            flush=True,
+        )
+    else:
+        _restart_if(t, pending, args.restart)
     if pending and args.restart:
         install.restarted(t)
     return _sleep() if args.sleep else 0
