@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 DEB_PACKAGES := containerd runc clang lld wasi-libc libclang-rt-14-dev-wasm32 \
 	golang-github-containerd-containerd-dev python3-venv gcc libc6-dev iproute2
 
-.PHONY: deps venv go-check test lint demo clean distclean
+.PHONY: deps venv go-check test lint demo installer-image example-images clean distclean
 
 # Install only what is missing; `apt-get update` only when something is.
 deps:
@@ -56,6 +56,15 @@ test: deps venv go-check
 
 demo: deps venv
 	$(VENV)/bin/python -m tests.demo
+
+# The node rollout's images, as OCI archives under dist/images/ (packaging/node_images.py):
+# the installer (the frozen bundle, built first if needed, with the libraries it loads) and
+# the examples' wasm images. Each prints its reference and pinned digest.
+installer-image: venv
+	$(VENV)/bin/python packaging/node_images.py installer -o dist/images
+
+example-images: venv
+	$(VENV)/bin/python packaging/node_images.py examples -o dist/images
 
 # --one-file-system: never descend into a mount a crashed run may have left under .cache.
 clean:

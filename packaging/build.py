@@ -2,9 +2,16 @@
 """Build the self-contained shim binary with PyInstaller, cached by a hash of its inputs.
 
     .venv/bin/python packaging/build.py [--mode onedir|onefile] [--force]
+    .venv/bin/python packaging/build.py --glibc    # the glibc the bundle needs, measured
+
+`--glibc` reads the version references (ELF .gnu.version_r) of every ELF file in the built
+bundle and prints the highest GLIBC_x.y any of them needs, then each file's: the oldest glibc
+a node may have (the README states the number this measures).
 
 prints the path of the built binary (onedir: `<dist>/containerd-shim-wasmtime-v1/
-containerd-shim-wasmtime-v1`, beside its `_internal/`; onefile: the single file). The build
+containerd-shim-wasmtime-v1`, beside its `_internal/`; onefile: the single file). Beside the
+binary lies `wasmtime-shim`, a symlink to it: the bundle's entry point (packaging/entry.py)
+runs the tool when started under that name, so the bundle installs itself with no venv. The build
 lands in `.cache/pyinstaller/<key>/<mode>/`, where the key hashes every input that changes the
 output (the sources of shim/ and runtimes/, this directory: the spec, the entry point and the
 tool's package wasmtime_shim/; pyproject.toml; the versions of Python, PyInstaller and
@@ -24,6 +31,7 @@ import hashlib
 import importlib.metadata
 import os
 import shutil
+import struct
 import subprocess
 import sys
 import tempfile
@@ -33,6 +41,7 @@ REPO = Path(__file__).resolve().parents[1]
 SPEC = REPO / "packaging" / "shim.spec"
 CACHE = REPO / ".cache" / "pyinstaller"
 NAME = "containerd-shim-wasmtime-v1"
+TOOL_NAME = "wasmtime-shim"  # the same binary under the tool's name (packaging/entry.py)
 MODES = ("onedir", "onefile")
 SOURCE_DIRS = ("shim", "runtimes", "packaging")  # packaging/ holds wasmtime_shim/
 SOURCE_SUFFIXES = (".py", ".spec", ".pyi")
@@ -106,6 +115,7 @@ def build(mode: str = "onedir", *, force: bool = False, quiet: bool = True) -> P
                     f"PyInstaller failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
                 )
             shutil.rmtree(work / "build", ignore_errors=True)
+            (binary_path(work / "dist", mode).parent / TOOL_NAME).symlink_to(NAME)
             if target.exists():
                 shutil.rmtree(target)
             work.rename(target)
@@ -115,13 +125,68 @@ def build(mode: str = "onedir", *, force: bool = False, quiet: bool = True) -> P
     return done
 
 
+SHT_GNU_VERNEED = 0x6FFFFFFE
+
+
+def glibc_needs(path: Path) -> tuple[int, ...] | None:
+    """The highest GLIBC_x.y version `path` (a 64-bit little-endian ELF) references, None
+    when it references none (or is not such an ELF). The dynamic loader refuses to load a
+    file whose references the node's glibc does not define, so this is a hard floor."""
+    data = path.read_bytes()
+    if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
+        return None
+    (shoff,) = struct.unpack_from("<Q", data, 0x28)
+    shentsize, shnum = struct.unpack_from("<HH", data, 0x3A)
+    sections = [
+        struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * shentsize) for i in range(shnum)
+    ]
+    best: tuple[int, ...] | None = None
+    for _name, kind, _flags, _addr, offset, _size, link, info, _align, _entsize in sections:
+        if kind != SHT_GNU_VERNEED:
+            continue
+        strtab = sections[link][4]
+        need = offset
+        for _ in range(info):  # sh_info: the number of Verneed entries
+            _ver, count, _file, aux, nxt = struct.unpack_from("<HHIII", data, need)
+            entry = need + aux
+            for _ in range(count):
+                _hash, _vflags, _other, name, anext = struct.unpack_from("<IHHII", data, entry)
+                end = data.index(b"\0", strtab + name)
+                label = data[strtab + name : end].decode()
+                if label.startswith("GLIBC_") and label[6:].replace(".", "").isdigit():
+                    version = tuple(int(x) for x in label[6:].split("."))
+                    best = version if best is None or version > best else best
+                entry += anext
+            need += nxt
+    return best
+
+
+def glibc_floor(bundle: Path) -> tuple[tuple[int, ...], dict[Path, tuple[int, ...]]]:
+    """(the highest glibc version any ELF file under `bundle` needs, each file's need)."""
+    needs = {}
+    for path in sorted(bundle.rglob("*")):
+        if path.is_file() and not path.is_symlink():
+            version = glibc_needs(path)
+            if version is not None:
+                needs[path] = version
+    return max(needs.values(), default=()), needs
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Build the self-contained shim binary.")
     p.add_argument("--mode", choices=MODES, default="onedir")
     p.add_argument("--force", action="store_true", help="rebuild even if cached")
     p.add_argument("--verbose", action="store_true", help="show PyInstaller's output")
+    p.add_argument("--glibc", action="store_true", help="print the glibc the bundle needs")
     args = p.parse_args(argv)
-    print(build(args.mode, force=args.force, quiet=not args.verbose))
+    binary = build(args.mode, force=args.force, quiet=not args.verbose)
+    if not args.glibc:
+        print(binary)
+        return 0
+    floor, needs = glibc_floor(binary.parent)
+    print("glibc >= " + ".".join(map(str, floor)))
+    for path, version in sorted(needs.items(), key=lambda item: (item[1], item[0])):
+        print(f"  {'.'.join(map(str, version)):<6} {path.relative_to(binary.parent)}")
     return 0
 
 

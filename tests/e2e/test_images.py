@@ -141,7 +141,7 @@ def test_artifact_is_loaded_from_the_content_store(
     loaded = load_wasm_from_content_store(str(containerd.address), ns, "art", str(tmp_path))
     assert loaded is not None
     wasm = Path(loaded.path).read_bytes()
-    expected = image_commands._load_module(programs[kind])
+    expected = image_commands.load_module(programs[kind])
     assert wasm == expected
     assert (loaded.media_type, loaded.args, loaded.title) == (
         "application/wasm",
@@ -183,7 +183,7 @@ def test_missing_container_image_or_blob_is_an_error_naming_it(
 
     ctr_import(containerd, ns, images["module-artifact"], "artifact")
     create_record(grpc_containers, ns, "broken", ref("module", "artifact"))
-    module = image_commands._load_module(programs["module"])
+    module = image_commands.load_module(programs["module"])
     wasm_digest = "sha256:" + hashlib.sha256(module).hexdigest()  # the artifact's layer
     containerd.ctr("content", "rm", wasm_digest, namespace=ns)
     with pytest.raises((NotFound, FailedPrecondition), match=wasm_digest):

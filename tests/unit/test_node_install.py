@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import tomlkit
 
-from shim.errors import FailedPrecondition, InvalidArgument, Unavailable
+from shim.errors import AlreadyExists, FailedPrecondition, InvalidArgument, Unavailable
 from tests.unit.test_node_config import V2_WITH_COMMENTS, only_insertions
 from wasmtime_shim.node import config as cfg
 from wasmtime_shim.node import doctor, install
@@ -26,7 +26,10 @@ def bundle(tmp_path: Path) -> Path:
     d = tmp_path / "dist" / SHIM
     (d / "_internal").mkdir(parents=True)
     (d / "_internal" / "libpython.so").write_bytes(b"lib")
-    (d / SHIM).write_text("#!/bin/sh\necho 'containerd-shim-wasmtime-v1 Version: test'\n")
+    (d / SHIM).write_text(
+        "#!/bin/sh\nprintf 'containerd-shim-wasmtime-v1:\\n  Version:  test\\n"
+        "  Runtime:  io.containerd.wasmtime.v1\\n'\n"
+    )
     (d / SHIM).chmod(0o755)
     return d / SHIM
 
@@ -117,15 +120,72 @@ def test_k0s_drop_in_is_a_file_of_our_own(root: Path, bundle: Path) -> None:
     assert not drop_in.exists()
 
 
-def test_k3s_template_is_seeded_from_the_generated_config(root: Path, bundle: Path) -> None:
+def test_k3s_template_we_create_keeps_base(root: Path, bundle: Path) -> None:
+    """Without a template, ours renders k3s's own config ("base") and adds our table; the
+    generated file (k3s's output) is not ours to edit."""
     k3s = flavor("k3s")
-    generated = root / k3s.seed_from.lstrip("/")  # type: ignore[union-attr]
+    generated = root / k3s.generated.lstrip("/")  # type: ignore[union-attr]
     generated.parent.mkdir(parents=True)
     generated.write_text(V2_WITH_COMMENTS)
     install.install(target(root, flavor=k3s), bundle)
-    tmpl = (root / k3s.config.lstrip("/")).read_text()
-    only_insertions(V2_WITH_COMMENTS, tmpl)
-    assert generated.read_text() == V2_WITH_COMMENTS  # k3s's own output is not ours to edit
+    tmpl = root / k3s.config.lstrip("/")
+    text = tmpl.read_text()
+    assert '{{ template "base" . }}\n' in text.splitlines(True)
+    assert "[grpc]" not in text  # nothing of the generated file is frozen into the template
+    assert '[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.wasmtime]' in text
+    assert generated.read_text() == V2_WITH_COMMENTS
+    install.uninstall(target(root, flavor=k3s))
+    assert not tmpl.exists()
+
+
+def test_k3s_template_follows_the_base_version(root: Path, bundle: Path) -> None:
+    """k3s on containerd 2.x generates a version 3 config: our table goes where 2.x reads."""
+    k3s = flavor("k3s")
+    generated = root / k3s.generated.lstrip("/")  # type: ignore[union-attr]
+    generated.parent.mkdir(parents=True)
+    generated.write_text("version = 3\n")
+    install.install(target(root, flavor=k3s), bundle)
+    text = (root / k3s.config.lstrip("/")).read_text()
+    assert '[plugins."io.containerd.cri.v1.runtime".containerd.runtimes.wasmtime]' in text
+
+
+K3S_DETECTED = (
+    'version = 2\n[plugins."io.containerd.grpc.v1.cri".containerd.runtimes."wasmtime"]\n'
+    '  runtime_type = "{}"\n'
+)
+
+
+def test_k3s_own_registration_is_left_alone(root: Path, bundle: Path) -> None:
+    k3s = flavor("k3s")
+    generated = root / k3s.generated.lstrip("/")  # type: ignore[union-attr]
+    generated.parent.mkdir(parents=True)
+    generated.write_text(K3S_DETECTED.format("io.containerd.wasmtime.v1"))
+    lines = install.install(target(root, flavor=k3s), bundle)
+    assert "registers runtimes.wasmtime ('io.containerd.wasmtime.v1') itself" in lines[-1]
+    assert not (root / k3s.config.lstrip("/")).exists()
+    # a different runtime under our handler (a later k3s registers .v2): refused, not doubled
+    generated.write_text(K3S_DETECTED.format("io.containerd.wasmtime.v2"))
+    with pytest.raises(AlreadyExists, match="pass --handler"):
+        install.install(target(root, flavor=k3s), bundle)
+    assert not (root / k3s.config.lstrip("/")).exists()
+
+
+def test_our_template_is_not_mistaken_for_k3s_detection(root: Path, bundle: Path) -> None:
+    """Once k3s rendered our template, the generated file holds our table: still ours."""
+    k3s = flavor("k3s")
+    install.install(target(root, flavor=k3s), bundle)
+    generated = root / k3s.generated.lstrip("/")  # type: ignore[union-attr]
+    generated.write_text(K3S_DETECTED.format("io.containerd.wasmtime.v1"))
+    lines = install.install(target(root, flavor=k3s), bundle)
+    assert lines[-1].startswith("kept [plugins"), lines
+
+
+@pytest.mark.parametrize("bin_dir", ["/usr/bin", "/usr/sbin/", "/opt/kwasm/bin"])
+def test_k3s_detection_dirs_are_refused(root: Path, bundle: Path, bin_dir: str) -> None:
+    before = snapshot(root)
+    with pytest.raises(InvalidArgument, match="registers every containerd-shim-wasmtime-v1"):
+        install.install(target(root, flavor=flavor("rke2"), bin_dir=bin_dir), bundle)
+    assert snapshot(root) == before
 
 
 def test_onefile_binary_is_copied(root: Path, tmp_path: Path) -> None:
@@ -270,3 +330,68 @@ def test_uninstall_stops_the_warm_runtime_of_the_removed_binary_only(tmp_path: P
         for p in (mine, other):
             p.kill()
             p.wait()
+
+
+# ------------------------------------------------------------------ restart only on change
+
+
+class CountingRestarter:
+    """Stands in for Restarter in the command: counts restarts instead of running systemctl."""
+
+    count = 0
+
+    def __init__(self, *args: object) -> None:
+        pass
+
+    def restart(self) -> list[str]:
+        CountingRestarter.count += 1
+        return ["restarted containerd (fake)"]
+
+
+def test_restart_only_when_the_config_changed(
+    root: Path, bundle: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from wasmtime_shim.main import main
+    from wasmtime_shim.node import commands
+
+    monkeypatch.setattr(commands, "Restarter", CountingRestarter)
+    CountingRestarter.count = 0
+    (root / "etc/containerd/config.toml").write_text(V2_WITH_COMMENTS)
+    args = ["--root", str(root), "--binary", str(bundle)]
+    # without --restart: it says a restart is needed, and remembers it
+    assert main(["install", *args]) == 0
+    assert "changed: restart containerd to load it" in capsys.readouterr().out
+    assert install.restart_pending(target(root))
+    assert main(["install", *args, "--restart"]) == 0  # unchanged now, but still pending
+    assert CountingRestarter.count == 1
+    assert "restarting containerd" in capsys.readouterr().out
+    assert not install.restart_pending(target(root))
+    assert main(["install", *args, "--restart"]) == 0  # a DaemonSet pod starting again
+    out = capsys.readouterr().out
+    assert CountingRestarter.count == 1
+    assert "containerd not restarted: /etc/containerd/config.toml is unchanged" in out
+    assert main(["uninstall", "--root", str(root), "--restart"]) == 0
+    assert CountingRestarter.count == 2
+    assert (root / "etc/containerd/config.toml").read_text() == V2_WITH_COMMENTS
+    assert main(["uninstall", "--root", str(root), "--restart"]) == 0
+    assert CountingRestarter.count == 2
+
+
+def test_doctor_fails_when_the_binary_cannot_start(
+    root: Path, bundle: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from wasmtime_shim.main import main
+
+    (root / "etc/containerd/config.toml").write_text(V2_WITH_COMMENTS)
+    install.install(target(root), bundle)
+    node = doctor.Node(FLAVORS["containerd"], root, "/etc/containerd/config.toml", "wasmtime")
+    assert doctor.check_loads(node).status is doctor.Status.OK
+    installed = root / "usr/local/lib/containerd-shim-wasmtime" / SHIM
+    installed.write_text("#!/bin/sh\necho 'error while loading shared libraries' >&2\nexit 127\n")
+    check = doctor.check_loads(node)
+    assert check.status is doctor.Status.FAIL
+    assert "exited 127: error while loading shared libraries" in check.detail
+    assert main(["doctor", "--root", str(root)]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL shim starts" in out
+    assert f"/run/containerd/containerd.sock (under {root})" in out  # the socket is named

@@ -50,8 +50,10 @@ def test_daemonset_installs_and_labels_the_node() -> None:
     install, label = spec["initContainers"]
     assert install["securityContext"] == {"privileged": True}
     assert install["volumeMounts"] == [{"name": "host", "mountPath": "/host"}]
-    cmd = install["command"]
-    assert cmd[:2] == ["wasmtime-shim", "install"]
+    assert install["image"] == m.DEFAULT_INSTALLER_IMAGE
+    assert install["imagePullPolicy"] == "IfNotPresent"  # an image imported on the node works
+    cmd = install["args"]  # the image's entrypoint is the bundle's wasmtime-shim
+    assert cmd[0] == "install"
     assert cmd[cmd.index("--root") + 1] == "/host" and "--restart" in cmd
     assert cmd[cmd.index("--handler") + 1] == "wt"
     assert label["command"][:4] == ["kubectl", "label", "node", "$(NODE_NAME)"]
@@ -68,6 +70,44 @@ def test_examples_use_the_runtime_class() -> None:
     tmpl = docs["Deployment"]["spec"]["template"]
     assert tmpl["spec"]["runtimeClassName"] == "wasm"
     assert docs["Deployment"]["spec"]["selector"]["matchLabels"] == tmpl["metadata"]["labels"]
+    # the images `make example-images` builds: one that exits for the Pod, one that runs
+    # until stopped for the Deployment (which restarts whatever exits)
+    assert docs["Pod"]["spec"]["containers"][0]["image"] == m.EXAMPLE_IMAGE
+    assert docs["Pod"]["spec"]["restartPolicy"] == "Never"
+    assert tmpl["spec"]["containers"][0]["image"] == m.DEPLOYMENT_IMAGE
+    assert tmpl["spec"]["restartPolicy"] == "Always"
+
+
+def test_uninstall_daemonset_restores_then_unlabels() -> None:
+    docs = list(pyyaml.safe_load_all(m.render(OPTIONS, ("uninstall",))))
+    ds = next(d for d in docs if d["kind"] == "DaemonSet")
+    assert ds["metadata"]["name"] == "wasmtime-shim-uninstaller"
+    spec = ds["spec"]["template"]["spec"]
+    assert spec["nodeSelector"] == {"a.io/b": "yes"}  # only prepared nodes
+    uninstall, label = spec["initContainers"]
+    assert uninstall["args"][:3] == ["uninstall", "--root", "/host"]
+    assert "--restart" in uninstall["args"]
+    assert label["command"] == ["kubectl", "label", "node", "$(NODE_NAME)", "a.io/b-"]
+    assert "uninstall" not in m.DEFAULT_KINDS  # never applied together with the installer
+    assert not any(d["metadata"]["name"] == ds["metadata"]["name"] for d in m.documents(OPTIONS))
+
+
+@pytest.mark.parametrize(
+    "ref",
+    [
+        "localhost/containerd-shim-wasmtime/installer:0.1.0",
+        "registry.example:5000/team/installer@sha256:" + "a" * 64,
+        "ghcr.io/org/installer:1.2.3@sha256:" + "0" * 64,
+    ],
+)
+def test_image_references(ref: str) -> None:
+    assert m.check_image(ref) == ref
+
+
+@pytest.mark.parametrize("ref", ["", "Upper/case:1", "x@sha256:short", "a b:1"])
+def test_bad_image_references(ref: str) -> None:
+    with pytest.raises(InvalidArgument, match="expected NAME"):
+        m.check_image(ref)
 
 
 def test_node_commands() -> None:

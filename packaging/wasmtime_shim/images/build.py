@@ -66,8 +66,24 @@ CTR_IMPORT_FLAGS: tuple[str, ...] = ("--all-platforms",)
 # Every entry of every tar we write carries this mtime; 0 keeps it obviously synthetic.
 FIXED_MTIME = 0
 
-FileSource = bytes | Path
-"""A layer file's content: the bytes themselves, or a host file to copy (read once)."""
+
+@dataclass(frozen=True, slots=True)
+class Symlink:
+    """A symbolic link in a layer, pointing at `target` (kept verbatim, as tar stores it)."""
+
+    target: str
+
+
+@dataclass(frozen=True, slots=True)
+class Directory:
+    """A directory in a layer even when nothing is put in it (say an empty /tmp)."""
+
+    mode: int = 0o755
+
+
+FileSource = bytes | Path | Symlink | Directory
+"""A layer entry: the bytes themselves, a host file to copy (read once), a symlink, or a
+directory."""
 
 
 class Compression(enum.Enum):
@@ -170,25 +186,37 @@ def build_image(
     compression: Compression = Compression.GZIP,
     annotations: Mapping[str, str] | None = None,
     os_name: str = WASM_OS,
+    architecture: str = WASM_ARCHITECTURE,
+    compresslevel: int = 9,
 ) -> OciImage:
     """Build a one-layer wasm image from ``{path in image: content}``.
 
     ``ref`` is the full reference the image is imported as (for example
     ``docker.io/library/hello-wasm:latest``). ``annotations`` are added to the manifest's (the
-    wasm variant annotation is always present). ``os_name`` is the platform os: ``wasip1`` for
-    a core module, ``wasip2`` for a component. Raises InvalidArgument for a bad path or ref.
+    wasm variant annotation is always present in a wasm image). ``os_name`` is the platform
+    os: ``wasip1`` for a core module, ``wasip2`` for a component. An ``architecture`` other
+    than ``wasm`` (with ``os_name`` ``linux``) makes a native image, such as the node installer
+    (packaging/installer_image.py), without the wasm variant annotation. ``compresslevel``
+    trades gzip time for size (the digests depend on it). Raises InvalidArgument for a bad
+    path or ref.
     """
     check_ref(ref)
     config = config or ImageConfig()
     layer_tar = build_layer(files)
     diff_id = "sha256:" + hashlib.sha256(layer_tar).hexdigest()
     if compression is Compression.GZIP:
-        layer = Blob(MEDIA_TYPE_LAYER_GZIP, _gzip(layer_tar))
+        layer = Blob(MEDIA_TYPE_LAYER_GZIP, _gzip(layer_tar, compresslevel))
     else:
         layer = Blob(MEDIA_TYPE_LAYER, layer_tar)
 
-    config_blob = Blob(MEDIA_TYPE_CONFIG, canonical_json(_image_config(config, diff_id, os_name)))
-    manifest_annotations = {ANNOTATION_WASM_VARIANT: "compat", **(annotations or {})}
+    config_blob = Blob(
+        MEDIA_TYPE_CONFIG, canonical_json(_image_config(config, diff_id, os_name, architecture))
+    )
+    wasm = architecture == WASM_ARCHITECTURE
+    manifest_annotations = {
+        **({ANNOTATION_WASM_VARIANT: "compat"} if wasm else {}),
+        **(annotations or {}),
+    }
     return assemble(
         ref=ref,
         config=config_blob,
@@ -196,6 +224,7 @@ def build_image(
         diff_id=diff_id,
         os_name=os_name,
         annotations=manifest_annotations,
+        architecture=architecture,
     )
 
 
@@ -208,6 +237,7 @@ def assemble(
     os_name: str,
     annotations: Mapping[str, str],
     layer_annotations: Mapping[str, str] | None = None,
+    architecture: str = WASM_ARCHITECTURE,
 ) -> OciImage:
     """Manifest + index around one config and one layer, as an archive (both formats)."""
     layer_desc = (
@@ -235,7 +265,7 @@ def assemble(
         "mediaType": MEDIA_TYPE_INDEX,
         "manifests": [
             manifest.descriptor(
-                platform={"architecture": WASM_ARCHITECTURE, "os": os_name},
+                platform={"architecture": architecture, "os": os_name},
                 annotations=entry_annotations,
             )
         ],
@@ -255,21 +285,29 @@ def build_layer(files: Mapping[str, FileSource]) -> bytes:
     """The uncompressed layer tar: sorted entries, every parent directory, fixed metadata.
 
     Files get mode 0644, or 0755 when given as a host file with any execute bit; directories
-    get 0755; owner 0:0 with empty user/group names; mtime FIXED_MTIME.
+    get 0755 (or a ``Directory``'s mode); symlinks 0777; owner 0:0 with empty user/group
+    names; mtime FIXED_MTIME.
     """
-    entries: dict[PurePosixPath, tuple[bytes, int]] = {}
+    entries: dict[PurePosixPath, tuple[bytes | Symlink, int]] = {}
+    explicit_dirs: dict[PurePosixPath, int] = {}
     for raw_path, source in files.items():
         path = _image_path(raw_path)
-        if path in entries:
+        if path in entries or path in explicit_dirs:
             raise InvalidArgument(f"image path {raw_path!r} is given twice")
-        entries[path] = _read_source(raw_path, source)
+        if isinstance(source, Directory):
+            explicit_dirs[path] = source.mode
+        else:
+            entries[path] = _read_source(raw_path, source)
 
     dirs = {parent for path in entries for parent in path.parents if parent != PurePosixPath(".")}
-    clash = dirs & entries.keys()
+    dirs |= {p for path in explicit_dirs for p in path.parents if p != PurePosixPath(".")}
+    clash = (dirs | explicit_dirs.keys()) & entries.keys()
     if clash:
         raise InvalidArgument(f"image path {sorted(map(str, clash))[0]!r} is a file and a dir")
 
-    members: list[tuple[PurePosixPath, bytes | None, int]] = [(d, None, 0o755) for d in dirs]
+    members: list[tuple[PurePosixPath, bytes | Symlink | None, int]] = [
+        (d, None, explicit_dirs.get(d, 0o755)) for d in dirs | explicit_dirs.keys()
+    ]
     members += [(path, data, mode) for path, (data, mode) in entries.items()]
     members.sort(key=lambda member: member[0].parts)
     return _tar((str(path), data, mode) for path, data, mode in members)
@@ -289,9 +327,11 @@ def runtime_config(config: ImageConfig) -> dict[str, object]:
     return runtime
 
 
-def _image_config(config: ImageConfig, diff_id: str, os_name: str) -> dict[str, object]:
+def _image_config(
+    config: ImageConfig, diff_id: str, os_name: str, architecture: str
+) -> dict[str, object]:
     return {
-        "architecture": WASM_ARCHITECTURE,
+        "architecture": architecture,
         "os": os_name,
         "config": runtime_config(config),
         "rootfs": {"type": "layers", "diff_ids": [diff_id]},
@@ -313,8 +353,8 @@ def _layout_tar(index_json: bytes, blobs: Sequence[Blob]) -> bytes:
     return _tar(members)
 
 
-def _tar(members: Iterable[tuple[str, bytes | None, int]]) -> bytes:
-    """A tar of (name, data or None for a directory, mode), in the order given."""
+def _tar(members: Iterable[tuple[str, bytes | Symlink | None, int]]) -> bytes:
+    """A tar of (name, data, a Symlink or None for a directory, mode), in the order given."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for name, data, mode in members:
@@ -326,15 +366,19 @@ def _tar(members: Iterable[tuple[str, bytes | None, int]]) -> bytes:
             if data is None:
                 info.type = tarfile.DIRTYPE
                 tar.addfile(info)
+            elif isinstance(data, Symlink):
+                info.type = tarfile.SYMTYPE
+                info.linkname = data.target
+                tar.addfile(info)
             else:
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))
     return buf.getvalue()
 
 
-def _gzip(data: bytes) -> bytes:
+def _gzip(data: bytes, compresslevel: int = 9) -> bytes:
     # mtime=0 and no file name in the header: the compressed bytes depend on the data only.
-    return gzip.compress(data, compresslevel=9, mtime=0)
+    return gzip.compress(data, compresslevel=compresslevel, mtime=0)
 
 
 def canonical_json(value: object) -> bytes:
@@ -355,7 +399,11 @@ def _image_path(raw: str) -> PurePosixPath:
     return PurePosixPath(normal)
 
 
-def _read_source(raw_path: str, source: FileSource) -> tuple[bytes, int]:
+def _read_source(raw_path: str, source: FileSource) -> tuple[bytes | Symlink, int]:
+    if isinstance(source, Symlink):
+        if not source.target or "\0" in source.target:
+            raise InvalidArgument(f"image symlink {raw_path!r} has no valid target")
+        return source, 0o777
     if isinstance(source, bytes | bytearray):
         return bytes(source), 0o644
     if isinstance(source, Path):
@@ -365,7 +413,7 @@ def _read_source(raw_path: str, source: FileSource) -> tuple[bytes, int]:
         except OSError as exc:
             raise InvalidArgument(f"image file {raw_path!r}: cannot read {source}: {exc}") from exc
         return data, 0o755 if executable else 0o644
-    raise InvalidArgument(f"image file {raw_path!r}: content must be bytes or a Path")
+    raise InvalidArgument(f"image file {raw_path!r}: content must be bytes, a Path or a Symlink")
 
 
 def check_ref(ref: str) -> None:

@@ -22,7 +22,13 @@ from pathlib import Path
 
 from shim.errors import InvalidArgument
 from wasmtime_shim.images.artifact import build_artifact, platform_os, wasm_kind
-from wasmtime_shim.images.build import CTR_IMPORT_FLAGS, FileSource, ImageConfig, build_image
+from wasmtime_shim.images.build import (
+    CTR_IMPORT_FLAGS,
+    Directory,
+    FileSource,
+    ImageConfig,
+    build_image,
+)
 from wasmtime_shim.images.read import ImageSource
 from wasmtime_shim.images.unpack import unpack_image
 
@@ -87,7 +93,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def build_command(args: argparse.Namespace) -> int:
     if args.output is None and args.layout_dir is None:
         raise InvalidArgument("say where to write the image: -o IMAGE.tar and/or --layout-dir")
-    wasm = _load_module(args.module)
+    wasm = load_module(args.module)
     kind = wasm_kind(wasm)
     ref = args.name or f"docker.io/library/{_default_name(args.module)}:latest"
     env = tuple(args.env)
@@ -149,7 +155,7 @@ def inspect_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_module(path: Path) -> bytes:
+def load_module(path: Path) -> bytes:
     """The module's binary; `.wat` text (or any file that is not binary wasm) is translated."""
     try:
         raw = path.read_bytes()
@@ -166,7 +172,11 @@ def _load_module(path: Path) -> bytes:
 
 
 def _host_files(src: Path, dest: str, taken: dict[str, FileSource]) -> dict[str, FileSource]:
-    """A host file, or every regular file under a host dir (sorted; symlinks refused)."""
+    """A host file, or every regular file under a host dir (sorted; symlinks refused).
+
+    A directory with nothing in it, `src` itself included, becomes an empty directory of the
+    image (some programs need an empty /tmp); directories that hold files come with them.
+    """
     if src.is_symlink():
         raise InvalidArgument(f"--file {src}: symlinks are not copied; name the target")
     if src.is_file():
@@ -174,16 +184,23 @@ def _host_files(src: Path, dest: str, taken: dict[str, FileSource]) -> dict[str,
     if not src.is_dir():
         raise InvalidArgument(f"--file {src}: no such file or directory")
     out: dict[str, FileSource] = {}
+    empty: list[str] = []
     for root, dirs, names in os.walk(src):
         dirs.sort()
+        here = Path(root).relative_to(src).as_posix()
+        image_dir = dest.rstrip("/") if here == "." else f"{dest.rstrip('/')}/{here}"
+        if not dirs and not names:
+            empty.append(image_dir)
         for name in sorted(names):
             host = Path(root, name)
             if host.is_symlink() or not host.is_file():
                 raise InvalidArgument(f"--file {src}: {host} is not a regular file")
-            rel = host.relative_to(src).as_posix()
-            out[f"{dest.rstrip('/')}/{rel}"] = host
-    if not out:
-        raise InvalidArgument(f"--file {src}: the directory holds no files")
+            out[f"{image_dir}/{name}"] = host
+        for name in dirs:
+            if Path(root, name).is_symlink():
+                raise InvalidArgument(f"--file {src}: {Path(root, name)} is a symlink")
+    for image_dir in empty:
+        out[image_dir or "/"] = Directory()
     clash = out.keys() & taken.keys()
     if clash:
         raise InvalidArgument(f"--file {src}: {sorted(clash)[0]} is given twice")

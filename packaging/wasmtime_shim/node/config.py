@@ -212,6 +212,17 @@ def minimal_config(version: int) -> str:
     )
 
 
+def base_template(distribution: str) -> str:
+    """A k3s/RKE2 template for a node without one: the distribution's whole generated
+    configuration ("base", k3s >= 1.27 / RKE2 >= 1.27), to which install adds our table. A
+    template without that line would replace the distribution's configuration."""
+    return (
+        f"# Written by wasmtime-shim install: {distribution} renders this template into\n"
+        '# config.toml at every start; "base" is its own configuration, ours follows.\n'
+        '{{ template "base" . }}\n'
+    )
+
+
 def _attach(doc: TOMLDocument, keys: Sequence[str], table: Table, source: str) -> None:
     """Put `table` at `keys`, adding the missing levels as implicit (super) tables.
 

@@ -1,9 +1,14 @@
 """Where each Kubernetes distribution keeps containerd's config, and how it restarts it.
 
 Plain containerd reads /etc/containerd/config.toml. k3s and RKE2 regenerate their config.toml
-on every start, so the durable place is the Go template `config.toml.tmpl` beside it (seeded
-from the generated file when it does not exist yet). MicroK8s renders containerd-template.toml.
-k0s merges every file in /etc/k0s/containerd.d/, so we own a whole drop-in file there.
+on every start, so the durable place is the Go template `config.toml.tmpl` beside it; one we
+create starts with `{{ template "base" . }}` (k3s's own generated configuration) and only adds
+our table. k3s and RKE2 also register wasm shims by themselves: at start they look for
+`containerd-shim-wasmtime-v1` (and other shims) in a few directories (`detects`) and add a
+`wasmtime` runtime for any they find, so install keeps the binary out of those directories and
+leaves a runtime that the generated config already has alone (install.py).
+MicroK8s renders containerd-template.toml. k0s merges every file in /etc/k0s/containerd.d/,
+so we own a whole drop-in file there.
 """
 
 from __future__ import annotations
@@ -25,11 +30,18 @@ class Flavor:
     config: str  # absolute path on the node
     kind: ConfigEdit
     template: bool  # Go template: `{{ }}` lines are not TOML
-    seed_from: str | None  # the generated file a missing template starts from
+    generated: str | None  # the file a template flavor renders (its `version` is the base's)
     units: tuple[str, ...]  # systemd units to restart; the first active one wins
     socket: str  # containerd's gRPC socket, to check it came back
     version: int | None = None  # config version when the flavor dictates it
+    detects: tuple[str, ...] = ()  # dirs where the distribution finds wasm shims by itself
 
+
+# Where k3s (and RKE2, which runs k3s's agent) looks for wasm shims at every start
+# (pkg/agent/containerd/runtimes.go, findWasiRuntimes): a containerd-shim-wasmtime-v1 found
+# there becomes a `wasmtime` runtime in the generated config, whose runtime_type depends on the
+# k3s release (io.containerd.wasmtime.v1 in early ones, .v2 later), not on us.
+K3S_WASM_SHIM_DIRS = ("/opt/kwasm/bin", "/usr/bin", "/usr/sbin")
 
 FLAVORS: dict[str, Flavor] = {
     f.name: f
@@ -51,6 +63,7 @@ FLAVORS: dict[str, Flavor] = {
             "/var/lib/rancher/k3s/agent/etc/containerd/config.toml",
             ("k3s", "k3s-agent"),
             "/run/k3s/containerd/containerd.sock",
+            detects=K3S_WASM_SHIM_DIRS,
         ),
         Flavor(
             "rke2",
@@ -60,6 +73,7 @@ FLAVORS: dict[str, Flavor] = {
             "/var/lib/rancher/rke2/agent/etc/containerd/config.toml",
             ("rke2-server", "rke2-agent"),
             "/run/k3s/containerd/containerd.sock",
+            detects=K3S_WASM_SHIM_DIRS,
         ),
         Flavor(
             "microk8s",

@@ -7,6 +7,11 @@ it removes, which nothing else would ever retire). When the config is byte-ident
 install wrote, the original bytes come back from the backup (or the file is deleted if
 install created it); when someone edited it since, only our table is removed, with the same
 round-trip editor.
+
+The receipt also remembers that the config changed and containerd has not been restarted
+since (`restart_pending`): `install --restart` restarts only then, so a DaemonSet pod that
+starts again on an unchanged node disrupts nothing, while an install whose restart failed (or
+was never asked for) is still restarted by the next `--restart` run.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import subprocess
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from shim.errors import InvalidArgument
+from shim.errors import AlreadyExists, InvalidArgument
 from shim.warm.protocol import CONTROL_DIR
 from wasmtime_shim.node import config as cfg
 from wasmtime_shim.node import files
@@ -47,10 +52,28 @@ class Target:
 
     @property
     def default_version(self) -> int:
-        """The version of a config without a `version` key (templates: their base's)."""
-        if self.flavor.template:
-            return self.config_version or 2
-        return 1
+        """The version of a config without a `version` key: 1 (containerd's rule), or for a
+        template its base's, which the generated file shows (k3s on containerd 2.x: 3)."""
+        if not self.flavor.template:
+            return 1
+        if self.config_version is not None:
+            return self.config_version
+        generated = self.generated_config()
+        if generated is not None:
+            try:
+                return cfg.config_version(cfg.parse(generated), default=2)
+            except InvalidArgument:
+                pass
+        return 2
+
+    def generated_config(self) -> str | None:
+        """The text of the file a template flavor renders, when it exists."""
+        if self.flavor.generated is None:
+            return None
+        try:
+            return self.on_node(self.flavor.generated).read_text()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
 
     @property
     def config_path(self) -> str:
@@ -75,6 +98,7 @@ class Receipt:
     installed_sha256: str | None = None
     files: list[str] = field(default_factory=list)  # files and symlinks we placed
     dirs: list[str] = field(default_factory=list)  # directories we placed whole
+    restart_pending: bool = False  # we changed the config; containerd has not reloaded it
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
@@ -93,7 +117,9 @@ class Receipt:
 def install(target: Target, binary: Path | None, *, force: bool = False) -> list[str]:
     """Place the binary and register the runtime; returns one line per thing done/kept."""
     bundle = files.find_bundle(binary)
+    _check_detection(target)
     path = target.on_node(target.config_path)
+    distribution_registers = _registered_by_distribution(target, force=force)
     if path.exists():  # refuse a malformed or conflicting config before writing anything
         cfg.add_runtime(
             path.read_text(),
@@ -106,7 +132,10 @@ def install(target: Target, binary: Path | None, *, force: bool = False) -> list
     receipt_path = target.on_node(target.receipt)
     receipt = Receipt.load(receipt_path) or Receipt(target.config_path, target.entry.handler)
     done = _place_binary(target, bundle, receipt)
-    done.append(_register(target, receipt, force=force))
+    if distribution_registers is None:
+        done.append(_register(target, receipt, force=force))
+    else:
+        done.append(distribution_registers)
     files.write_atomic(receipt_path, receipt.to_json().encode())
     return done
 
@@ -175,16 +204,81 @@ def _register(target: Target, receipt: Receipt, *, force: bool) -> str:
     receipt.config_created = receipt.config_created or not existed
     files.write_atomic(path, edit.text.encode(), like=path if existed else None)
     receipt.installed_sha256 = files.sha256_file(path)
+    receipt.restart_pending = True
     verb = "created" if not existed else "updated"
     return f"{verb} {source}: {where} runtime_type = {target.entry.runtime_type!r}"
 
 
+def restart_pending(target: Target) -> bool:
+    """Did an install change the config without containerd being restarted since?"""
+    receipt = Receipt.load(target.on_node(target.receipt))
+    return receipt is not None and receipt.restart_pending
+
+
+def restarted(target: Target) -> None:
+    """Record that containerd was restarted after the last config change."""
+    path = target.on_node(target.receipt)
+    receipt = Receipt.load(path)
+    if receipt is not None and receipt.restart_pending:
+        receipt.restart_pending = False
+        files.write_atomic(path, receipt.to_json().encode())
+
+
+def _check_detection(target: Target) -> None:
+    """Refuse a bin dir where the distribution finds wasm shims itself (flavors.py): it would
+    register its own `wasmtime` runtime for our binary, beside or against ours."""
+    detects = target.flavor.detects
+    if os.path.normpath(target.bin_dir) in detects:
+        raise InvalidArgument(
+            f"--bin-dir {target.bin_dir}: {target.flavor.name} registers every "
+            f"{files.SHIM_NAME} in {', '.join(detects)} by itself, with a runtime_type of its "
+            f"release's choosing; install to another directory on its PATH (the default "
+            f"{DEFAULT_BIN_DIR}) so that only this registration names the shim"
+        )
+
+
+def _registered_by_distribution(target: Target, *, force: bool) -> str | None:
+    """For a template flavor: a line saying the generated config already has our handler
+    from the distribution's own detection (so the template must not add a second table),
+    None when we register it. A different runtime under our handler is refused."""
+    generated = target.generated_config()
+    if not target.flavor.template or generated is None or target.flavor.generated is None:
+        return None
+    try:
+        doc = cfg.parse(generated, target.flavor.generated)
+        theirs = cfg.registered_runtimes(doc, target.default_version).get(target.entry.handler)
+    except InvalidArgument:
+        return None  # not ours to judge: the template edit reports its own errors
+    if theirs is None or _template_registers(target):
+        return None  # not registered, or registered by the template we edit
+    if theirs == target.entry.runtime_type and not force:
+        return (
+            f"kept {target.flavor.generated}: {target.flavor.name} registers "
+            f"runtimes.{target.entry.handler} ({theirs!r}) itself; no template written"
+        )
+    raise AlreadyExists(
+        f"{target.flavor.generated}: {target.flavor.name} already registers "
+        f"runtimes.{target.entry.handler} with runtime_type {theirs!r} (its own wasm shim "
+        f"detection, or another template); pass --handler with another name"
+    )
+
+
+def _template_registers(target: Target) -> bool:
+    """Does the template itself hold runtimes.<handler> (then the generated file's is its)?"""
+    try:
+        text = target.on_node(target.config_path).read_text()
+        doc = cfg.parse(text, target.config_path, template=True)
+    except (FileNotFoundError, InvalidArgument):
+        return False
+    return cfg.find_runtime(doc, target.entry.handler, target.default_version) is not None
+
+
 def _initial_config(target: Target) -> str:
-    """A config for a node without one: the k3s template's seed, containerd's default, or
-    the minimal file of the requested version."""
+    """A config for a node without one: a template over the distribution's "base",
+    containerd's default, or the minimal file of the requested version."""
     flavor = target.flavor
-    if flavor.seed_from and target.on_node(flavor.seed_from).is_file():
-        return target.on_node(flavor.seed_from).read_text()
+    if flavor.template:
+        return cfg.base_template(flavor.name)
     if target.config_version is not None:
         return cfg.minimal_config(target.config_version)
     containerd = shutil.which("containerd") if target.root == Path("/") else None
