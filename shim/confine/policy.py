@@ -183,6 +183,9 @@ def _devices(items: Any) -> tuple[Device, ...]:
             )
         except (TypeError, ValueError):
             raise InvalidArgument(f"{what}: numbers must be integers") from None
+        dev = out[-1]
+        if not (0 <= dev.major < 1 << 32 and 0 <= dev.minor < 1 << 32 and 0 <= dev.mode < 1 << 16):
+            raise InvalidArgument(f"{what}: major, minor or fileMode out of range")
     return tuple(out)
 
 

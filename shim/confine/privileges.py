@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shim import libc
-from shim.errors import InvalidArgument
+from shim.errors import FailedPrecondition, InvalidArgument
 
 # Capability numbers, from <linux/capability.h>.
 CAPABILITIES: dict[str, int] = {
@@ -163,17 +163,29 @@ def rlimits_from_spec(items: Iterable[Any]) -> tuple[tuple[int, int, int], ...]:
 
 def apply_limits(p: Privileges) -> None:
     """rlimits and oom_score_adj; before the pivot (this writes the host's /proc/self)."""
+    names = {number: name for name, number in RLIMITS.items()}
     for res, soft, hard in p.rlimits:
-        resource.setrlimit(
-            res,
-            (
-                resource.RLIM_INFINITY if soft == _RLIM_INFINITY else soft,
-                resource.RLIM_INFINITY if hard == _RLIM_INFINITY else hard,
-            ),
-        )
+        try:
+            resource.setrlimit(
+                res,
+                (
+                    resource.RLIM_INFINITY if soft == _RLIM_INFINITY else soft,
+                    resource.RLIM_INFINITY if hard == _RLIM_INFINITY else hard,
+                ),
+            )
+        except (OSError, ValueError) as e:
+            raise FailedPrecondition(
+                f"process.rlimits {names.get(res, res)} soft {soft} hard {hard}: {e}"
+            ) from None
     if p.oom_score_adj is not None:
-        with open("/proc/self/oom_score_adj", "w") as f:
-            f.write(str(p.oom_score_adj))
+        try:
+            with open("/proc/self/oom_score_adj", "w") as f:
+                f.write(str(p.oom_score_adj))
+        except OSError as e:
+            raise FailedPrecondition(
+                f"process.oomScoreAdj {p.oom_score_adj}: {e.strerror} (lowering it needs "
+                "CAP_SYS_RESOURCE in the shim's bounding set)"
+            ) from None
 
 
 def _last_capability() -> int:

@@ -131,7 +131,9 @@ def _action(name: Any, errno_ret: Any, default_errno: int) -> int:
         return _ERRNO_ACTION | value
     if name == "SCMP_ACT_TRACE":
         value = 1 if errno_ret is None else errno_ret  # EPERM to a process without a tracer
-        return _TRACE_ACTION | (int(value) & 0xFFFF)
+        if not isinstance(value, int) or not 0 <= value <= 0xFFFF:
+            raise InvalidArgument(f"seccomp: errnoRet {value!r} is not a trace message")
+        return _TRACE_ACTION | value
     if name == "SCMP_ACT_NOTIFY":
         raise InvalidArgument("seccomp: SCMP_ACT_NOTIFY needs a listener, which is not supported")
     if not isinstance(name, str) or name not in _ACTIONS:
@@ -155,9 +157,9 @@ def _conditions(args: Any, where: str) -> list[list[_ArgCmp]]:
         if op not in _OPS:
             raise InvalidArgument(f"seccomp: {where}.args[{i}].op {op!r} is unknown")
         value, value_two = a.get("value", 0), a.get("valueTwo", 0)
-        if not isinstance(value, int) or not isinstance(value_two, int):
-            raise InvalidArgument(f"seccomp: {where}.args[{i}] values must be integers")
-        conds.append(_ArgCmp(index, _OPS[op], value & (2**64 - 1), value_two & (2**64 - 1)))
+        if not all(isinstance(v, int) and 0 <= v < 2**64 for v in (value, value_two)):
+            raise InvalidArgument(f"seccomp: {where}.args[{i}] values must be 64-bit integers")
+        conds.append(_ArgCmp(index, _OPS[op], value, value_two))
     if len({c.arg for c in conds}) == len(conds):
         return [conds]
     return [[c] for c in conds]
@@ -212,7 +214,10 @@ class Filter:
             if action == default:
                 continue
             rules = _conditions(entry.get("args"), where)
-            for name in entry.get("names") or ():
+            names = entry.get("names") or []
+            if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+                raise InvalidArgument(f"seccomp: {where}.names must be a list of strings")
+            for name in names:
                 nr = lib.resolve(str(name).encode())
                 if nr == _NR_SCMP_ERROR:
                     continue

@@ -266,10 +266,7 @@ def _before_load(conf: Confinement) -> _Confining:
 def _confine(c: _Confining) -> None:
     """Into the container's root, then its identity and its seccomp filter."""
     rootfs.enter(c.conf.filesystem, c.staged)
-    try:
-        os.chdir(c.conf.cwd)
-    except OSError:
-        os.chdir("/")
+    rootfs.chdir_in_root(c.conf.cwd)
     nnp = c.conf.privileges.no_new_privileges
     if c.seccomp is not None and not nnp:
         c.seccomp.load()

@@ -32,12 +32,17 @@ from tests.e2e.helpers import (
     tool_files,
     wait_for_status,
 )
-from wasmtime_shim.images.build import ImageConfig
+from wasmtime_shim.images.build import ImageConfig, Symlink
 
 
 @pytest.fixture(scope="module")
 def image(tmp_path_factory: pytest.TempPathFactory, build_wasm: Callable[[str], Path]) -> TestImage:
-    files = tool_files("/bin") | {"/etc/motd": b"from the image\n"}
+    files = tool_files("/bin") | {
+        "/etc/motd": b"from the image\n",
+        # links a hostile image may hold, to lead mount points out of its root
+        "/via-fd": Symlink("/proc/self/fd/4"),  # a staged bind source's descriptor
+        "/via-host": Symlink("/proc/2/root/tmp"),  # kthreadd's root: the host's /
+    }
     return make_image(
         tmp_path_factory.mktemp("confine"),
         files,
@@ -200,6 +205,49 @@ def test_a_read_only_root_is_read_only(bed: PrivateContainerd, bed_ns: str, ref:
     assert run.returncode == 1 and run.stderr.startswith("files: write /etc/new: "), describe(
         containerd, run
     )
+
+
+def test_a_mount_point_through_proc_self_fd_is_refused_and_nothing_is_written(
+    bed: PrivateContainerd, bed_ns: str, ref: str, tmp_path: Path
+) -> None:
+    """A destination under an image link to /proc/self/fd/N would reach a staged source
+    (here the read-only one): mount points resolve with /proc's magic links refused."""
+    containerd, ns = bed, bed_ns
+    readonly = tmp_path / "readonly"
+    readonly.mkdir()
+    flags = (
+        *mount("tmpfs", "/via-fd/made-by-the-shim", "rw", type_="tmpfs"),
+        *mount(readonly, "/data", "rbind:ro"),
+    )
+    run = ctr_run(containerd, ns, ref, "/bin/hello.wasm", flags=flags)
+    assert run.returncode != 0, describe(containerd, run)
+    assert "mount /via-fd/made-by-the-shim" in run.stderr, describe(containerd, run)
+    assert list(readonly.iterdir()) == []
+
+
+def test_a_mount_point_through_proc_pid_root_creates_nothing_on_the_host(
+    bed: PrivateContainerd, bed_ns: str, ref: str, tmp_path: Path
+) -> None:
+    """In the host's PID namespace (hostPID), /proc/2/root is the host's /: a mount point
+    under an image link to it must not be created there."""
+    containerd, ns = bed, bed_ns
+    name = f"made-by-the-shim-{os.getpid()}"
+    src = tmp_path / "file"
+    src.write_text("x")
+    for kind, extra in (
+        ("file", mount(src, f"/via-host/{name}", "rbind:ro")),
+        ("tmpfs", mount("tmpfs", f"/via-host/{name}", "rw", type_="tmpfs")),
+    ):
+        flags = ("--with-ns", f"pid:/proc/{os.getpid()}/ns/pid", *extra)
+        try:
+            run = ctr_run(containerd, ns, ref, "/bin/hello.wasm", flags=flags)
+            assert run.returncode != 0, (kind, describe(containerd, run))
+            assert not os.path.lexists(f"/tmp/{name}"), (kind, describe(containerd, run))
+        finally:
+            if os.path.isdir(f"/tmp/{name}"):
+                os.rmdir(f"/tmp/{name}")
+            elif os.path.lexists(f"/tmp/{name}"):
+                os.unlink(f"/tmp/{name}")
 
 
 # ------------------------------------------------------------------ the guest process

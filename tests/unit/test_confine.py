@@ -277,3 +277,26 @@ def test_a_nested_read_only_mount_holds_after_the_pivot(tmp_path: Path) -> None:
     assert (data / "ro" / "file").read_text() == "original\n"
     assert (data / "out").read_text() == "fine\n"
     assert sorted(os.listdir(data)) == ["out", "ro"]
+
+
+@pytest.mark.parametrize(
+    ("syscall", "message"),
+    [
+        ({"names": "ptrace", "action": "SCMP_ACT_ERRNO"}, "names must be a list"),
+        ({"names": ["read"], "action": "SCMP_ACT_ERRNO",
+          "args": [{"index": 0, "value": 2**70, "op": "SCMP_CMP_EQ"}]}, "64-bit"),
+        ({"names": ["read"], "action": "SCMP_ACT_TRACE", "errnoRet": "x"}, "trace message"),
+    ],
+)  # fmt: skip
+def test_a_malformed_syscall_entry_is_refused_not_weakened(
+    syscall: dict[str, object], message: str
+) -> None:
+    with pytest.raises(InvalidArgument, match=message):
+        seccomp.check(_profile(syscalls=[syscall]))
+
+
+def test_a_device_number_out_of_range_fails_create(tmp_path: Path) -> None:
+    doc = _spec(tmp_path)
+    doc["linux"]["devices"] = [{"path": "/dev/x", "type": "c", "major": 2**40, "minor": 1}]  # type: ignore[index]
+    with pytest.raises(InvalidArgument, match="out of range"):
+        confinement(parse(doc), "/rootfs", ())
