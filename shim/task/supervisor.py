@@ -17,7 +17,8 @@ a start function that never ends.
 Pause and Resume freeze and thaw the container's cgroup (`Cgroup.freeze`, v1's freezer or
 v2's cgroup.freeze). On cgroup v1 a frozen process does not act on SIGKILL until it is thawed,
 so a SIGKILL sent to a paused container is followed by a thaw (runc does the same): a paused
-container can always be killed. Other signals stay pending until Resume.
+container can always be killed. Other signals are not followed by a thaw (on v1 they wait for
+Resume).
 
 Update writes new memory, cpu and pids limits into the cgroup. The guest's linear-memory cap
 is computed by the container process when it starts (what the memory limit leaves, see

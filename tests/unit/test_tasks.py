@@ -524,3 +524,20 @@ def test_wasm_update_before_start_sets_the_limit_the_cap_is_computed_from() -> N
         assert sup.run_config.memory_limit is None
 
     asyncio.run(main())
+
+
+def test_update_takes_linux_resources_json_and_names_anything_else() -> None:
+    from google.protobuf import any_pb2
+
+    from shim.task.service import linux_resources
+
+    url = "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources"
+    good = any_pb2.Any(type_url=url, value=b'{"memory": {"limit": 5}}')
+    assert linux_resources(good) == {"memory": {"limit": 5}}
+    windows = "types.containerd.io/opencontainers/runtime-spec/1/WindowsResources"
+    with pytest.raises(InvalidArgument, match=r"WindowsResources.*not linux resources"):
+        linux_resources(any_pb2.Any(type_url=windows, value=b"{}"))
+    with pytest.raises(InvalidArgument, match="not valid JSON"):
+        linux_resources(any_pb2.Any(type_url=url, value=b"{"))
+    with pytest.raises(InvalidArgument, match="not a JSON object"):
+        linux_resources(any_pb2.Any(type_url=url, value=b"[]"))
