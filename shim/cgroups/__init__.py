@@ -21,7 +21,7 @@ import from ``shim.cgroups`` only; the submodules are not a public contract.
 from __future__ import annotations
 
 from shim.cgroups.cgroup import Cgroup
-from shim.cgroups.limits import Resources, cpu_weight
+from shim.cgroups.limits import Resources, cpu_weight, unapplied_changes
 from shim.cgroups.paths import (
     CGROUP_ROOT,
     V1_CONTROLLERS,
@@ -49,4 +49,5 @@ __all__ = [
     "detect_layout",
     "expand_slice",
     "systemd_path",
+    "unapplied_changes",
 ]

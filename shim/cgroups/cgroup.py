@@ -1,4 +1,4 @@
-"""The Cgroup object: create, load, freeze, kill, stats and remove one container's cgroup.
+"""The Cgroup object: create, load, update, freeze, kill, stats and remove one container's cgroup.
 
 It ties the path rules (``paths``), the limits (``limits``) and the Metrics readers (``stats``)
 to the directories it owns, and removes only those. It does not move processes: it names the
@@ -210,6 +210,17 @@ class Cgroup:
         finally:
             if sweep_frozen:
                 self.thaw()
+
+    def update(self, res: Resources) -> None:
+        """Write new limits (an Update) into the existing directories, in the same order and
+        with the same conversions as Create. Raises NotFound when the cgroup is gone, and
+        Internal naming the file the kernel refused (v1 refuses a memory limit below the
+        current usage with EBUSY)."""
+        self._existing()
+        if self.layout.version is Version.V2:
+            _apply_v2(self._leaves()[0], res)
+        else:
+            _apply_v1(self._dirs(), res)
 
     # ---- freezer -----------------------------------------------------------------------------
 

@@ -62,6 +62,41 @@ class Resources:
         return out
 
 
+# What Resources applies, by section: any other entry of linux.resources is left alone.
+APPLIED: Mapping[str, frozenset[str]] = {
+    "memory": frozenset({"limit", "swap", "reservation"}),
+    "cpu": frozenset({"shares", "quota", "period"}),
+    "pids": frozenset({"limit"}),
+}
+
+
+def unapplied_changes(current: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """The entries of ``new`` (an Update's linux.resources) that differ from ``current`` and
+    that Resources does not apply, as dotted names (``cpu.cpus``, ``blockIO``).
+
+    An entry that is absent, null or empty in ``new`` asks for no change, and one equal to
+    ``current``'s (CRI resends the whole section, devices included) changes nothing: neither
+    is named. The caller refuses the rest rather than pretend it applied them."""
+    out: list[str] = []
+    for section, value in new.items():
+        if _empty(value) or value == current.get(section):
+            continue
+        applied = APPLIED.get(section)
+        if applied is None or not isinstance(value, Mapping):
+            out.append(section)
+            continue
+        old = current.get(section)
+        old_block: Mapping[str, Any] = old if isinstance(old, Mapping) else {}
+        for key, setting in value.items():
+            if key not in applied and not _empty(setting) and setting != old_block.get(key):
+                out.append(f"{section}.{key}")
+    return out
+
+
+def _empty(value: object) -> bool:
+    return value is None or (isinstance(value, (str, list, dict, Mapping)) and not value)
+
+
 def cpu_weight(shares: int) -> int:
     """cgroup v1 cpu.shares [2, 262144] -> v2 cpu.weight [1, 10000], the mapping runc uses."""
     shares = min(max(shares, 2), 262144)

@@ -113,7 +113,9 @@ class Container:
                 cgroup = (
                     Cgroup.create(spec.cgroups_path, spec.resources) if spec.cgroups_path else None
                 )
-                wasm = WasmSupervisor(host, c.run_config, c.entry, c.process_setup, cgroup)
+                wasm = WasmSupervisor(
+                    host, c.run_config, c.entry, c.process_setup, cgroup, spec.resources
+                )
                 c.supervisor = wasm  # holds the cgroup: released on any failure below
                 c.record()
                 c.confine(cgroup)

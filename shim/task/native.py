@@ -7,6 +7,11 @@ create` with the bundle (its own namespaces, cgroup, mounts, seccomp from config
 shim/daemon.py), whose reaper (shim/proc/reaper.py) watches it and reports its exit status;
 the runtime's commands run through the same reaper, so no exit is ever reaped twice.
 
+Pause, Resume and Update are `runc pause`, `runc resume` and `runc update --resources FILE`,
+as containerd's runc shim runs them (the file is the Update's linux.resources JSON, written
+into the bundle and removed after). A SIGKILL to a paused container is followed by `runc
+resume`: on cgroup v1 a frozen process acts on SIGKILL only once thawed.
+
 runc's own error messages go to a JSON log file in the bundle, not to the container's stderr,
 and are read back into the error the RPC returns.
 """
@@ -18,6 +23,7 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -25,7 +31,7 @@ from typing import Any
 
 from shim import bundle as bundle_files
 from shim.cgroups import Cgroup
-from shim.errors import Internal, InvalidArgument, NotFound, ShimError
+from shim.errors import FailedPrecondition, Internal, InvalidArgument, NotFound, ShimError
 from shim.proc.process import Process
 from shim.proc.reaper import NotInstalled, Reaper
 from shim.task.workload import Workload
@@ -36,6 +42,7 @@ DEFAULT_BINARY = "runc"
 RUNC_ROOT = "/run/containerd/wasmtime/runc"
 RUNC_LOG = "runc.log"
 NATIVE_PID_FILE = "native.pid"
+UPDATE_FILE = "update-resources.json"  # in the bundle, for the length of a `runc update`
 COMMAND_TIMEOUT = 60.0
 
 
@@ -132,6 +139,23 @@ class Runc:
     async def kill(self, sig: int, all_: bool) -> None:
         await self._run("kill", *(["--all"] if all_ else []), self.id, str(sig))
 
+    async def pause(self) -> None:
+        await self._run("pause", self.id)
+
+    async def resume(self) -> None:
+        await self._run("resume", self.id)
+
+    async def update(self, resources: Mapping[str, Any]) -> None:
+        """`update --resources FILE`: runc validates and applies (or refuses) every field."""
+        path = os.path.join(self.bundle, UPDATE_FILE)
+        data = json.dumps(resources).encode()
+        await asyncio.to_thread(_write_file, path, data)
+        try:
+            await self._run("update", "--resources", path, self.id)
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+
     async def delete(self) -> None:
         """`delete --force`: stops what is left and removes the runtime's state and cgroup."""
         if not os.path.exists(os.path.join(self.root, self.id)):
@@ -150,6 +174,7 @@ class NativeSupervisor:
         self.cgroups_path = cgroups_path
         self._cgroup: Cgroup | None = None
         self._started = False
+        self._paused = False  # `runc pause` succeeded and no resume has followed
 
     @property
     def cgroup(self) -> Cgroup | None:
@@ -175,7 +200,29 @@ class NativeSupervisor:
         return proc
 
     async def kill(self, process: Process, sig: int, all_: bool) -> None:
-        await self.runc.kill(sig, all_)
+        try:
+            await self.runc.kill(sig, all_)
+        finally:
+            if self._paused and sig == signal.SIGKILL:  # module docstring
+                with contextlib.suppress(ShimError):  # runc may have thawed it already
+                    await self.runc.resume()
+                self._paused = False
+
+    async def pause(self) -> None:
+        await self.runc.pause()
+        self._paused = True
+
+    async def resume(self) -> None:
+        await self.runc.resume()
+        self._paused = False
+
+    async def update(self, resources: Mapping[str, Any], started: bool) -> None:
+        if not started:
+            raise FailedPrecondition(
+                "cannot update the resources of a native container before it starts (runc "
+                "creates it at Start; the spec's resources apply then)"
+            )
+        await self.runc.update(resources)
 
     async def delete(self) -> None:
         if self._started:
@@ -197,3 +244,10 @@ def last_error(log_path: str) -> str:
             if isinstance(entry, dict) and entry.get("level") in ("error", "fatal"):
                 message = str(entry.get("msg", ""))
     return message
+
+
+def _write_file(path: str, data: bytes) -> None:
+    """Write a file of the shim's own in the bundle (replacing one a crash left)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW
+    with os.fdopen(os.open(path, flags, 0o600), "wb") as f:
+        f.write(data)

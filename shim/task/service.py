@@ -11,6 +11,7 @@ output) can tell "not supported" from "failed".
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 from collections.abc import Awaitable, Callable
@@ -24,7 +25,7 @@ from shim.api.containerd.events import task_pb2 as events_pb2
 from shim.api.containerd.task.v2 import shim_pb2 as pb
 from shim.api.containerd.types import mount_pb2
 from shim.api.containerd.types.task import task_pb2 as types_pb2
-from shim.errors import Unimplemented
+from shim.errors import InvalidArgument, Unimplemented
 from shim.io.fds import read_regular
 from shim.io.stdio import StdioConfig
 from shim.logs import current_container
@@ -43,6 +44,9 @@ _STATUS = {
     State.CREATED: types_pb2.CREATED,
     State.STARTING: types_pb2.CREATED,
     State.RUNNING: types_pb2.RUNNING,
+    State.PAUSING: types_pb2.PAUSING,
+    State.PAUSED: types_pb2.PAUSED,
+    State.RESUMING: types_pb2.PAUSED,  # frozen until the thaw is done
     State.STOPPED: types_pb2.STOPPED,
     State.DELETING: types_pb2.STOPPED,
     State.DELETED: types_pb2.STOPPED,
@@ -59,6 +63,27 @@ def timestamp(ns: int) -> timestamp_pb2.Timestamp:
 def pack_any(msg: Message) -> any_pb2.Any:
     """An Any whose type_url is the bare proto name, as containerd's typeurl registers them."""
     return any_pb2.Any(type_url=msg.DESCRIPTOR.full_name, value=msg.SerializeToString())
+
+
+# containerd's typeurl name for specs.LinuxResources, which it marshals as JSON.
+LINUX_RESOURCES = "opencontainers/runtime-spec/1/LinuxResources"
+
+
+def linux_resources(resources: any_pb2.Any) -> dict[str, Any]:
+    """Update's `resources` Any: the OCI linux.resources as its JSON object. Anything else
+    (Windows resources, an empty Any) is refused, naming what came."""
+    if not resources.type_url.endswith(LINUX_RESOURCES):
+        raise InvalidArgument(
+            f"update: resources of type {resources.type_url or '(none)'!r} are not "
+            "linux resources (OCI LinuxResources)"
+        )
+    try:
+        value = json.loads(resources.value)
+    except ValueError as e:
+        raise InvalidArgument(f"update: the linux resources are not valid JSON: {e}") from e
+    if not isinstance(value, dict):
+        raise InvalidArgument("update: the linux resources are not a JSON object")
+    return value
 
 
 def _unsupported(what: str) -> Unimplemented:
@@ -196,19 +221,24 @@ class TaskService:
         self.tasks.close_io(r.id, r.exec_id, r.stdin)
         return empty_pb2.Empty()
 
+    # ------------------------------------------------------------------ freezer and limits
+
+    async def Pause(self, r: pb.PauseRequest, ctx: Any) -> empty_pb2.Empty:
+        await self.tasks.pause(r.id)
+        return empty_pb2.Empty()
+
+    async def Resume(self, r: pb.ResumeRequest, ctx: Any) -> empty_pb2.Empty:
+        await self.tasks.resume(r.id)
+        return empty_pb2.Empty()
+
+    async def Update(self, r: pb.UpdateTaskRequest, ctx: Any) -> empty_pb2.Empty:
+        await self.tasks.update(r.id, linux_resources(r.resources))
+        return empty_pb2.Empty()
+
     # ------------------------------------------------------------------ not supported (yet)
 
     async def Exec(self, r: pb.ExecProcessRequest, ctx: Any) -> empty_pb2.Empty:
         raise _unsupported("exec")
-
-    async def Pause(self, r: pb.PauseRequest, ctx: Any) -> empty_pb2.Empty:
-        raise _unsupported("pause")
-
-    async def Resume(self, r: pb.ResumeRequest, ctx: Any) -> empty_pb2.Empty:
-        raise _unsupported("resume")
-
-    async def Update(self, r: pb.UpdateTaskRequest, ctx: Any) -> empty_pb2.Empty:
-        raise _unsupported("update")
 
     async def ResizePty(self, r: pb.ResizePtyRequest, ctx: Any) -> empty_pb2.Empty:
         raise _unsupported("resize-pty (tty)")
@@ -248,6 +278,12 @@ class ProtoEvents:
 
     def task_start(self, c: Container) -> None:
         self.publish("/tasks/start", events_pb2.TaskStart(container_id=c.id, pid=c.pid))
+
+    def task_paused(self, c: Container) -> None:
+        self.publish("/tasks/paused", events_pb2.TaskPaused(container_id=c.id))
+
+    def task_resumed(self, c: Container) -> None:
+        self.publish("/tasks/resumed", events_pb2.TaskResumed(container_id=c.id))
 
     def task_exit(self, c: Container) -> None:
         self.publish(

@@ -14,6 +14,20 @@ compile the program (shim/warm/compiling.py); the answer's connection goes to th
 Start, which waits for it itself, so Kill reaches a process that waits for a compile or runs
 a start function that never ends.
 
+Pause and Resume freeze and thaw the container's cgroup (`Cgroup.freeze`, v1's freezer or
+v2's cgroup.freeze). On cgroup v1 a frozen process does not act on SIGKILL until it is thawed,
+so a SIGKILL sent to a paused container is followed by a thaw (runc does the same): a paused
+container can always be killed. Other signals are not followed by a thaw (on v1 they wait for
+Resume).
+
+Update writes new memory, cpu and pids limits into the cgroup. The guest's linear-memory cap
+is computed by the container process when it starts (what the memory limit leaves, see
+shim/proc/child.py) and kept in its wasmtime Store, which nothing outside the guest's own
+thread may change while the guest runs. So before Start an Update also changes the limit the
+cap is computed from; once the guest runs, a higher (or no) memory limit is applied to the
+cgroup while the cap stays what Start set, and a lower one is refused: the guest could then
+grow into an OOM kill instead of seeing `memory.grow` fail.
+
 `NativeSupervisor` (shim/task/native.py): runc or crun creates the process and its cgroup.
 """
 
@@ -23,14 +37,16 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Callable
+import signal
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import Any, Protocol
 
 from runtimes.base import CacheSettings, Entrypoint, RunConfig, Runtime
 from shim import bundle as bundle_files
-from shim.cgroups import Cgroup
+from shim.cgroups import Cgroup, Resources, unapplied_changes
 from shim.confine.policy import PID_NEW
+from shim.errors import FailedPrecondition, InvalidArgument
 from shim.proc.child import ProcessSetup
 from shim.proc.client import SpawnerClient
 from shim.proc.process import Process
@@ -74,6 +90,20 @@ class Supervisor(Protocol):
         has exited."""
         ...
 
+    async def pause(self) -> None:
+        """Freeze every process of the container. Raises ShimError (FailedPrecondition when
+        there is no freezer to use)."""
+        ...
+
+    async def resume(self) -> None:
+        """Thaw what `pause` froze. Raises ShimError."""
+        ...
+
+    async def update(self, resources: Mapping[str, Any], started: bool) -> None:
+        """Apply an Update's `linux.resources` (OCI JSON); `started`: the process exists.
+        Raises InvalidArgument or FailedPrecondition for what cannot change, naming it."""
+        ...
+
     async def delete(self) -> None:
         """Undo what `start` made outside the process itself. Idempotent."""
         ...
@@ -95,6 +125,7 @@ class WasmSupervisor:
         entry: Entrypoint,
         setup: Callable[[], ProcessSetup],
         cgroup: Cgroup | None,
+        resources: Mapping[str, Any] | None = None,
     ) -> None:
         self.host = host
         self.run_config = run_config
@@ -102,6 +133,10 @@ class WasmSupervisor:
         self._setup = setup
         self._cgroup = cgroup
         self._compile_fd: int | None = None
+        self._paused = False  # this supervisor froze the cgroup and has not thawed it
+        # The linux.resources in force (Create's, then each Update's merged in): Update
+        # compares against it (`unapplied_changes`).
+        self._resources: dict[str, Any] = dict(resources or {})
 
     @property
     def cgroup(self) -> Cgroup | None:
@@ -143,9 +178,75 @@ class WasmSupervisor:
         return process
 
     async def kill(self, process: Process, sig: int, all_: bool) -> None:
-        await self.host.spawner.kill(process.pid, process.stand_in(sig))
-        if all_ and self._cgroup is not None:
-            await asyncio.to_thread(self._cgroup.kill_all, sig)
+        sent = process.stand_in(sig)
+        try:
+            await self.host.spawner.kill(process.pid, sent)
+            if all_ and self._cgroup is not None:
+                await asyncio.to_thread(self._cgroup.kill_all, sig)
+        finally:
+            if self._paused and sent == signal.SIGKILL:  # module docstring: v1 needs a thaw
+                await self.resume()
+
+    async def pause(self) -> None:
+        cgroup = self._frozen_cgroup("pause")
+        self._paused = True  # from the first write on: a Kill must thaw whatever froze
+        try:
+            await asyncio.to_thread(cgroup.freeze)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(cgroup.thaw)
+                self._paused = False
+            raise
+
+    async def resume(self) -> None:
+        await asyncio.to_thread(self._frozen_cgroup("resume").thaw)
+        self._paused = False
+
+    def _frozen_cgroup(self, verb: str) -> Cgroup:
+        if self._cgroup is None:
+            raise FailedPrecondition(
+                f"cannot {verb} a wasm container without a cgroup (the spec has no "
+                "linux.cgroupsPath): pausing uses the cgroup freezer"
+            )
+        return self._cgroup
+
+    async def update(self, resources: Mapping[str, Any], started: bool) -> None:
+        res = Resources.from_spec(resources)
+        refused = unapplied_changes(self._resources, resources)
+        if refused:
+            raise InvalidArgument(
+                f"cannot update {', '.join(refused)} of a wasm container: the shim applies "
+                "only memory (limit, swap, reservation), cpu (shares, quota, period) and "
+                "pids (limit)"
+            )
+        if self._cgroup is None:
+            raise FailedPrecondition(
+                "cannot update the resources of a wasm container without a cgroup (the spec "
+                "has no linux.cgroupsPath)"
+            )
+        old = self.run_config.memory_limit
+        new = old
+        if res.memory_limit is not None:  # -1: no limit
+            new = res.memory_limit if res.memory_limit > 0 else None
+        if started and new is not None and (old is None or new < old):
+            raise FailedPrecondition(
+                f"cannot lower the memory limit of a running wasm container (from "
+                f"{'unlimited' if old is None else old} to {new} bytes): its guest's linear "
+                "memory was capped at Start to fit the old limit, and wasmtime cannot change "
+                "the cap of a running guest, so it would be OOM-killed instead of seeing "
+                "memory.grow fail; recreate the container with the new limit"
+            )
+        await asyncio.to_thread(self._cgroup.update, res)
+        self._resources = _merged(self._resources, resources)
+        if not started:  # the process computes its cap from this limit at Start
+            self.run_config = replace(self.run_config, memory_limit=new)
+        elif new != old:
+            log.info(
+                "memory limit raised to %s; the guest's linear-memory cap stays what Start "
+                "set for %s bytes",
+                "unlimited" if new is None else f"{new} bytes",
+                old,
+            )
 
     async def delete(self) -> None:
         return None  # the process is gone; what Create made goes in release()
@@ -165,3 +266,18 @@ class WasmSupervisor:
                 self._cgroup = None
             except Exception:
                 log.exception("removing the cgroup %s", cgroup.path)
+
+
+def _merged(current: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """linux.resources after an Update: each non-null entry of `update` replaces the same
+    entry (one level into sections such as `memory`) of `current`."""
+    out = dict(current)
+    for section, value in update.items():
+        if value is None:
+            continue
+        old = out.get(section)
+        if isinstance(value, Mapping) and isinstance(old, Mapping):
+            out[section] = {**old, **{k: v for k, v in value.items() if v is not None}}
+        else:
+            out[section] = value
+    return out

@@ -16,6 +16,11 @@ takes minutes, never makes a task unkillable. If the process ends before it was 
 fails with its reason, unless a Kill ended it: then Start succeeds (the container ran, and was
 killed) and the exit is reported like any other. TaskStart is published before the exit is
 even looked at, so it always precedes TaskExit.
+
+Pause and Resume pass through PAUSING and RESUMING while the freezer works, so a second call
+fails instead of racing the first; TaskPaused and TaskResumed are published once the kernel
+reports the new state. A process that exits meanwhile (a Kill) is STOPPED, and the late
+freeze or thaw then changes nothing and publishes nothing.
 """
 
 from __future__ import annotations
@@ -24,16 +29,16 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from shim.cgroups import Cgroup
 from shim.errors import AlreadyExists, DeadlineExceeded, NotFound, ShimError, Unavailable
 from shim.logs import current_container
 from shim.proc.process import Process
 from shim.task.container import Container, CreateConfig
-from shim.task.states import Event, State, next_state
+from shim.task.states import LIVE, Event, State, next_state
 from shim.task.supervisor import Host
 from shim.workers import Workers, within
 
@@ -54,6 +59,8 @@ class EventSink(Protocol):
     def task_exit(self, c: Container) -> None: ...
     def task_delete(self, c: Container) -> None: ...
     def task_oom(self, c: Container) -> None: ...
+    def task_paused(self, c: Container) -> None: ...
+    def task_resumed(self, c: Container) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,16 +230,55 @@ class Tasks:
         self._check_idle()
         return ExitInfo(c.pid, c.exit_status, c.exited_at_ns)
 
+    # ------------------------------------------------------------------ Pause / Resume / Update
+
+    async def pause(self, container_id: str) -> None:
+        c = self.get(container_id)
+        c.state = next_state(c.state, Event.PAUSE)
+        # Shielded as Start is: the state must not stay PAUSING if containerd hangs up.
+        await asyncio.shield(self._freeze(c, pause=True))
+
+    async def resume(self, container_id: str) -> None:
+        c = self.get(container_id)
+        c.state = next_state(c.state, Event.RESUME)
+        await asyncio.shield(self._freeze(c, pause=False))
+
+    async def _freeze(self, c: Container, pause: bool) -> None:
+        assert c.supervisor is not None
+        between = State.PAUSING if pause else State.RESUMING
+        try:
+            await (c.supervisor.pause() if pause else c.supervisor.resume())
+        except BaseException:
+            if c.state is between:
+                c.state = next_state(c.state, Event.PAUSE_FAILED if pause else Event.RESUME_FAILED)
+            raise
+        if c.state is not between:  # it exited meanwhile: nothing is paused or resumed
+            return
+        c.state = next_state(c.state, Event.PAUSED if pause else Event.RESUMED)
+        if pause:
+            self.events.task_paused(c)
+        else:
+            self.events.task_resumed(c)
+        log.info("paused" if pause else "resumed")
+
+    async def update(self, container_id: str, resources: Mapping[str, Any]) -> None:
+        """New linux.resources (OCI JSON) for the container's cgroup."""
+        c = self.get(container_id)
+        started = next_state(c.state, Event.UPDATE) is not State.CREATED
+        assert c.supervisor is not None
+        await c.supervisor.update(resources, started)
+        log.info("resources updated: %s", sorted(resources))
+
     # ------------------------------------------------------------------ queries
 
     def pids(self, container_id: str) -> list[int]:
         c = self.get(container_id)
         cgroup = c.cgroup
-        if cgroup is not None and c.state is State.RUNNING:
+        if cgroup is not None and c.state in LIVE:
             found = cgroup.pids()
             if found:
                 return found
-        return [c.pid] if c.pid and c.state is State.RUNNING else []
+        return [c.pid] if c.pid and c.state in LIVE else []
 
     def cgroup_of(self, container_id: str) -> Cgroup:
         """The container's cgroup, for Stats; NotFound when it has none (CRI skips it)."""
@@ -274,12 +320,12 @@ class Tasks:
     async def kill_everything(self) -> None:
         """Shutdown(now=true) or a signal: end every process and release every container."""
         for c in list(self.containers.values()):
-            if c.state in (State.STARTING, State.RUNNING):
+            if c.state is State.STARTING or c.state in LIVE:
                 with contextlib.suppress(ShimError):
                     await self.kill(c.id, "", signal.SIGKILL, True)
         for c in list(self.containers.values()):
             process: Process | None = c.process
-            if process is not None and c.state in (State.STARTING, State.RUNNING):
+            if process is not None and (c.state is State.STARTING or c.state in LIVE):
                 try:
                     await asyncio.wait_for(asyncio.shield(process.exited), 5)
                 except TimeoutError:

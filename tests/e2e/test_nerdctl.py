@@ -282,3 +282,45 @@ def read_cid(path: Path) -> str:
         return path.read_text().strip()
     except FileNotFoundError:
         return ""
+
+
+def test_pause_unpause_and_update_of_a_running_guest(
+    nerdctl: Nerdctl, containerd: PrivateContainerd, loaded: str
+) -> None:
+    """``nerdctl pause``/``unpause`` (Pause/Resume) and ``nerdctl update`` (Update, with the
+    whole linux.resources of the spec, devices included, as nerdctl sends it): a higher
+    memory limit reaches the cgroup, a lower one is refused with the reason and changes
+    nothing, and the guest runs on."""
+    flags = ("-d", "--name", "upd", "--memory", "64m", "--entrypoint", "/bin/sleep.wasm")
+    start = nerdctl.run("run", *flags, *RUN_FLAGS, loaded, timeout=WAIT)
+    assert start.returncode == 0, show(start)
+    cid = start.stdout.strip()
+    limit = memory_limit_file(nerdctl.namespace, cid)
+    try:
+        assert int(limit.read_text()) == 64 << 20
+        paused = nerdctl.run("pause", "upd")
+        assert paused.returncode == 0, show(paused)
+        assert '"Paused":true' in nerdctl.run("inspect", "upd").stdout.replace(" ", "")
+        unpaused = nerdctl.run("unpause", "upd")
+        assert unpaused.returncode == 0, show(unpaused)
+        status = containerd.ctr("task", "ls", namespace=nerdctl.namespace).stdout
+        assert f"{cid}" in status and "RUNNING" in status, status
+
+        raised = nerdctl.run("update", "--memory", "128m", "upd")
+        assert raised.returncode == 0, show(raised)
+        assert int(limit.read_text()) == 128 << 20
+        lowered = nerdctl.run("update", "--memory", "32m", "upd")
+        assert lowered.returncode != 0
+        assert "cannot lower the memory limit of a running wasm container" in lowered.stderr
+        assert int(limit.read_text()) == 128 << 20
+        assert "RUNNING" in containerd.ctr("task", "ls", namespace=nerdctl.namespace).stdout
+    finally:
+        removed = nerdctl.run("rm", "-f", "upd")
+    assert removed.returncode == 0, show(removed)
+    assert not limit.exists()
+
+
+def memory_limit_file(namespace: str, cid: str) -> Path:
+    """The memory limit of a container nerdctl made (its cgroupsPath is ``/<ns>/<id>``)."""
+    v1 = Path("/sys/fs/cgroup/memory", namespace, cid, "memory.limit_in_bytes")
+    return v1 if v1.parent.exists() else Path("/sys/fs/cgroup", namespace, cid, "memory.max")

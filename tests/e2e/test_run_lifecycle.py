@@ -322,7 +322,7 @@ def test_shim_sigkill_is_cleaned_up_by_containerd(
 # ------------------------------------------------------------------ refused features
 
 
-@pytest.mark.parametrize("verb", ["exec", "pause", "resume"])
+@pytest.mark.parametrize("verb", ["exec"])
 def test_unsupported_task_calls_say_not_supported(
     containerd: PrivateContainerd, ns: str, image: str, verb: str
 ) -> None:

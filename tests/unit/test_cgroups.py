@@ -42,6 +42,7 @@ from shim.cgroups import (
     detect_layout,
     expand_slice,
     systemd_path,
+    unapplied_changes,
 )
 from shim.proc.child import join_cgroup
 from tests.prereq import needs, require
@@ -143,6 +144,25 @@ def test_resources_from_spec() -> None:
 def test_resources_rejects_bad_values(resources: dict[str, object]) -> None:
     with pytest.raises(errors.InvalidArgument):
         Resources.from_spec(resources)
+
+
+def test_unapplied_changes_names_only_real_changes_outside_memory_cpu_pids() -> None:
+    current = {
+        "devices": [{"allow": False, "access": "rwm"}],
+        "memory": {"limit": 64 * MiB, "swappiness": 0},
+        "cpu": {"shares": 2, "cpus": ""},
+    }
+    # CRI resends the whole section: equal entries, and empty or null ones, change nothing.
+    same = {**current, "memory": {"limit": 128 * MiB, "swappiness": 0}, "blockIO": None}
+    assert unapplied_changes(current, same) == []
+    assert unapplied_changes(current, {"cpu": {"quota": 5000, "cpus": ""}, "pids": {}}) == []
+    changed = {
+        "cpu": {"cpus": "0-1", "shares": 4},
+        "memory": {"kernel": 1},
+        "hugepageLimits": [{"pageSize": "2MB", "limit": 0}],
+        "devices": [],
+    }
+    assert unapplied_changes(current, changed) == ["cpu.cpus", "memory.kernel", "hugepageLimits"]
 
 
 def test_cpu_weight_matches_runc_mapping() -> None:
@@ -747,6 +767,30 @@ def test_create_applies_limits(memory_env: Env) -> None:
         assert _read(leaf + "/cpu.max") == "50000 100000"
         assert _read(leaf + "/cpu.weight") == str(cpu_weight(512))
         assert _read(leaf + "/pids.max") == "20"
+
+
+@root
+@needs_root
+def test_update_changes_the_limits_of_a_live_cgroup(memory_env: Env) -> None:
+    """Update writes into the existing directories (a member present), and the kernel's
+    refusal names the file."""
+    env = memory_env
+    cg = Cgroup.create(env.path(), {"memory": {"limit": 64 * MiB}}, layout=env.layout)
+    env.fork(cg, _idle)
+    cg.update(Resources.from_spec({"memory": {"limit": 96 * MiB}, "pids": {"limit": 7}}))
+    if env.layout.version is Version.V1:
+        m, leaf = env.layout.mounts, env.path()
+        assert int(_read(m["memory"] + leaf + "/memory.limit_in_bytes")) == 96 * MiB
+        assert _read(m["pids"] + leaf + "/pids.max") == "7"
+        cg.update(Resources.from_spec({"memory": {"limit": -1}}))
+        assert int(_read(m["memory"] + leaf + "/memory.limit_in_bytes")) > 2**60
+    else:
+        [leaf] = env.dirs()
+        assert int(_read(leaf + "/memory.max")) == 96 * MiB
+        assert _read(leaf + "/pids.max") == "7"
+    with pytest.raises(errors.InvalidArgument):
+        cg.update(Resources.from_spec({"pids": {"limit": "many"}}))
+    cg.kill_all(signal.SIGKILL)
 
 
 @root

@@ -8,7 +8,7 @@ import itertools
 import pytest
 
 from shim.errors import FailedPrecondition, NotFound
-from shim.task.states import TRANSITIONS, Event, State, next_state
+from shim.task.states import LIVE, TRANSITIONS, Event, State, next_state
 
 
 @pytest.mark.parametrize(("state", "event"), list(itertools.product(State, Event)))
@@ -51,3 +51,49 @@ def test_deleted_is_not_found_everywhere() -> None:
     for event in (Event.START, Event.KILL, Event.DELETE):
         with pytest.raises(NotFound):
             next_state(State.DELETED, event)
+
+
+def test_pause_and_resume_round_trip() -> None:
+    s = State.RUNNING
+    for event, expected in (
+        (Event.PAUSE, State.PAUSING),
+        (Event.PAUSED, State.PAUSED),
+        (Event.RESUME, State.RESUMING),
+        (Event.RESUMED, State.RUNNING),
+    ):
+        s = next_state(s, event)
+        assert s is expected
+
+
+def test_a_failed_freeze_or_thaw_goes_back() -> None:
+    assert next_state(State.PAUSING, Event.PAUSE_FAILED) is State.RUNNING
+    assert next_state(State.RESUMING, Event.RESUME_FAILED) is State.PAUSED
+
+
+def test_a_paused_process_can_be_killed_exit_and_be_deleted() -> None:
+    for state in (State.PAUSING, State.PAUSED, State.RESUMING):
+        assert next_state(state, Event.KILL) is state
+        assert next_state(state, Event.EXIT) is State.STOPPED
+    with pytest.raises(FailedPrecondition, match="cannot delete a paused process"):
+        next_state(State.PAUSED, Event.DELETE)
+    assert {State.RUNNING, State.PAUSING, State.PAUSED, State.RESUMING} == LIVE
+
+
+def test_pause_and_resume_only_from_where_they_make_sense() -> None:
+    for state in (State.CREATED, State.STARTING, State.PAUSING, State.PAUSED, State.STOPPED):
+        with pytest.raises(FailedPrecondition, match=f"cannot pause a {state.value} process"):
+            next_state(state, Event.PAUSE)
+    for state in (State.CREATED, State.RUNNING, State.RESUMING, State.STOPPED):
+        with pytest.raises(FailedPrecondition, match="only a paused one"):
+            next_state(state, Event.RESUME)
+    for event in (Event.PAUSE, Event.RESUME, Event.UPDATE):
+        with pytest.raises(NotFound):
+            next_state(State.DELETED, event)
+
+
+def test_update_keeps_the_state_and_needs_a_settled_process() -> None:
+    for state in (State.CREATED, State.RUNNING, State.PAUSED):
+        assert next_state(state, Event.UPDATE) is state
+    for state in (State.STARTING, State.PAUSING, State.RESUMING, State.STOPPED):
+        with pytest.raises(FailedPrecondition, match="cannot update the resources"):
+            next_state(state, Event.UPDATE)

@@ -1,6 +1,7 @@
 """The task logic (shim/task/tasks.py) with fakes at its edges: the order of events, exits that
 race Start, Kill of a process that never becomes ready, Kill and Delete of tasks that never ran,
-OOM reporting, and shutdown when idle.
+OOM reporting, shutdown when idle, Pause/Resume/Update through the state table, and the wasm
+supervisor's Pause, Kill and Update against a fake cgroup.
 
 The supervisor (the process side) is a fake whose processes the test drives; the Container, its
 state table and its stdio are real.
@@ -14,12 +15,15 @@ from pathlib import Path
 
 import pytest
 
-from shim.errors import FailedPrecondition, NotFound, Unavailable
+from runtimes.base import RunConfig
+from shim.cgroups import Resources
+from shim.errors import FailedPrecondition, Internal, InvalidArgument, NotFound, Unavailable
 from shim.io.stdio import ProcessIO, StdioConfig
 from shim.oci import spec
 from shim.proc.process import Process
 from shim.task.container import Container
 from shim.task.states import State
+from shim.task.supervisor import WasmSupervisor
 from shim.task.tasks import Tasks
 from shim.task.workload import Workload
 
@@ -44,6 +48,11 @@ class FakeSupervisor:
         self.may_start = asyncio.Event()
         self.may_start.set()
         self.kill_ends_it = False
+        self.may_freeze = asyncio.Event()  # pause/resume wait for it
+        self.may_freeze.set()
+        self.freeze_error: Exception | None = None
+        self.calls: list[str] = []
+        self.updates: list[tuple[dict[str, object], bool]] = []
 
     def held(self) -> dict[str, str]:
         return {}
@@ -58,6 +67,21 @@ class FakeSupervisor:
         if self.kill_ends_it:  # as the spawner reports a child killed during setup
             process.set_ready(FailedPrecondition("the container process ended during setup"))
             process.set_exited(128 + sig)
+
+    async def _freeze(self, name: str) -> None:
+        await self.may_freeze.wait()
+        self.calls.append(name)
+        if self.freeze_error is not None:
+            raise self.freeze_error
+
+    async def pause(self) -> None:
+        await self._freeze("pause")
+
+    async def resume(self) -> None:
+        await self._freeze("resume")
+
+    async def update(self, resources: dict[str, object], started: bool) -> None:
+        self.updates.append((resources, started))
 
     async def delete(self) -> None:
         return None
@@ -87,6 +111,12 @@ class Events:
 
     def task_oom(self, c: Container) -> None:
         self._add("oom", c)
+
+    def task_paused(self, c: Container) -> None:
+        self._add("paused", c)
+
+    def task_resumed(self, c: Container) -> None:
+        self._add("resumed", c)
 
 
 def _setup(tmp_path: Path) -> tuple[Tasks, Events]:
@@ -280,3 +310,234 @@ def test_a_refused_shutdown_exits_once_the_last_task_is_deleted(tmp_path: Path) 
         assert calls == ["exit"]
 
     asyncio.run(main())
+
+
+# ------------------------------------------------------------------ Pause / Resume / Update
+
+
+async def _running(tasks: Tasks, tmp_path: Path, cid: str) -> tuple[Container, FakeSupervisor]:
+    c, sup = _add(tasks, tmp_path, cid)
+    start = asyncio.ensure_future(tasks.start(cid))
+    while sup.process is None:
+        await asyncio.sleep(0)
+    sup.process.set_ready()
+    await start
+    return c, sup
+
+
+def test_pause_and_resume_publish_their_events_and_refuse_a_second_call(tmp_path: Path) -> None:
+    async def main() -> None:
+        tasks, events = _setup(tmp_path)
+        c, sup = await _running(tasks, tmp_path, "p")
+        sup.may_freeze.clear()
+        pause = asyncio.ensure_future(tasks.pause("p"))
+        await asyncio.sleep(0.01)
+        assert c.state is State.PAUSING
+        with pytest.raises(FailedPrecondition, match="cannot pause a pausing process"):
+            await tasks.pause("p")
+        sup.may_freeze.set()
+        await asyncio.wait_for(pause, 5)
+        assert c.state is State.PAUSED
+        assert tasks.pids("p") == [c.pid]  # a paused process is still listed
+        with pytest.raises(FailedPrecondition, match="cannot pause a paused process"):
+            await tasks.pause("p")
+        await tasks.resume("p")
+        assert c.state is State.RUNNING
+        with pytest.raises(FailedPrecondition, match="only a paused one"):
+            await tasks.resume("p")
+        assert sup.calls == ["pause", "resume"]
+        assert [e[0] for e in events.seen] == ["start", "paused", "resumed"]
+
+    asyncio.run(main())
+
+
+def test_a_failed_freeze_leaves_the_task_running_and_publishes_nothing(tmp_path: Path) -> None:
+    async def main() -> None:
+        tasks, events = _setup(tmp_path)
+        c, sup = await _running(tasks, tmp_path, "f")
+        sup.freeze_error = Internal("freezer.state did not reach 'FROZEN'")
+        with pytest.raises(Internal, match="did not reach"):
+            await tasks.pause("f")
+        assert c.state is State.RUNNING
+        assert [e[0] for e in events.seen] == ["start"]
+
+    asyncio.run(main())
+
+
+def test_a_paused_task_is_killed_exits_and_is_deleted(tmp_path: Path) -> None:
+    async def main() -> None:
+        tasks, events = _setup(tmp_path)
+        c, sup = await _running(tasks, tmp_path, "k")
+        await tasks.pause("k")
+        with pytest.raises(FailedPrecondition, match="cannot delete a paused process"):
+            await tasks.delete("k")
+        await tasks.kill("k", "", signal.SIGKILL, False)
+        assert sup.killed == [signal.SIGKILL] and c.state is State.PAUSED
+        assert sup.process is not None
+        sup.process.set_exited(137)
+        assert (await asyncio.wait_for(tasks.wait("k"), 5)).exit_status == 137
+        assert c.state is State.STOPPED
+        await tasks.delete("k")
+        assert [e[0] for e in events.seen] == ["start", "paused", "exit", "delete"]
+
+    asyncio.run(main())
+
+
+def test_an_exit_during_the_freeze_wins(tmp_path: Path) -> None:
+    """A Kill that ends the process while Pause waits for the freezer: the task is STOPPED
+    and no TaskPaused follows its TaskExit."""
+
+    async def main() -> None:
+        tasks, events = _setup(tmp_path)
+        c, sup = await _running(tasks, tmp_path, "race")
+        sup.may_freeze.clear()
+        pause = asyncio.ensure_future(tasks.pause("race"))
+        await asyncio.sleep(0.01)
+        assert sup.process is not None
+        sup.process.set_exited(137)
+        await asyncio.sleep(0)
+        sup.may_freeze.set()
+        await asyncio.wait_for(pause, 5)
+        assert c.state is State.STOPPED
+        assert [e[0] for e in events.seen] == ["start", "exit"]
+
+    asyncio.run(main())
+
+
+def test_update_goes_to_the_supervisor_with_whether_the_process_runs(tmp_path: Path) -> None:
+    async def main() -> None:
+        tasks, _ = _setup(tmp_path)
+        _, created = _add(tasks, tmp_path, "created")
+        await tasks.update("created", {"memory": {"limit": 1}})
+        assert created.updates == [({"memory": {"limit": 1}}, False)]
+        _, sup = await _running(tasks, tmp_path, "running")
+        await tasks.update("running", {"pids": {"limit": 5}})
+        await tasks.pause("running")
+        await tasks.update("running", {"cpu": {"shares": 5}})
+        assert [started for _, started in sup.updates] == [True, True]
+        assert sup.process is not None
+        sup.process.set_exited(0)
+        await asyncio.wait_for(tasks.wait("running"), 5)
+        with pytest.raises(FailedPrecondition, match="cannot update the resources of a stopped"):
+            await tasks.update("running", {"pids": {"limit": 5}})
+        assert len(sup.updates) == 2
+
+    asyncio.run(main())
+
+
+# ------------------------------------------------------------------ the wasm supervisor
+
+
+class FreezerCgroup:
+    """What WasmSupervisor uses of a Cgroup: the freezer, limits, the sweep of kill_all."""
+
+    def __init__(self) -> None:
+        self.is_frozen = False
+        self.applied: list[Resources] = []
+        self.swept: list[int] = []
+
+    def freeze(self) -> None:
+        self.is_frozen = True
+
+    def thaw(self) -> None:
+        self.is_frozen = False
+
+    def update(self, res: Resources) -> None:
+        self.applied.append(res)
+
+    def kill_all(self, sig: int) -> None:
+        self.swept.append(sig)
+
+
+class FakeSpawner:
+    def __init__(self) -> None:
+        self.sent: list[tuple[int, int]] = []
+
+    async def kill(self, pid: int, sig: int) -> None:
+        self.sent.append((pid, sig))
+
+
+class FakeHost:
+    def __init__(self) -> None:
+        self.spawner = FakeSpawner()
+
+
+def _wasm(
+    cgroup: FreezerCgroup | None, memory_limit: int | None = 64 << 20
+) -> tuple[WasmSupervisor, FakeHost]:
+    host = FakeHost()
+    cfg = RunConfig("c", "/", ("/x.wasm",), (), "/", (), memory_limit=memory_limit)
+    resources = {"memory": {"limit": memory_limit}, "devices": [{"allow": False}]}
+    sup = WasmSupervisor(host, cfg, None, None, cgroup, resources)  # type: ignore[arg-type]
+    return sup, host
+
+
+def test_a_sigkill_to_a_paused_wasm_container_thaws_it_other_signals_wait() -> None:
+    async def main() -> None:
+        cg = FreezerCgroup()
+        sup, host = _wasm(cg)
+        proc = Process(pid=42, pid_namespace_init=True)
+        await sup.pause()
+        assert cg.is_frozen
+        await sup.kill(proc, signal.SIGWINCH, False)  # not terminating: pending until Resume
+        assert cg.is_frozen
+        await sup.kill(proc, signal.SIGTERM, True)  # a PID namespace's init: SIGKILL is sent
+        assert host.spawner.sent == [(42, signal.SIGWINCH), (42, signal.SIGKILL)]
+        assert cg.swept == [signal.SIGTERM]
+        assert not cg.is_frozen
+
+    asyncio.run(main())
+
+
+def test_pause_without_a_cgroup_says_why() -> None:
+    async def main() -> None:
+        sup, _ = _wasm(None)
+        with pytest.raises(FailedPrecondition, match=r"without a cgroup.*freezer"):
+            await sup.pause()
+
+    asyncio.run(main())
+
+
+def test_wasm_update_raises_but_never_lowers_a_running_guests_memory() -> None:
+    async def main() -> None:
+        cg = FreezerCgroup()
+        sup, _ = _wasm(cg)
+        await sup.update({"memory": {"limit": 128 << 20}, "pids": {"limit": 9}}, True)
+        assert cg.applied[-1].memory_limit == 128 << 20 and cg.applied[-1].pids_limit == 9
+        assert sup.run_config.memory_limit == 64 << 20  # the running guest's cap stays
+        with pytest.raises(FailedPrecondition, match=r"cannot lower the memory limit.*OOM"):
+            await sup.update({"memory": {"limit": 32 << 20}}, True)
+        with pytest.raises(InvalidArgument, match=r"cannot update cpu\.cpus of a wasm"):
+            await sup.update({"cpu": {"cpus": "1"}, "devices": [{"allow": False}]}, True)
+        assert len(cg.applied) == 1  # a refusal writes nothing
+
+    asyncio.run(main())
+
+
+def test_wasm_update_before_start_sets_the_limit_the_cap_is_computed_from() -> None:
+    async def main() -> None:
+        cg = FreezerCgroup()
+        sup, _ = _wasm(cg)
+        await sup.update({"memory": {"limit": 32 << 20}}, False)
+        assert sup.run_config.memory_limit == 32 << 20
+        await sup.update({"memory": {"limit": -1}}, False)
+        assert sup.run_config.memory_limit is None
+
+    asyncio.run(main())
+
+
+def test_update_takes_linux_resources_json_and_names_anything_else() -> None:
+    from google.protobuf import any_pb2
+
+    from shim.task.service import linux_resources
+
+    url = "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources"
+    good = any_pb2.Any(type_url=url, value=b'{"memory": {"limit": 5}}')
+    assert linux_resources(good) == {"memory": {"limit": 5}}
+    windows = "types.containerd.io/opencontainers/runtime-spec/1/WindowsResources"
+    with pytest.raises(InvalidArgument, match=r"WindowsResources.*not linux resources"):
+        linux_resources(any_pb2.Any(type_url=windows, value=b"{}"))
+    with pytest.raises(InvalidArgument, match="not valid JSON"):
+        linux_resources(any_pb2.Any(type_url=url, value=b"{"))
+    with pytest.raises(InvalidArgument, match="not a JSON object"):
+        linux_resources(any_pb2.Any(type_url=url, value=b"[]"))
