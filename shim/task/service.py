@@ -244,7 +244,11 @@ class TaskService:
         raise _unsupported("resize-pty (tty)")
 
     async def Checkpoint(self, r: pb.CheckpointTaskRequest, ctx: Any) -> empty_pb2.Empty:
-        raise _unsupported("checkpoint")
+        raise Unimplemented(
+            "checkpoint is not supported by the wasmtime shim (UNIMPLEMENTED): a wasm guest's "
+            "state (linear memory, stack, WASI handles) lives inside the engine, where CRIU "
+            "cannot save and restore it, and wasmtime has no snapshot of a running instance"
+        )
 
 
 class ProtoEvents:

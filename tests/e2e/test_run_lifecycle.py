@@ -322,7 +322,7 @@ def test_shim_sigkill_is_cleaned_up_by_containerd(
 # ------------------------------------------------------------------ refused features
 
 
-@pytest.mark.parametrize("verb", ["exec"])
+@pytest.mark.parametrize("verb", ["exec", "checkpoint"])
 def test_unsupported_task_calls_say_not_supported(
     containerd: PrivateContainerd, ns: str, image: str, verb: str
 ) -> None:
@@ -335,6 +335,8 @@ def test_unsupported_task_calls_say_not_supported(
     refused = ctr(containerd, ns, "task", verb, *args)
     assert refused.returncode != 0
     assert "not supported" in refused.stderr and "not implemented" in refused.stderr, refused.stderr
+    if verb == "checkpoint":  # and why
+        assert "CRIU cannot save and restore it" in refused.stderr, refused.stderr
     # The refusal did not disturb the task.
     assert task_status(containerd, ns, cid) == "RUNNING"
     assert ctr(containerd, ns, "task", "kill", "-s", "SIGKILL", cid).returncode == 0
