@@ -63,8 +63,8 @@ def _create(containerd: PrivateContainerd, ns: str, cid: str, image: str, spec: 
     ],
 )
 def test_artifact_module_runs_from_the_content_store(
-    containerd: PrivateContainerd,
-    ns: str,
+    bed: PrivateContainerd,
+    bed_ns: str,
     tmp_path: Path,
     build_wasm: object,
     program: str,
@@ -72,6 +72,8 @@ def test_artifact_module_runs_from_the_content_store(
     code: int,
     out: str,
 ) -> None:
+    """On the venv's shim and on the shipped bundle (which must carry grpc for this)."""
+    containerd, ns = bed, bed_ns
     wasm = build.build_c(program).read_bytes() if program == "hello" else wat_binary(program)
     ref = f"docker.io/library/{program}-artifact:test"
     archive = build_artifact(wasm, ref=ref).write(tmp_path / "a.tar")
