@@ -96,6 +96,8 @@ def _metrics_v1(dirs: Mapping[str, str]) -> v1_pb.Metrics:
             for key, value in _flat_keyed(oom).items():
                 _set_uint(m.memory_oom_control, key, value)
     if d := dirs.get("blkio"):
+        # Present even when no device has seen I/O: clients (nerdctl stats) dereference it.
+        m.blkio.SetInParent()
         for name in _V1_BLKIO_FIELDS:
             # The non-throttle files are only filled by the CFQ/BFQ schedulers.
             text = _opt(d, "blkio." + name) or _opt(d, "blkio.throttle." + name) or ""
@@ -134,6 +136,8 @@ def _metrics_v2(leaf: str) -> v2_pb.Metrics:
     if (text := _opt(leaf, "memory.events")) is not None:
         for key, value in _flat_keyed(text).items():
             _set_uint(m.memory_events, key, value)
+    if os.path.exists(os.path.join(leaf, "io.stat")):
+        m.io.SetInParent()  # as blkio on v1: present even before any I/O
     for line in (_opt(leaf, "io.stat") or "").splitlines():
         device, *pairs = line.split()
         major, _, minor = device.partition(":")

@@ -1,6 +1,7 @@
 """A wasm container process, between the spawner's fork and the guest's first instruction.
 
-In order: a new session; the container's cgroup (while the process still has one thread:
+In order: a new session; the command line `ps` and `nerdctl top` show becomes the guest's
+argv (shim/proctitle.py); the container's cgroup (while the process still has one thread:
 see `Cgroup.join_files`); the pod's namespaces joined by path, and the container's own
 unshared (a mount namespace always: shim/confine/policy.py); the hostname; stdio onto 0/1/2
 and every other descriptor closed; signal dispositions back to their defaults. Then, still as
@@ -45,7 +46,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from runtimes.base import Entrypoint, RunConfig, Runtime
-from shim import errors, libc
+from shim import errors, libc, proctitle
 from shim.confine import privileges, rootfs
 from shim.confine.policy import CLONE_NEWUTS, Confinement
 from shim.confine.seccomp import Filter
@@ -289,6 +290,8 @@ def run_child(
     """The body of a forked container process; never returns."""
     try:
         ready_w = _enter(setup, fds, ready_w)
+        if setup.confinement is not None:  # `ps`, `nerdctl top`: the guest, not the shim
+            proctitle.set_title(list(cfg.args), os.path.basename(cfg.args[0].split("#")[0]))
         compiled = read_compile_reply(COMPILE_FD) if setup.compile_channel else None
         usage_fd = -1
         if cfg.memory_limit and setup.memory_usage_file:

@@ -324,3 +324,23 @@ def memory_limit_file(namespace: str, cid: str) -> Path:
     """The memory limit of a container nerdctl made (its cgroupsPath is ``/<ns>/<id>``)."""
     v1 = Path("/sys/fs/cgroup/memory", namespace, cid, "memory.limit_in_bytes")
     return v1 if v1.parent.exists() else Path("/sys/fs/cgroup", namespace, cid, "memory.max")
+
+
+def test_stats_and_top_of_a_running_guest(nerdctl: Nerdctl, loaded: str) -> None:
+    """``nerdctl stats --no-stream`` reads the shim's Metrics (it needs every section it
+    dereferences) and ``nerdctl top`` lists the guest's process."""
+    flags = ("-d", "--name", "st", "--memory", "64m", "--entrypoint", "/bin/sleep.wasm")
+    start = nerdctl.run("run", *flags, *RUN_FLAGS, loaded, timeout=WAIT)
+    assert start.returncode == 0, show(start)
+    try:
+        stats = nerdctl.run("stats", "--no-stream", "st")
+        assert stats.returncode == 0, show(stats)
+        assert "panic" not in stats.stderr, show(stats)
+        row = [line for line in stats.stdout.splitlines() if "st" in line.split()]
+        assert row and "MiB / 64MiB" in row[0], show(stats)
+        top = nerdctl.run("top", "st")
+        assert top.returncode == 0, show(top)
+        assert "sleep.wasm" in top.stdout, show(top)
+    finally:
+        removed = nerdctl.run("rm", "-f", "st")
+    assert removed.returncode == 0, show(removed)
