@@ -4,8 +4,8 @@ Runs in the container process, in two halves around the module load:
 
 `stage` (on the host's tree, as root): every bind source is taken as a detached copy of its
 mount with open_tree(2) (recursive for `rbind`) and given its flags (`ro`...) at once, the
-container's cgroup directories too (read-only), and /dev/null for masked files. The
-descriptors survive the pivot.
+container's cgroup directories too, and /dev/null for masked files. The descriptors survive
+the pivot.
 
 `enter` (in the new mount namespace, which the child has already unshared): `/` becomes a
 slave of the host's tree (the host's later mounts still propagate in, ours never out), the
@@ -76,7 +76,9 @@ class Staged:
 
 
 def _fail(mount: ContainerMount | None, what: str, e: OSError) -> FailedPrecondition:
-    where = f"mount {mount.destination} ({mount.type} {mount.source!r})" if mount else what
+    if mount is None:
+        return FailedPrecondition(f"{what}: {e.strerror or e}")
+    where = f"mount {mount.destination} ({mount.type} {mount.source!r})"
     return FailedPrecondition(f"{where}: {what}: {e.strerror or e}")
 
 
