@@ -16,6 +16,13 @@ then requires CAP_SYS_ADMIN to install it; after it otherwise, as runc does). On
 program instantiated, with one WASI preopen, the container's `/`, so that everything the
 guest can reach is what the kernel lets the container's process reach.
 
+An exec process (`ProcessSetup.join_pid`) does not make a container: it joins the init's
+cgroup like the init, the init's ipc/uts/net namespaces (the spawner forked it into the
+init's PID namespace already), loads its program from the host side, and then, instead of
+staging mounts and pivoting, joins the init's mount namespace and takes the init's root
+(`/proc/<pid>/root`, opened before, since the init's root is not the namespace's root), so it
+sees exactly the init's filesystem; then the init's identity and seccomp filter, as above.
+
 "Ready" is written on the ready pipe once the program is instantiated, with the compile
 job's note if it had one (a damaged cache entry replaced: the daemon logs it); any failure
 before that is written there instead, as an error code and a message, so Start fails with
@@ -69,6 +76,9 @@ class ProcessSetup:
     memory_usage_file: str = ""  # the cgroup's memory charge, for the linear-memory cap
     compile_channel: bool = False  # a 4th descriptor carries the compile job's answer
     confinement: Confinement | None = None  # None: the standalone tool's unconfined process
+    # An exec process: the pid (as the spawner sees it) of the container's init, whose
+    # namespaces it joins and whose root it takes, instead of unsharing and pivoting.
+    join_pid: int = 0
 
 
 def memory_headroom(limit: int, usage_fd: int) -> int:
@@ -224,7 +234,9 @@ def _enter(setup: ProcessSetup, fds: Sequence[int], ready_w: int) -> int:
         _setns(ns_type, path)
     conf = setup.confinement
     own_uts = False
-    if conf is not None:
+    if setup.join_pid:
+        _join_namespaces(setup.join_pid, JOINED_FIRST)
+    elif conf is not None:
         libc.unshare(conf.unshare)
         own_uts = bool(conf.unshare & CLONE_NEWUTS)
     if setup.hostname and (own_uts or any(t == "uts" for t, _ in setup.namespaces)):
@@ -247,26 +259,92 @@ def _enter(setup: ProcessSetup, fds: Sequence[int], ready_w: int) -> int:
     return ready_w
 
 
+# The init's namespaces an exec process joins before it loads its program; the mount
+# namespace comes after the load (`_join_root`), and the PID namespace at the spawner's fork.
+JOINED_FIRST = ("ipc", "uts", "net", "cgroup")
+
+
+def _join_namespaces(pid: int, kinds: Sequence[str]) -> None:
+    """setns into each of `kinds` of process `pid` that is not this process's already
+    (joining one's own user namespace is an error, and others would only cost a call)."""
+    for name in kinds:
+        own = os.stat(f"/proc/self/ns/{name}")
+        path = f"/proc/{pid}/ns/{name}"
+        try:
+            theirs = os.stat(path)
+        except OSError as e:
+            raise errors.FailedPrecondition(
+                f"the container's process {pid} is gone ({name} namespace: {e.strerror})"
+            ) from None
+        if (own.st_dev, own.st_ino) != (theirs.st_dev, theirs.st_ino):
+            _setns(name, path)
+
+
+@dataclass(slots=True)
+class _Joining:
+    """An exec process's way into the init's filesystem, opened while /proc is the host's."""
+
+    mnt_ns: int
+    root: int
+
+
+def _open_join(pid: int) -> _Joining:
+    try:
+        mnt_ns = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise errors.FailedPrecondition(
+            f"the container's process {pid} is gone (mount namespace: {e.strerror})"
+        ) from None
+    try:
+        root = os.open(f"/proc/{pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as e:
+        os.close(mnt_ns)
+        raise errors.FailedPrecondition(
+            f"the container's process {pid} is gone (root: {e.strerror})"
+        ) from None
+    return _Joining(mnt_ns, root)
+
+
+def _join_root(j: _Joining, cwd: str) -> None:
+    """Into the init's mount namespace and root, then `cwd` there."""
+    try:
+        libc.setns(j.mnt_ns)
+        os.fchdir(j.root)
+        os.chroot(".")
+    except OSError as e:
+        raise OSError(e.errno, f"joining the container's root: {e.strerror}") from None
+    finally:
+        os.close(j.mnt_ns)
+        os.close(j.root)
+    rootfs.chdir_in_root(cwd)
+
+
 @dataclass(slots=True)
 class _Confining:
     """What the host-side half of confinement took, for the container-side half."""
 
     conf: Confinement
-    staged: rootfs.Staged
+    staged: rootfs.Staged | _Joining
     seccomp: Filter | None
 
 
-def _before_load(conf: Confinement) -> _Confining:
-    """The steps that need the host: limits, libseccomp, the mounts' sources."""
+def _before_load(conf: Confinement, join_pid: int) -> _Confining:
+    """The steps that need the host: limits, libseccomp, the mounts' sources (for an exec
+    process: the init's mount namespace and root)."""
     privileges.apply_limits(conf.privileges)
     filt = Filter(conf.seccomp) if conf.seccomp else None
+    if join_pid:
+        return _Confining(conf, _open_join(join_pid), filt)
     return _Confining(conf, rootfs.stage(conf.filesystem), filt)
 
 
 def _confine(c: _Confining) -> None:
     """Into the container's root, then its identity and its seccomp filter."""
-    rootfs.enter(c.conf.filesystem, c.staged)
-    rootfs.chdir_in_root(c.conf.cwd)
+    if isinstance(c.staged, _Joining):
+        _join_root(c.staged, c.conf.cwd)
+    else:
+        rootfs.enter(c.conf.filesystem, c.staged)
+        rootfs.chdir_in_root(c.conf.cwd)
     nnp = c.conf.privileges.no_new_privileges
     if c.seccomp is not None and not nnp:
         c.seccomp.load()
@@ -293,7 +371,7 @@ def run_child(
         usage_fd = -1
         if cfg.memory_limit and setup.memory_usage_file:
             usage_fd = os.open(setup.memory_usage_file, os.O_RDONLY | os.O_CLOEXEC)
-        confining = _before_load(setup.confinement) if setup.confinement else None
+        confining = _before_load(setup.confinement, setup.join_pid) if setup.confinement else None
         loaded = runtime.load(cfg, entry, compiled)
         if confining is not None:
             _confine(confining)
