@@ -224,9 +224,10 @@ def _default_signals() -> None:
 COMPILE_FD = 4
 
 
-def _enter(setup: ProcessSetup, fds: Sequence[int], ready_w: int) -> int:
+def _enter(setup: ProcessSetup, fds: Sequence[int], ready_w: int, joining: _Joining | None) -> int:
     """Everything up to the engine; returns the ready pipe's new descriptor (3). `fds`: the
-    stdio descriptors, then the compile channel when `setup.compile_channel`."""
+    stdio descriptors, then the compile channel when `setup.compile_channel`. `joining`'s
+    descriptors are kept (renumbered in place) for an exec process."""
     os.setsid()
     for path in setup.cgroup_files:
         join_cgroup(path)
@@ -234,17 +235,19 @@ def _enter(setup: ProcessSetup, fds: Sequence[int], ready_w: int) -> int:
         _setns(ns_type, path)
     conf = setup.confinement
     own_uts = False
-    if setup.join_pid:
-        _join_namespaces(setup.join_pid, JOINED_FIRST)
+    if joining is not None:
+        _join_namespaces(joining)
     elif conf is not None:
         libc.unshare(conf.unshare)
         own_uts = bool(conf.unshare & CLONE_NEWUTS)
     if setup.hostname and (own_uts or any(t == "uts" for t, _ in setup.namespaces)):
         socket.sethostname(setup.hostname)
     # Move every descriptor we keep above the ones we are about to fill, then into place.
-    high = 10 + max((*fds, ready_w))
-    moved = [os.dup2(fd, high + i, inheritable=False) for i, fd in enumerate((*fds, ready_w))]
-    *stdio, ready_w = moved
+    extra = [joining.mnt_ns, joining.root] if joining is not None else []
+    everything = (*fds, ready_w, *extra)
+    high = 10 + max(everything)
+    moved = [os.dup2(fd, high + i, inheritable=False) for i, fd in enumerate(everything)]
+    stdio, ready_w, extra = moved[: len(fds)], moved[len(fds)], moved[len(fds) + 1 :]
     for target, fd in enumerate(stdio[:3]):
         os.dup2(fd, target, inheritable=True)
     ready_w = os.dup2(ready_w, 3, inheritable=False)
@@ -252,6 +255,10 @@ def _enter(setup: ProcessSetup, fds: Sequence[int], ready_w: int) -> int:
     if setup.compile_channel:
         os.dup2(stdio[3], COMPILE_FD, inheritable=False)
         keep = COMPILE_FD + 1
+    if joining is not None:
+        joining.mnt_ns = os.dup2(extra[0], keep, inheritable=False)
+        joining.root = os.dup2(extra[1], keep + 1, inheritable=False)
+        keep += 2
     os.closerange(keep, os.sysconf("SC_OPEN_MAX"))
     _default_signals()
     if conf is None:
@@ -264,45 +271,67 @@ def _enter(setup: ProcessSetup, fds: Sequence[int], ready_w: int) -> int:
 JOINED_FIRST = ("ipc", "uts", "net", "cgroup")
 
 
-def _join_namespaces(pid: int, kinds: Sequence[str]) -> None:
-    """setns into each of `kinds` of process `pid` that is not this process's already
-    (joining one's own user namespace is an error, and others would only cost a call)."""
-    for name in kinds:
-        own = os.stat(f"/proc/self/ns/{name}")
-        path = f"/proc/{pid}/ns/{name}"
-        try:
-            theirs = os.stat(path)
-        except OSError as e:
-            raise errors.FailedPrecondition(
-                f"the container's process {pid} is gone ({name} namespace: {e.strerror})"
-            ) from None
-        if (own.st_dev, own.st_ino) != (theirs.st_dev, theirs.st_ino):
-            _setns(name, path)
-
-
 @dataclass(slots=True)
 class _Joining:
-    """An exec process's way into the init's filesystem, opened while /proc is the host's."""
+    """An exec process's way into its container, opened first thing after the fork (while
+    /proc is the host's) and checked to be the init's: see `_open_join`."""
 
+    namespaces: dict[str, int]  # JOINED_FIRST's, by name
     mnt_ns: int
     root: int
 
 
-def _open_join(pid: int) -> _Joining:
+def _open_join(pid: int, pidfd: int) -> _Joining:
+    """The init's namespaces and root, by /proc/<pid>. The spawner checked that `pid` is its
+    own unreaped child and handed down its pidfd; it may reap the init meanwhile, so once
+    everything is open the pidfd must still reach a process: then `pid` named the init
+    throughout (a pid is not reused while its process exists) and no other process's
+    namespaces were opened."""
+    opened: list[int] = []
+
+    def take(path: str, flags: int) -> int:
+        try:
+            fd = os.open(path, flags | os.O_CLOEXEC)
+        except OSError as e:
+            for fd in opened:
+                os.close(fd)
+            raise errors.FailedPrecondition(
+                f"cannot join the container's process {pid} (it has exited?): {path}: {e.strerror}"
+            ) from None
+        opened.append(fd)
+        return fd
+
+    namespaces = {name: take(f"/proc/{pid}/ns/{name}", os.O_RDONLY) for name in JOINED_FIRST}
+    joining = _Joining(
+        namespaces,
+        take(f"/proc/{pid}/ns/mnt", os.O_RDONLY),
+        take(f"/proc/{pid}/root", os.O_PATH | os.O_DIRECTORY),
+    )
     try:
-        mnt_ns = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as e:
+        signal.pidfd_send_signal(pidfd, 0)
+    except OSError:
+        for fd in opened:
+            os.close(fd)
         raise errors.FailedPrecondition(
-            f"the container's process {pid} is gone (mount namespace: {e.strerror})"
+            f"cannot exec in the container: its process {pid} has exited"
         ) from None
-    try:
-        root = os.open(f"/proc/{pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError as e:
-        os.close(mnt_ns)
-        raise errors.FailedPrecondition(
-            f"the container's process {pid} is gone (root: {e.strerror})"
-        ) from None
-    return _Joining(mnt_ns, root)
+    return joining
+
+
+def _join_namespaces(j: _Joining) -> None:
+    """setns into each of the init's JOINED_FIRST namespaces that is not this process's
+    already (joining one's own namespace would only cost a call)."""
+    for name, fd in j.namespaces.items():
+        own = os.stat(f"/proc/self/ns/{name}")
+        theirs = os.fstat(fd)
+        try:
+            if (own.st_dev, own.st_ino) != (theirs.st_dev, theirs.st_ino):
+                libc.setns(fd)
+        except OSError as e:
+            raise OSError(e.errno, f"setns {name} of the container: {e.strerror}") from None
+        finally:
+            os.close(fd)
+    j.namespaces = {}
 
 
 def _join_root(j: _Joining, cwd: str) -> None:
@@ -328,13 +357,13 @@ class _Confining:
     seccomp: Filter | None
 
 
-def _before_load(conf: Confinement, join_pid: int) -> _Confining:
+def _before_load(conf: Confinement, joining: _Joining | None) -> _Confining:
     """The steps that need the host: limits, libseccomp, the mounts' sources (for an exec
-    process: the init's mount namespace and root)."""
+    process: the init's mount namespace and root, opened already)."""
     privileges.apply_limits(conf.privileges)
     filt = Filter(conf.seccomp) if conf.seccomp else None
-    if join_pid:
-        return _Confining(conf, _open_join(join_pid), filt)
+    if joining is not None:
+        return _Confining(conf, joining, filt)
     return _Confining(conf, rootfs.stage(conf.filesystem), filt)
 
 
@@ -363,15 +392,18 @@ def run_child(
     setup: ProcessSetup,
     fds: Sequence[int],
     ready_w: int,
+    join_pidfd: int = -1,
 ) -> None:
-    """The body of a forked container process; never returns."""
+    """The body of a forked container process; never returns. `join_pidfd`: for an exec
+    process, the spawner's pidfd of the init (`setup.join_pid`)."""
     try:
-        ready_w = _enter(setup, fds, ready_w)
+        joining = _open_join(setup.join_pid, join_pidfd) if setup.join_pid else None
+        ready_w = _enter(setup, fds, ready_w, joining)
         compiled = read_compile_reply(COMPILE_FD) if setup.compile_channel else None
         usage_fd = -1
         if cfg.memory_limit and setup.memory_usage_file:
             usage_fd = os.open(setup.memory_usage_file, os.O_RDONLY | os.O_CLOEXEC)
-        confining = _before_load(setup.confinement, setup.join_pid) if setup.confinement else None
+        confining = _before_load(setup.confinement, joining) if setup.confinement else None
         loaded = runtime.load(cfg, entry, compiled)
         if confining is not None:
             _confine(confining)
