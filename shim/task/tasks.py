@@ -17,6 +17,13 @@ fails with its reason, unless a Kill ended it: then Start succeeds (the containe
 killed) and the exit is reported like any other. TaskStart is published before the exit is
 even looked at, so it always precedes TaskExit.
 
+Exec adds an exec process (shim/task/execs.py) to a running wasm container: its program is
+resolved at Exec, so a missing one fails there; Start, Wait, Kill, Delete and CloseIO with
+its exec id act on it alone, through the same supervisor as the init (the spawner forks it
+into the init's namespaces, shim/proc/child.py). TaskExecAdded, TaskExecStarted and a
+TaskExit carrying the exec id are published; when the init exits, every exec process still
+running is sent SIGKILL (in a PID namespace of its own the kernel has done so already).
+
 Pause and Resume pass through PAUSING and RESUMING while the freezer works, so a second call
 fails instead of racing the first; TaskPaused and TaskResumed are published once the kernel
 reports the new state. A process that exits meanwhile (a Kill) is STOPPED, and the late
@@ -366,6 +373,13 @@ class Tasks:
 
     async def _kill_exec(self, c: Container, e: ExecProcess, sig: int) -> None:
         next_state(e.state, Event.KILL)  # NotFound once it has finished
+        if c.state in (State.PAUSING, State.PAUSED, State.RESUMING):
+            # A SIGKILL to a frozen cgroup's process is followed by a thaw of the whole
+            # container (shim/task/supervisor.py), which must not happen behind Pause's back.
+            raise FailedPrecondition(
+                f"cannot signal exec {e.id}: container {c.id} is {c.state.value}; resume it "
+                "first (or kill the container, which ends its exec processes too)"
+            )
         if e.state is State.CREATED:
             self._exec_exited(c, e, 128 + sig)
             return

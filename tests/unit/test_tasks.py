@@ -688,6 +688,18 @@ def test_exec_refusals_name_what_is_not_supported(tmp_path: Path) -> None:
             await tasks.exec_add(
                 "init", "t", StdioConfig("", "", ""), b'{"args":["x"],"terminal":true}'
             )
+        await tasks.exec_add("init", "p", StdioConfig("", "", ""), SPEC)
+        start = asyncio.ensure_future(tasks.start("init", "p"))
+        while not sup.exec_processes:
+            await asyncio.sleep(0)
+        sup.exec_processes[0].set_ready()
+        await start
+        await tasks.pause("init")
+        with pytest.raises(FailedPrecondition, match="resume it first"):
+            await tasks.kill("init", "p", signal.SIGKILL, False)
+        assert sup.killed == []  # nothing was sent, nothing thawed
+        with pytest.raises(FailedPrecondition, match="paused container"):
+            await tasks.exec_add("init", "q", StdioConfig("", "", ""), SPEC)
         sup.kind = Workload.NATIVE
         with pytest.raises(Unimplemented, match=r"runc exec"):
             await tasks.exec_add("init", "n", StdioConfig("", "", ""), SPEC)
