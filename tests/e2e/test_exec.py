@@ -11,6 +11,7 @@ exec. Each test runs on the venv's shim and on the shipped bundle (the ``bed`` f
 from __future__ import annotations
 
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -50,33 +51,53 @@ def ref(bed: PrivateContainerd, bed_ns: str, image: TestImage) -> str:
     return image.import_into(bed, bed_ns)
 
 
+class EventLog:
+    """``ctr events`` for the whole test, its lines collected by a thread."""
+
+    def __init__(self, bed: PrivateContainerd) -> None:
+        self.proc = subprocess.Popen(
+            [str(CTR), "--address", str(bed.address), "events"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    def topics(self, ns: str, last: str) -> list[str]:
+        """(topic and event) of every /tasks/ event for ``ns``, once ``last`` has come
+        (events are forwarded in order, but after the RPCs that caused them returned)."""
+        deadline = time.monotonic() + WAIT
+        while True:
+            found = []
+            for line in list(self.lines):
+                fields = line.split()
+                if ns in fields[:-1] and fields[fields.index(ns) + 1].startswith("/tasks/"):
+                    found.append(" ".join(fields[fields.index(ns) + 1 :]))
+            if any(t.startswith(last) for t in found) or time.monotonic() > deadline:
+                return found
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+        self._reader.join(timeout=10)
+
+
 @pytest.fixture
-def events(bed: PrivateContainerd) -> Iterator[subprocess.Popen[str]]:
-    """``ctr events`` for the whole test; read once it is terminated (`topics`)."""
-    proc = subprocess.Popen(
-        [str(CTR), "--address", str(bed.address), "events"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+def events(bed: PrivateContainerd) -> Iterator[EventLog]:
+    log = EventLog(bed)
     try:
         time.sleep(0.3)  # subscribed before anything happens
-        yield proc
+        yield log
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-
-
-def topics(proc: subprocess.Popen[str], ns: str) -> list[str]:
-    """(topic, rest of the line) of every /tasks/ event ctr events printed for ``ns``."""
-    proc.terminate()
-    out, _ = proc.communicate(timeout=10)
-    found = []
-    for line in out.splitlines():
-        fields = line.split()
-        if ns in fields[:-1] and fields[fields.index(ns) + 1].startswith("/tasks/"):
-            found.append(" ".join(fields[fields.index(ns) + 1 :]))
-    return found
+        log.stop()
 
 
 def ctr(bed: PrivateContainerd, ns: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -97,7 +118,7 @@ def start_init(bed: PrivateContainerd, ns: str, ref: str, cid: str, data: Path) 
 
 
 def test_exec_reads_what_the_init_wrote_and_reports_its_exit_code(
-    bed: PrivateContainerd, bed_ns: str, ref: str, tmp_path: Path, events: subprocess.Popen[str]
+    bed: PrivateContainerd, bed_ns: str, ref: str, tmp_path: Path, events: EventLog
 ) -> None:
     ns, cid = bed_ns, f"{bed_ns}-init"
     start_init(bed, ns, ref, cid, tmp_path)
@@ -128,7 +149,7 @@ def test_exec_reads_what_the_init_wrote_and_reports_its_exit_code(
         assert "terminal" in output and "not supported" in output, output
     finally:
         remove_container(bed, ns, cid)
-    seen = topics(events, ns)
+    seen = events.topics(ns, last="/tasks/delete")
     e1 = [t.split()[0] for t in seen if '"exec_id":"e1"' in t or '"id":"e1"' in t]
     assert e1 == ["/tasks/exec-added", "/tasks/exec-started", "/tasks/exit"], seen
     (e2_exit,) = [t for t in seen if t.startswith("/tasks/exit") and '"id":"e2"' in t]
