@@ -17,6 +17,13 @@ then requires CAP_SYS_ADMIN to install it; after it otherwise, as runc does). On
 program instantiated, with one WASI preopen, the container's `/`, so that everything the
 guest can reach is what the kernel lets the container's process reach.
 
+An exec process (`ProcessSetup.join_pid`) does not make a container: it joins the init's
+cgroup like the init, the init's ipc/uts/net namespaces (the spawner forked it into the
+init's PID namespace already), loads its program from the host side, and then, instead of
+staging mounts and pivoting, joins the init's mount namespace and takes the init's root
+(`/proc/<pid>/root`, opened before, since the init's root is not the namespace's root), so it
+sees exactly the init's filesystem; then the init's identity and seccomp filter, as above.
+
 "Ready" is written on the ready pipe once the program is instantiated, with the compile
 job's note if it had one (a damaged cache entry replaced: the daemon logs it); any failure
 before that is written there instead, as an error code and a message, so Start fails with
@@ -70,6 +77,9 @@ class ProcessSetup:
     memory_usage_file: str = ""  # the cgroup's memory charge, for the linear-memory cap
     compile_channel: bool = False  # a 4th descriptor carries the compile job's answer
     confinement: Confinement | None = None  # None: the standalone tool's unconfined process
+    # An exec process: the pid (as the spawner sees it) of the container's init, whose
+    # namespaces it joins and whose root it takes, instead of unsharing and pivoting.
+    join_pid: int = 0
 
 
 def memory_headroom(limit: int, usage_fd: int) -> int:
@@ -215,9 +225,10 @@ def _default_signals() -> None:
 COMPILE_FD = 4
 
 
-def _enter(setup: ProcessSetup, fds: Sequence[int], ready_w: int) -> int:
+def _enter(setup: ProcessSetup, fds: Sequence[int], ready_w: int, joining: _Joining | None) -> int:
     """Everything up to the engine; returns the ready pipe's new descriptor (3). `fds`: the
-    stdio descriptors, then the compile channel when `setup.compile_channel`."""
+    stdio descriptors, then the compile channel when `setup.compile_channel`. `joining`'s
+    descriptors are kept (renumbered in place) for an exec process."""
     os.setsid()
     for path in setup.cgroup_files:
         join_cgroup(path)
@@ -225,15 +236,19 @@ def _enter(setup: ProcessSetup, fds: Sequence[int], ready_w: int) -> int:
         _setns(ns_type, path)
     conf = setup.confinement
     own_uts = False
-    if conf is not None:
+    if joining is not None:
+        _join_namespaces(joining)
+    elif conf is not None:
         libc.unshare(conf.unshare)
         own_uts = bool(conf.unshare & CLONE_NEWUTS)
     if setup.hostname and (own_uts or any(t == "uts" for t, _ in setup.namespaces)):
         socket.sethostname(setup.hostname)
     # Move every descriptor we keep above the ones we are about to fill, then into place.
-    high = 10 + max((*fds, ready_w))
-    moved = [os.dup2(fd, high + i, inheritable=False) for i, fd in enumerate((*fds, ready_w))]
-    *stdio, ready_w = moved
+    extra = [joining.mnt_ns, joining.root] if joining is not None else []
+    everything = (*fds, ready_w, *extra)
+    high = 10 + max(everything)
+    moved = [os.dup2(fd, high + i, inheritable=False) for i, fd in enumerate(everything)]
+    stdio, ready_w, extra = moved[: len(fds)], moved[len(fds)], moved[len(fds) + 1 :]
     for target, fd in enumerate(stdio[:3]):
         os.dup2(fd, target, inheritable=True)
     ready_w = os.dup2(ready_w, 3, inheritable=False)
@@ -241,6 +256,10 @@ def _enter(setup: ProcessSetup, fds: Sequence[int], ready_w: int) -> int:
     if setup.compile_channel:
         os.dup2(stdio[3], COMPILE_FD, inheritable=False)
         keep = COMPILE_FD + 1
+    if joining is not None:
+        joining.mnt_ns = os.dup2(extra[0], keep, inheritable=False)
+        joining.root = os.dup2(extra[1], keep + 1, inheritable=False)
+        keep += 2
     os.closerange(keep, os.sysconf("SC_OPEN_MAX"))
     _default_signals()
     if conf is None:
@@ -248,26 +267,114 @@ def _enter(setup: ProcessSetup, fds: Sequence[int], ready_w: int) -> int:
     return ready_w
 
 
+# The init's namespaces an exec process joins before it loads its program; the mount
+# namespace comes after the load (`_join_root`), and the PID namespace at the spawner's fork.
+JOINED_FIRST = ("ipc", "uts", "net", "cgroup")
+
+
+@dataclass(slots=True)
+class _Joining:
+    """An exec process's way into its container, opened first thing after the fork (while
+    /proc is the host's) and checked to be the init's: see `_open_join`."""
+
+    namespaces: dict[str, int]  # JOINED_FIRST's, by name
+    mnt_ns: int
+    root: int
+
+
+def _open_join(pid: int, pidfd: int) -> _Joining:
+    """The init's namespaces and root, by /proc/<pid>. The spawner checked that `pid` is its
+    own unreaped child and handed down its pidfd; it may reap the init meanwhile, so once
+    everything is open the pidfd must still reach a process: then `pid` named the init
+    throughout (a pid is not reused while its process exists) and no other process's
+    namespaces were opened."""
+    opened: list[int] = []
+
+    def take(path: str, flags: int) -> int:
+        try:
+            fd = os.open(path, flags | os.O_CLOEXEC)
+        except OSError as e:
+            for fd in opened:
+                os.close(fd)
+            raise errors.FailedPrecondition(
+                f"cannot join the container's process {pid} (it has exited?): {path}: {e.strerror}"
+            ) from None
+        opened.append(fd)
+        return fd
+
+    namespaces = {name: take(f"/proc/{pid}/ns/{name}", os.O_RDONLY) for name in JOINED_FIRST}
+    joining = _Joining(
+        namespaces,
+        take(f"/proc/{pid}/ns/mnt", os.O_RDONLY),
+        take(f"/proc/{pid}/root", os.O_PATH | os.O_DIRECTORY),
+    )
+    try:
+        signal.pidfd_send_signal(pidfd, 0)
+    except OSError:
+        for fd in opened:
+            os.close(fd)
+        raise errors.FailedPrecondition(
+            f"cannot exec in the container: its process {pid} has exited"
+        ) from None
+    return joining
+
+
+def _join_namespaces(j: _Joining) -> None:
+    """setns into each of the init's JOINED_FIRST namespaces that is not this process's
+    already (joining one's own namespace would only cost a call)."""
+    for name, fd in j.namespaces.items():
+        own = os.stat(f"/proc/self/ns/{name}")
+        theirs = os.fstat(fd)
+        try:
+            if (own.st_dev, own.st_ino) != (theirs.st_dev, theirs.st_ino):
+                libc.setns(fd)
+        except OSError as e:
+            raise OSError(e.errno, f"setns {name} of the container: {e.strerror}") from None
+        finally:
+            os.close(fd)
+    j.namespaces = {}
+
+
+def _join_root(j: _Joining, cwd: str) -> None:
+    """Into the init's mount namespace and root, then `cwd` there."""
+    try:
+        libc.setns(j.mnt_ns)
+        os.fchdir(j.root)
+        os.chroot(".")
+    except OSError as e:
+        raise OSError(e.errno, f"joining the container's root: {e.strerror}") from None
+    finally:
+        os.close(j.mnt_ns)
+        os.close(j.root)
+    rootfs.chdir_in_root(cwd)
+
+
 @dataclass(slots=True)
 class _Confining:
     """What the host-side half of confinement took, for the container-side half."""
 
     conf: Confinement
-    staged: rootfs.Staged
+    staged: rootfs.Staged | _Joining
     seccomp: Filter | None
 
 
-def _before_load(conf: Confinement) -> _Confining:
-    """The steps that need the host: limits, libseccomp, the mounts' sources."""
+def _before_load(conf: Confinement, joining: _Joining | None) -> _Confining:
+    """The steps that need the host: limits, libseccomp, the mounts' sources (for an exec
+    process: the init's mount namespace and root, opened already)."""
     privileges.apply_limits(conf.privileges)
     filt = Filter(conf.seccomp) if conf.seccomp else None
+    if joining is not None:
+        return _Confining(conf, joining, filt)
     return _Confining(conf, rootfs.stage(conf.filesystem), filt)
 
 
 def _confine(c: _Confining) -> None:
     """Into the container's root, then its identity and its seccomp filter."""
-    rootfs.enter(c.conf.filesystem, c.staged)
-    rootfs.chdir_in_root(c.conf.cwd)
+    if isinstance(c.staged, _Joining):
+        _join_root(c.staged, c.conf.cwd)
+    else:
+        rootfs.enter(c.conf.filesystem, c.staged)
+        rootfs.chdir_in_root(c.conf.cwd)
     nnp = c.conf.privileges.no_new_privileges
     if c.seccomp is not None and not nnp:
         c.seccomp.load()
@@ -286,17 +393,20 @@ def run_child(
     setup: ProcessSetup,
     fds: Sequence[int],
     ready_w: int,
+    join_pidfd: int = -1,
 ) -> None:
-    """The body of a forked container process; never returns."""
+    """The body of a forked container process; never returns. `join_pidfd`: for an exec
+    process, the spawner's pidfd of the init (`setup.join_pid`)."""
     try:
-        ready_w = _enter(setup, fds, ready_w)
+        joining = _open_join(setup.join_pid, join_pidfd) if setup.join_pid else None
+        ready_w = _enter(setup, fds, ready_w, joining)
         if setup.confinement is not None:  # `ps`, `nerdctl top`: the guest, not the shim
             proctitle.set_title(list(cfg.args), os.path.basename(cfg.args[0].split("#")[0]))
         compiled = read_compile_reply(COMPILE_FD) if setup.compile_channel else None
         usage_fd = -1
         if cfg.memory_limit and setup.memory_usage_file:
             usage_fd = os.open(setup.memory_usage_file, os.O_RDONLY | os.O_CLOEXEC)
-        confining = _before_load(setup.confinement) if setup.confinement else None
+        confining = _before_load(setup.confinement, joining) if setup.confinement else None
         loaded = runtime.load(cfg, entry, compiled)
         if confining is not None:
             _confine(confining)

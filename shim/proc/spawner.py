@@ -127,6 +127,17 @@ class Spawner:
                     f"a spawn request carries {len(fds)} descriptors, not "
                     f"{3 + setup.compile_channel}"
                 )
+            join_pidfd = -1
+            if setup.join_pid:
+                init = self.by_pid.get(setup.join_pid)
+                if init is None:
+                    raise ValueError(
+                        f"process {setup.join_pid} to exec beside is not a running process of "
+                        "this spawner (it has exited, or the spawner was replaced since)"
+                    )
+                # Unreaped until this loop says so: its pid, and the PID namespace path the
+                # fork below joins by it, are the init's. The child re-checks with the pidfd.
+                join_pidfd = init.pidfd
             ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
             pid_mode = setup.confinement.pid if setup.confinement else PID_HOST
             pid = self._fork(pid_mode)
@@ -138,7 +149,7 @@ class Spawner:
             self.send(wire.error_reply(req, code, f"cannot start a container process: {e}"))
             return
         if pid == 0:
-            run_child(self.runtime, cfg, entry, setup, fds, ready_w)
+            run_child(self.runtime, cfg, entry, setup, fds, ready_w, join_pidfd)
         os.close(ready_w)
         for fd in fds:
             os.close(fd)

@@ -27,9 +27,11 @@ from shim.errors import FailedPrecondition, InvalidArgument, NotFound
 from shim.io.stdio import ProcessIO, StdioConfig
 from shim.oci import mounts, namespaces
 from shim.oci.spec import Spec, load
+from shim.oci.spec import getenv as spec_getenv
 from shim.proc.child import ProcessSetup
 from shim.proc.process import Process
 from shim.task import workload
+from shim.task.execs import ExecProcess
 from shim.task.native import NATIVE_PID_FILE, NativeOptions, NativeSupervisor, Runc
 from shim.task.states import State
 from shim.task.supervisor import Host, Supervisor, WasmSupervisor
@@ -76,6 +78,7 @@ class Container:
     kill_signal: int | None = None  # a Kill reached the process before it was ready
     exited: asyncio.Event = field(default_factory=asyncio.Event)
     spawned: asyncio.Event = field(default_factory=asyncio.Event)  # Start has a process, or failed
+    execs: dict[str, ExecProcess] = field(default_factory=dict)  # by exec id (wasm only)
 
     @property
     def kind(self) -> Workload:
@@ -220,6 +223,30 @@ class Container:
             confinement=self.confinement,
         )
 
+    def exec_program(
+        self, host: Host, args: tuple[str, ...], env: tuple[str, ...], cwd: str
+    ) -> tuple[RunConfig, Entrypoint]:
+        """Blocking: an exec process's engine view and program, its args[0] resolved in the
+        rootfs on the host side as the entrypoint is (a wasm artifact's layer is not
+        searched: it holds only the entrypoint). Raises NotFound or FailedPrecondition."""
+        if self.run_config is None or self.confinement is None:
+            raise FailedPrecondition(f"container {self.id} runs no wasm program to exec beside")
+        cfg = replace(self.run_config, args=args, env=env, cwd=cwd, artifact_dir=None)
+        return cfg, host.runtime.resolve(cfg, spec_getenv(env, "PATH"))
+
+    def exec_setup(self, init_pid: int, cwd: str) -> ProcessSetup:
+        """What an exec process does before its engine runs: the init's cgroup, and the
+        init's namespaces, root and confinement in place of new ones (shim/proc/child.py);
+        the spawner forks it into the init's PID namespace."""
+        assert self.confinement is not None
+        cgroup = self.cgroup
+        return ProcessSetup(
+            cgroup_files=cgroup.join_files() if cgroup else (),
+            memory_usage_file=(cgroup.memory_usage_file() or "") if cgroup else "",
+            confinement=replace(self.confinement, pid=f"/proc/{init_pid}/ns/pid", cwd=cwd),
+            join_pid=init_pid,
+        )
+
     # ------------------------------------------------------------------ exit and release
 
     def set_exited(self, status: int) -> None:
@@ -233,6 +260,11 @@ class Container:
         call more than once. The held record goes last, once nothing is held."""
         if self.supervisor is not None:
             self.supervisor.release()
+        for e in self.execs.values():  # exec processes never deleted on their own
+            try:
+                e.io.close()
+            except Exception:
+                log.exception("closing stdio of exec %s in %s", e.id, self.id)
         if self.io is not None:
             try:
                 self.io.close()

@@ -31,7 +31,14 @@ from typing import Any
 
 from shim import bundle as bundle_files
 from shim.cgroups import Cgroup
-from shim.errors import FailedPrecondition, Internal, InvalidArgument, NotFound, ShimError
+from shim.errors import (
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    ShimError,
+    Unimplemented,
+)
 from shim.proc.process import Process
 from shim.proc.reaper import NotInstalled, Reaper
 from shim.task.workload import Workload
@@ -164,6 +171,12 @@ class Runc:
             await self._run("delete", "--force", self.id)
 
 
+EXEC_REFUSED = (
+    "exec into a native container (runc exec) is not supported by the wasmtime shim yet "
+    "(UNIMPLEMENTED); exec works in wasm containers"
+)
+
+
 class NativeSupervisor:
     """A native container: runc (or crun) makes the process, its namespaces and cgroup."""
 
@@ -215,6 +228,12 @@ class NativeSupervisor:
     async def resume(self) -> None:
         await self.runc.resume()
         self._paused = False
+
+    async def start_exec(
+        self, run_config: Any, entry: Any, setup: Any, stdio: tuple[int, int, int]
+    ) -> Process:
+        """Refused: `runc exec` into a native container is not wired up yet."""
+        raise Unimplemented(EXEC_REFUSED)
 
     async def update(self, resources: Mapping[str, Any], started: bool) -> None:
         if not started:

@@ -31,6 +31,7 @@ from shim.io.stdio import StdioConfig
 from shim.logs import current_container
 from shim.oci.mounts import MountRequest
 from shim.task.container import Container, CreateConfig
+from shim.task.execs import ExecProcess
 from shim.task.native import NativeOptions, options_from_toml
 from shim.task.states import State
 from shim.task.tasks import Tasks
@@ -189,7 +190,22 @@ class TaskService:
     # ------------------------------------------------------------------ queries
 
     async def State(self, r: pb.StateRequest, ctx: Any) -> pb.StateResponse:
-        c = self.tasks.get(r.id, r.exec_id)
+        if r.exec_id:
+            e = self.tasks.get_exec(r.id, r.exec_id)
+            return pb.StateResponse(
+                id=e.id,
+                bundle=self.tasks.get(r.id).bundle,
+                pid=e.pid,
+                status=_STATUS[e.state],
+                stdin=e.stdio.stdin,
+                stdout=e.stdio.stdout,
+                stderr=e.stdio.stderr,
+                terminal=e.stdio.terminal,
+                exit_status=e.exit_status,
+                exited_at=timestamp(e.exited_at_ns),
+                exec_id=e.id,
+            )
+        c = self.tasks.get(r.id)
         return pb.StateResponse(
             id=c.id,
             bundle=c.bundle,
@@ -235,10 +251,12 @@ class TaskService:
         await self.tasks.update(r.id, linux_resources(r.resources))
         return empty_pb2.Empty()
 
-    # ------------------------------------------------------------------ not supported (yet)
-
     async def Exec(self, r: pb.ExecProcessRequest, ctx: Any) -> empty_pb2.Empty:
-        raise _unsupported("exec")
+        stdio = StdioConfig(stdin=r.stdin, stdout=r.stdout, stderr=r.stderr, terminal=r.terminal)
+        await self.tasks.exec_add(r.id, r.exec_id, stdio, r.spec.value)
+        return empty_pb2.Empty()
+
+    # ------------------------------------------------------------------ not supported (yet)
 
     async def ResizePty(self, r: pb.ResizePtyRequest, ctx: Any) -> empty_pb2.Empty:
         raise _unsupported("resize-pty (tty)")
@@ -288,6 +306,27 @@ class ProtoEvents:
 
     def task_resumed(self, c: Container) -> None:
         self.publish("/tasks/resumed", events_pb2.TaskResumed(container_id=c.id))
+
+    def task_exec_added(self, c: Container, e: ExecProcess) -> None:
+        self.publish("/tasks/exec-added", events_pb2.TaskExecAdded(container_id=c.id, exec_id=e.id))
+
+    def task_exec_started(self, c: Container, e: ExecProcess) -> None:
+        self.publish(
+            "/tasks/exec-started",
+            events_pb2.TaskExecStarted(container_id=c.id, exec_id=e.id, pid=e.pid),
+        )
+
+    def task_exec_exit(self, c: Container, e: ExecProcess) -> None:
+        self.publish(
+            "/tasks/exit",
+            events_pb2.TaskExit(
+                container_id=c.id,
+                id=e.id,
+                pid=e.pid,
+                exit_status=e.exit_status,
+                exited_at=timestamp(e.exited_at_ns),
+            ),
+        )
 
     def task_exit(self, c: Container) -> None:
         self.publish(

@@ -85,6 +85,17 @@ class Supervisor(Protocol):
         """Create and start the process; returns once its pid is known. Raises ShimError."""
         ...
 
+    async def start_exec(
+        self,
+        run_config: RunConfig,
+        entry: Entrypoint,
+        setup: ProcessSetup,
+        stdio: tuple[int, int, int],
+    ) -> Process:
+        """Create and start an exec process in the running container (`setup.join_pid` names
+        its init). Raises ShimError (Unimplemented where exec is not supported)."""
+        ...
+
     async def kill(self, process: Process, sig: int, all_: bool) -> None:
         """Signal the process (`all_`: every process of the container). NotFound once it
         has exited."""
@@ -176,6 +187,17 @@ class WasmSupervisor:
         conf = setup.confinement
         process.pid_namespace_init = conf is not None and conf.pid == PID_NEW
         return process
+
+    async def start_exec(
+        self,
+        run_config: RunConfig,
+        entry: Entrypoint,
+        setup: ProcessSetup,
+        stdio: tuple[int, int, int],
+    ) -> Process:
+        """An exec process, forked by the same spawner as the init (so one supervision
+        layer watches both); it joins the init rather than making a container."""
+        return await self.host.spawner.spawn(run_config, entry, setup, stdio)
 
     async def kill(self, process: Process, sig: int, all_: bool) -> None:
         sent = process.stand_in(sig)

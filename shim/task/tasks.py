@@ -17,6 +17,13 @@ fails with its reason, unless a Kill ended it: then Start succeeds (the containe
 killed) and the exit is reported like any other. TaskStart is published before the exit is
 even looked at, so it always precedes TaskExit.
 
+Exec adds an exec process (shim/task/execs.py) to a running wasm container: its program is
+resolved at Exec, so a missing one fails there; Start, Wait, Kill, Delete and CloseIO with
+its exec id act on it alone, through the same supervisor as the init (the spawner forks it
+into the init's namespaces, shim/proc/child.py). TaskExecAdded, TaskExecStarted and a
+TaskExit carrying the exec id are published; when the init exits, every exec process still
+running is sent SIGKILL (in a PID namespace of its own the kernel has done so already).
+
 Pause and Resume pass through PAUSING and RESUMING while the freezer works, so a second call
 fails instead of racing the first; TaskPaused and TaskResumed are published once the kernel
 reports the new state. A process that exits meanwhile (a Kill) is STOPPED, and the late
@@ -34,15 +41,30 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from shim.cgroups import Cgroup
-from shim.errors import AlreadyExists, DeadlineExceeded, NotFound, ShimError, Unavailable
+from shim.errors import (
+    AlreadyExists,
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ShimError,
+    Unavailable,
+    Unimplemented,
+)
+from shim.io.stdio import ProcessIO, StdioConfig
 from shim.logs import current_container
 from shim.proc.process import Process
 from shim.task.container import Container, CreateConfig
+from shim.task.execs import ExecProcess, parse_exec_spec
+from shim.task.native import EXEC_REFUSED
 from shim.task.states import LIVE, Event, State, next_state
 from shim.task.supervisor import Host
+from shim.task.workload import Workload
 from shim.workers import Workers, within
 
 log = logging.getLogger(__name__)
+
+LIVE_OR_STARTING = LIVE | {State.STARTING}
 
 START_FAILED_STATUS = 1  # the exit status of a task whose process never ran
 HOST_WORKERS = 8  # threads for Create's and Delete's host work (shim/workers.py)
@@ -61,6 +83,9 @@ class EventSink(Protocol):
     def task_oom(self, c: Container) -> None: ...
     def task_paused(self, c: Container) -> None: ...
     def task_resumed(self, c: Container) -> None: ...
+    def task_exec_added(self, c: Container, e: ExecProcess) -> None: ...
+    def task_exec_started(self, c: Container, e: ExecProcess) -> None: ...
+    def task_exec_exit(self, c: Container, e: ExecProcess) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,17 +103,23 @@ class Tasks:
         self.events = events
         self.containers: dict[str, Container] = {}
         self._creating: set[str] = set()
+        self._background: set[asyncio.Future[None]] = set()  # held until done (asyncio's rule)
         self._on_idle: Callable[[], None] | None = None
         self._work = Workers("Create and Delete", HOST_WORKERS, ADMISSION)
 
-    def get(self, container_id: str, exec_id: str = "") -> Container:
-        """The container, or NotFound; exec processes do not exist (Exec is UNIMPLEMENTED)."""
+    def get(self, container_id: str) -> Container:
+        """The container, or NotFound."""
         c = self.containers.get(container_id)
         if c is None:
             raise NotFound(f"container {container_id} not found")
-        if exec_id:
-            raise NotFound(f"exec {exec_id} not found in container {container_id}")
         return c
+
+    def get_exec(self, container_id: str, exec_id: str) -> ExecProcess:
+        """An exec process of the container, or NotFound."""
+        e = self.get(container_id).execs.get(exec_id)
+        if e is None:
+            raise NotFound(f"exec {exec_id} not found in container {container_id}")
+        return e
 
     # ------------------------------------------------------------------ Create / Start
 
@@ -115,7 +146,9 @@ class Tasks:
         return c
 
     async def start(self, container_id: str, exec_id: str = "") -> int:
-        c = self.get(container_id, exec_id)
+        if exec_id:
+            return await self._start_exec(container_id, exec_id)
+        c = self.get(container_id)
         c.state = next_state(c.state, Event.START)
         # Shielded: once the process exists, its bookkeeping must complete even if
         # containerd hangs up on this call, or the container would stay STARTING forever.
@@ -177,6 +210,21 @@ class Tasks:
         self.events.task_exit(c)
         if c.io is not None:
             self._work.start(f"close the stdio of {c.id}", c.io.close)
+        if any(e.process is not None and e.state in LIVE_OR_STARTING for e in c.execs.values()):
+            # In a PID namespace of its own the kernel ends them with the init; elsewhere
+            # nothing would.
+            task = asyncio.ensure_future(self._kill_execs(c))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _kill_execs(self, c: Container) -> None:
+        """SIGKILL every exec process of `c` that runs (the init has exited)."""
+        for e in list(c.execs.values()):
+            if e.process is not None and e.state in LIVE_OR_STARTING:
+                with contextlib.suppress(ShimError, OSError):
+                    assert c.supervisor is not None
+                    await c.supervisor.kill(e.process, signal.SIGKILL, False)
+                    log.info("killed exec %s (pid %d): the init exited", e.id, e.pid)
 
     @staticmethod
     def _oom_killed(c: Container) -> bool:
@@ -191,14 +239,19 @@ class Tasks:
             return False
 
     async def wait(self, container_id: str, exec_id: str = "") -> ExitInfo:
-        c = self.get(container_id, exec_id)
+        c: Container | ExecProcess = (
+            self.get_exec(container_id, exec_id) if exec_id else self.get(container_id)
+        )
         await c.exited.wait()
         return ExitInfo(c.pid, c.exit_status, c.exited_at_ns)
 
     # ------------------------------------------------------------------ Kill / Delete
 
     async def kill(self, container_id: str, exec_id: str, sig: int, all_: bool) -> None:
-        c = self.get(container_id, exec_id)
+        if exec_id:
+            await self._kill_exec(self.get(container_id), self.get_exec(container_id, exec_id), sig)
+            return
+        c = self.get(container_id)
         next_state(c.state, Event.KILL)  # raises NotFound once the process has finished
         if c.state is State.CREATED:
             # No process exists yet: the task ends as if the signal had killed it, so a
@@ -214,7 +267,9 @@ class Tasks:
         await c.supervisor.kill(c.process, sig, all_)
 
     async def delete(self, container_id: str, exec_id: str = "") -> ExitInfo:
-        c = self.get(container_id, exec_id)
+        if exec_id:
+            return await self._delete_exec(self.get(container_id), exec_id)
+        c = self.get(container_id)
         c.state = next_state(c.state, Event.DELETE)
         try:
             if c.supervisor is not None:
@@ -229,6 +284,124 @@ class Tasks:
         log.info("deleted")
         self._check_idle()
         return ExitInfo(c.pid, c.exit_status, c.exited_at_ns)
+
+    # ------------------------------------------------------------------ exec processes
+
+    async def exec_add(
+        self, container_id: str, exec_id: str, stdio: StdioConfig, spec: bytes
+    ) -> ExecProcess:
+        """Exec: a new exec process of a running wasm container, created but not started.
+        Its program is resolved here, so a missing one fails Exec with the reason."""
+        c = self.get(container_id)
+        if not exec_id:
+            raise InvalidArgument("exec: an exec id is required")
+        if exec_id in c.execs:
+            raise AlreadyExists(f"exec {exec_id} already exists in container {container_id}")
+        if c.kind is Workload.NATIVE:
+            raise Unimplemented(EXEC_REFUSED)
+        if c.state is not State.RUNNING:
+            raise FailedPrecondition(
+                f"cannot exec in a {c.state.value} container (only in a running one)"
+            )
+        es = parse_exec_spec(spec)
+        if es.terminal or stdio.terminal:
+            raise InvalidArgument(
+                "exec with a terminal (tty, -t) is not supported by the wasmtime shim yet"
+            )
+        cfg, entry = await asyncio.to_thread(c.exec_program, self.host, es.args, es.env, es.cwd)
+        io = await self._work.call(
+            f"open the stdio of exec {exec_id}",
+            lambda: ProcessIO.open(stdio, container_id=container_id, namespace=c.namespace),
+        )
+        if exec_id in c.execs or c.state is not State.RUNNING:  # changed while we waited
+            await self._work.call(f"close the stdio of exec {exec_id}", io.close)
+            raise FailedPrecondition(f"exec {exec_id}: container {container_id} changed meanwhile")
+        e = ExecProcess(exec_id, container_id, es, stdio, io, cfg, entry)
+        c.execs[exec_id] = e
+        log.info("exec %s added (%s)", exec_id, es.args[0])
+        self.events.task_exec_added(c, e)
+        return e
+
+    async def _start_exec(self, container_id: str, exec_id: str) -> int:
+        c = self.get(container_id)
+        e = self.get_exec(container_id, exec_id)
+        e.state = next_state(e.state, Event.START)
+        if c.state not in LIVE:
+            e.spawned.set()
+            await self._exec_start_failed(e, START_FAILED_STATUS)
+            raise FailedPrecondition(f"cannot start exec {exec_id}: the container has exited")
+        return await asyncio.shield(self._run_exec(c, e))
+
+    async def _run_exec(self, c: Container, e: ExecProcess) -> int:
+        assert c.supervisor is not None
+        try:
+            setup = c.exec_setup(c.pid, e.spec.cwd)
+            proc = await c.supervisor.start_exec(e.run_config, e.entry, setup, e.io.child_fds())
+        except Exception as err:
+            e.spawned.set()
+            await self._exec_start_failed(e, START_FAILED_STATUS)
+            log.warning("exec %s: start failed: %s", e.id, err)
+            raise
+        e.process, e.pid = proc, proc.pid
+        e.spawned.set()
+        e.io.started()
+        try:
+            await proc.ready
+        except ShimError as err:
+            if e.kill_signal is None:
+                await self._exec_start_failed(e, await proc.exited)
+                log.warning("exec %s: start failed: %s", e.id, err)
+                raise
+        e.state = next_state(e.state, Event.STARTED)
+        self.events.task_exec_started(c, e)
+        log.info("exec %s started pid %d", e.id, e.pid)
+        proc.exited.add_done_callback(lambda f: self._exec_exited(c, e, f.result()))
+        return e.pid
+
+    async def _exec_start_failed(self, e: ExecProcess, status: int) -> None:
+        e.state = next_state(e.state, Event.START_FAILED)
+        e.set_exited(status)
+        await self._work.call(f"close the stdio of exec {e.id}", e.io.close)
+
+    def _exec_exited(self, c: Container, e: ExecProcess, status: int) -> None:
+        current_container.set(c.id)
+        e.state = next_state(e.state, Event.EXIT)
+        e.set_exited(status)
+        log.info("exec %s exited with status %d", e.id, status)
+        self.events.task_exec_exit(c, e)
+        self._work.start(f"close the stdio of exec {e.id}", e.io.close)
+
+    async def _kill_exec(self, c: Container, e: ExecProcess, sig: int) -> None:
+        next_state(e.state, Event.KILL)  # NotFound once it has finished
+        if c.state in (State.PAUSING, State.PAUSED, State.RESUMING):
+            # A SIGKILL to a frozen cgroup's process is followed by a thaw of the whole
+            # container (shim/task/supervisor.py), which must not happen behind Pause's back.
+            raise FailedPrecondition(
+                f"cannot signal exec {e.id}: container {c.id} is {c.state.value}; resume it "
+                "first (or kill the container, which ends its exec processes too)"
+            )
+        if e.state is State.CREATED:
+            self._exec_exited(c, e, 128 + sig)
+            return
+        if e.state is State.STARTING:
+            await e.spawned.wait()
+            next_state(e.state, Event.KILL)
+            if e.process is not None and not e.process.ready.done():
+                e.kill_signal = sig
+        assert c.supervisor is not None and e.process is not None
+        await c.supervisor.kill(e.process, sig, False)
+
+    async def _delete_exec(self, c: Container, exec_id: str) -> ExitInfo:
+        e = self.get_exec(c.id, exec_id)
+        e.state = next_state(e.state, Event.DELETE)
+        try:
+            await self._work.call(f"close the stdio of exec {e.id}", e.io.close)
+        finally:
+            e.state = next_state(e.state, Event.DELETED)
+            del c.execs[exec_id]
+            e.exited.set()
+        log.info("exec %s deleted", exec_id)
+        return ExitInfo(e.pid, e.exit_status, e.exited_at_ns)
 
     # ------------------------------------------------------------------ Pause / Resume / Update
 
@@ -272,13 +445,17 @@ class Tasks:
     # ------------------------------------------------------------------ queries
 
     def pids(self, container_id: str) -> list[int]:
+        """The container's processes: its cgroup's members, else the init's pid; and every
+        exec process that runs."""
         c = self.get(container_id)
         cgroup = c.cgroup
+        found: list[int] = []
         if cgroup is not None and c.state in LIVE:
             found = cgroup.pids()
-            if found:
-                return found
-        return [c.pid] if c.pid and c.state in LIVE else []
+        if not found and c.pid and c.state in LIVE:
+            found = [c.pid]
+        execs = [e.pid for e in c.execs.values() if e.pid and e.state in LIVE]
+        return found + [p for p in execs if p not in found]
 
     def cgroup_of(self, container_id: str) -> Cgroup:
         """The container's cgroup, for Stats; NotFound when it has none (CRI skips it)."""
@@ -288,9 +465,9 @@ class Tasks:
         return cgroup
 
     def close_io(self, container_id: str, exec_id: str, stdin: bool) -> None:
-        c = self.get(container_id, exec_id)
-        if stdin and c.io is not None:
-            c.io.close_stdin()
+        io = self.get_exec(container_id, exec_id).io if exec_id else self.get(container_id).io
+        if stdin and io is not None:
+            io.close_stdin()
 
     def shutdown_ok(self) -> bool:
         """Shutdown may exit the shim only when no container is left."""

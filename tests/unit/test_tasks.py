@@ -17,11 +17,20 @@ import pytest
 
 from runtimes.base import RunConfig
 from shim.cgroups import Resources
-from shim.errors import FailedPrecondition, Internal, InvalidArgument, NotFound, Unavailable
+from shim.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+    Unimplemented,
+)
 from shim.io.stdio import ProcessIO, StdioConfig
 from shim.oci import spec
 from shim.proc.process import Process
 from shim.task.container import Container
+from shim.task.execs import ExecProcess, parse_exec_spec
 from shim.task.states import State
 from shim.task.supervisor import WasmSupervisor
 from shim.task.tasks import Tasks
@@ -53,6 +62,9 @@ class FakeSupervisor:
         self.freeze_error: Exception | None = None
         self.calls: list[str] = []
         self.updates: list[tuple[dict[str, object], bool]] = []
+        self.exec_processes: list[Process] = []
+        self.exec_setups: list[object] = []
+        self.killed_pids: list[int] = []
 
     def held(self) -> dict[str, str]:
         return {}
@@ -62,8 +74,16 @@ class FakeSupervisor:
         self.process = Process(pid=1000 + len(self.killed))
         return self.process
 
+    async def start_exec(
+        self, run_config: object, entry: object, setup: object, stdio: tuple[int, int, int]
+    ) -> Process:
+        self.exec_setups.append(setup)
+        self.exec_processes.append(Process(pid=2000 + len(self.exec_processes)))
+        return self.exec_processes[-1]
+
     async def kill(self, process: Process, sig: int, all_: bool) -> None:
         self.killed.append(sig)
+        self.killed_pids.append(process.pid)
         if self.kill_ends_it:  # as the spawner reports a child killed during setup
             process.set_ready(FailedPrecondition("the container process ended during setup"))
             process.set_exited(128 + sig)
@@ -117,6 +137,15 @@ class Events:
 
     def task_resumed(self, c: Container) -> None:
         self._add("resumed", c)
+
+    def task_exec_added(self, c: Container, e: ExecProcess) -> None:
+        self._add(f"exec-added {e.id}", c)
+
+    def task_exec_started(self, c: Container, e: ExecProcess) -> None:
+        self._add(f"exec-started {e.id}", c)
+
+    def task_exec_exit(self, c: Container, e: ExecProcess) -> None:
+        self.seen.append((f"exec-exit {e.id}", c.id, e.exit_status))
 
 
 def _setup(tmp_path: Path) -> tuple[Tasks, Events]:
@@ -541,3 +570,140 @@ def test_update_takes_linux_resources_json_and_names_anything_else() -> None:
         linux_resources(any_pb2.Any(type_url=url, value=b"{"))
     with pytest.raises(InvalidArgument, match="not a JSON object"):
         linux_resources(any_pb2.Any(type_url=url, value=b"[]"))
+
+
+# ------------------------------------------------------------------ exec processes
+
+
+def test_the_exec_spec_is_read_and_malformed_ones_are_named() -> None:
+    doc = b'{"args": ["/t.wasm", "a"], "env": ["PATH=/bin"], "cwd": "/data", "terminal": false}'
+    es = parse_exec_spec(doc)
+    assert (es.args, es.env, es.cwd, es.terminal) == (
+        ("/t.wasm", "a"),
+        ("PATH=/bin",),
+        "/data",
+        False,
+    )
+    assert parse_exec_spec(b'{"args": ["x"]}').cwd == "/"
+    for bad, words in (
+        (b"{", "not valid JSON"),
+        (b"[]", "not a JSON object"),
+        (b'{"args": []}', "process.args"),
+        (b'{"args": ["x"], "env": [1]}', "process.env"),
+        (b'{"args": ["x"], "cwd": "rel"}', "absolute"),
+    ):
+        with pytest.raises(InvalidArgument, match=words):
+            parse_exec_spec(bad)
+
+
+def _exec_ready(tmp_path: Path, tasks: Tasks) -> tuple[Container, FakeSupervisor]:
+    c, sup = _add(tasks, tmp_path, "init")
+    c.exec_program = lambda host, args, env, cwd: ("cfg", "entry")  # type: ignore[method-assign,assignment,return-value]
+    c.exec_setup = lambda pid, cwd: ("setup", pid, cwd)  # type: ignore[method-assign,assignment,return-value]
+    return c, sup
+
+
+async def _start_init(tasks: Tasks, sup: FakeSupervisor) -> None:
+    start = asyncio.ensure_future(tasks.start("init"))
+    while sup.process is None:
+        await asyncio.sleep(0)
+    sup.process.set_ready()
+    await start
+
+
+SPEC = b'{"args": ["/t.wasm"], "cwd": "/w"}'
+
+
+def test_an_exec_runs_beside_the_init_with_its_own_state_and_events(tmp_path: Path) -> None:
+    async def main() -> None:
+        tasks, events = _setup(tmp_path)
+        c, sup = _exec_ready(tmp_path, tasks)
+        with pytest.raises(FailedPrecondition, match="created container"):
+            await tasks.exec_add("init", "e1", StdioConfig("", "", ""), SPEC)
+        await _start_init(tasks, sup)
+        await tasks.exec_add("init", "e1", StdioConfig("", "", ""), SPEC)
+        with pytest.raises(AlreadyExists):
+            await tasks.exec_add("init", "e1", StdioConfig("", "", ""), SPEC)
+        assert tasks.get_exec("init", "e1").state is State.CREATED
+        start = asyncio.ensure_future(tasks.start("init", "e1"))
+        while not sup.exec_processes:
+            await asyncio.sleep(0)
+        proc = sup.exec_processes[0]
+        assert sup.exec_setups == [("setup", c.pid, "/w")]  # joins the init's pid
+        proc.set_ready()
+        assert await start == proc.pid
+        assert tasks.get_exec("init", "e1").state is State.RUNNING
+        assert tasks.pids("init") == [c.pid, proc.pid]
+        proc.set_exited(7)
+        info = await asyncio.wait_for(tasks.wait("init", "e1"), 5)
+        assert (info.pid, info.exit_status) == (proc.pid, 7)
+        assert c.state is State.RUNNING  # the init runs on
+        with pytest.raises(NotFound):
+            await tasks.kill("init", "e1", signal.SIGTERM, False)
+        await tasks.delete("init", "e1")
+        with pytest.raises(NotFound, match="exec e1 not found"):
+            tasks.get_exec("init", "e1")
+        assert [e[0] for e in events.seen] == [
+            "start",
+            "exec-added e1",
+            "exec-started e1",
+            "exec-exit e1",
+        ]
+        assert events.seen[-1][2] == 7
+
+    asyncio.run(main())
+
+
+def test_the_init_exiting_kills_its_running_execs(tmp_path: Path) -> None:
+    async def main() -> None:
+        tasks, _ = _setup(tmp_path)
+        _, sup = _exec_ready(tmp_path, tasks)
+        await _start_init(tasks, sup)
+        await tasks.exec_add("init", "long", StdioConfig("", "", ""), SPEC)
+        start = asyncio.ensure_future(tasks.start("init", "long"))
+        while not sup.exec_processes:
+            await asyncio.sleep(0)
+        sup.exec_processes[0].set_ready()
+        await start
+        assert sup.process is not None
+        sup.process.set_exited(137)
+        for _ in range(100):
+            if sup.killed_pids:
+                break
+            await asyncio.sleep(0)
+        assert (sup.killed, sup.killed_pids) == ([signal.SIGKILL], [sup.exec_processes[0].pid])
+
+    asyncio.run(main())
+
+
+def test_exec_refusals_name_what_is_not_supported(tmp_path: Path) -> None:
+    async def main() -> None:
+        tasks, _ = _setup(tmp_path)
+        _, sup = _exec_ready(tmp_path, tasks)
+        await _start_init(tasks, sup)
+        tty = StdioConfig("", "", "", terminal=True)
+        with pytest.raises(InvalidArgument, match="terminal"):
+            await tasks.exec_add("init", "t", tty, SPEC)
+        with pytest.raises(InvalidArgument, match="terminal"):
+            await tasks.exec_add(
+                "init", "t", StdioConfig("", "", ""), b'{"args":["x"],"terminal":true}'
+            )
+        await tasks.exec_add("init", "p", StdioConfig("", "", ""), SPEC)
+        start = asyncio.ensure_future(tasks.start("init", "p"))
+        while not sup.exec_processes:
+            await asyncio.sleep(0)
+        sup.exec_processes[0].set_ready()
+        await start
+        await tasks.pause("init")
+        with pytest.raises(FailedPrecondition, match="resume it first"):
+            await tasks.kill("init", "p", signal.SIGKILL, False)
+        assert sup.killed == []  # nothing was sent, nothing thawed
+        with pytest.raises(FailedPrecondition, match="paused container"):
+            await tasks.exec_add("init", "q", StdioConfig("", "", ""), SPEC)
+        sup.kind = Workload.NATIVE
+        with pytest.raises(Unimplemented, match=r"runc exec"):
+            await tasks.exec_add("init", "n", StdioConfig("", "", ""), SPEC)
+        with pytest.raises(NotFound):
+            await tasks.start("init", "never-added")
+
+    asyncio.run(main())

@@ -9,6 +9,8 @@
  *   files symlink TARGET PATH  create a symbolic link PATH -> TARGET
  *   files link OLD NEW       create a hard link NEW to OLD
  *   files rename OLD NEW     rename OLD to NEW
+ *   files keep PATH TEXT     write TEXT to PATH, then sleep for an hour (a running init
+ *                            whose file an exec process reads)
  * Errors go to stderr as "files: OP PATH: <strerror>" and exit 1; bad usage exits 2.
  */
 #include <dirent.h>
@@ -18,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 static int fail(const char *op, const char *path) {
@@ -88,6 +91,15 @@ int main(int argc, char **argv) {
     if (argc == 4 && strcmp(argv[1], "write") == 0) {
         return do_write(argv[2], argv[3], "wb");
     }
+    if (argc == 4 && strcmp(argv[1], "keep") == 0) {
+        int rc = do_write(argv[2], argv[3], "wb");
+        if (rc != 0) {
+            return rc;
+        }
+        struct timespec ts = {.tv_sec = 3600, .tv_nsec = 0};
+        nanosleep(&ts, NULL);
+        return 0;
+    }
     if (argc == 4 && strcmp(argv[1], "append") == 0) {
         return do_write(argv[2], argv[3], "ab");
     }
@@ -109,6 +121,6 @@ int main(int argc, char **argv) {
     if (argc == 4 && strcmp(argv[1], "rename") == 0) {
         return rename(argv[2], argv[3]) == 0 ? 0 : fail("rename", argv[2]);
     }
-    fprintf(stderr, "usage: files read|write|append|list|mkdir|rm|symlink|link|rename ARGS\n");
+    fprintf(stderr, "usage: files read|write|keep|append|list|mkdir|rm|symlink|link|rename ARGS\n");
     return 2;
 }
