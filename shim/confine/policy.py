@@ -25,14 +25,15 @@ from shim.confine.privileges import (
 )
 from shim.errors import InvalidArgument
 from shim.oci import mounts as m
-from shim.oci.spec import Spec
+from shim.oci.namespaces import CLONE_FLAGS
+from shim.oci.spec import Mount, Spec
 
-CLONE_NEWNS = 0x00020000
-CLONE_NEWCGROUP = 0x02000000
-CLONE_NEWUTS = 0x04000000
-CLONE_NEWIPC = 0x08000000
-CLONE_NEWPID = 0x20000000
-CLONE_NEWNET = 0x40000000
+CLONE_NEWNS = CLONE_FLAGS["mount"]
+CLONE_NEWCGROUP = CLONE_FLAGS["cgroup"]
+CLONE_NEWUTS = CLONE_FLAGS["uts"]
+CLONE_NEWIPC = CLONE_FLAGS["ipc"]
+CLONE_NEWPID = CLONE_FLAGS["pid"]
+CLONE_NEWNET = CLONE_FLAGS["network"]
 
 # Namespaces the container process unshares (no path) or joins (a path) itself, by spec name
 # -> (nsfs name, CLONE flag). pid is the spawner's (its fork creates the namespace's init);
@@ -138,24 +139,24 @@ def _destination(dest: str, what: str) -> str:
     return norm
 
 
-def container_mount(dest: str, type_: str, source: str, options: tuple[str, ...]) -> ContainerMount:
+def container_mount(mount: Mount) -> ContainerMount:
     """One spec mount checked: its type is one the shim mounts and a bind's source exists."""
-    what = f"mount {dest or '?'}"
-    destination = _destination(dest, what)
-    is_bind = type_ == "bind" or "bind" in options or "rbind" in options
-    if is_bind:
+    what = f"mount {mount.destination or '?'}"
+    destination = _destination(mount.destination, what)
+    source, options = mount.source, mount.options
+    if mount.is_bind:
         if not source or not os.path.exists(source):
             raise InvalidArgument(
                 f"{what}: bind source {source!r} does not exist (runc refuses it too; "
                 "create it on the host first)"
             )
         return ContainerMount(destination, "bind", source, options)
-    if type_ not in CGROUP_TYPES | FS_TYPES:
+    if mount.type not in CGROUP_TYPES | FS_TYPES:
         raise InvalidArgument(
-            f"{what}: type {type_!r} is not supported by the wasmtime shim (supported: "
+            f"{what}: type {mount.type!r} is not supported by the wasmtime shim (supported: "
             f"{SUPPORTED_TYPES})"
         )
-    return ContainerMount(destination, type_, source, options)
+    return ContainerMount(destination, mount.type, source, options)
 
 
 def _devices(items: Any) -> tuple[Device, ...]:
@@ -257,11 +258,6 @@ def cgroup_dirs(join_files: tuple[str, ...], unified: bool) -> tuple[tuple[str, 
     return tuple(out)
 
 
-def readonly_of(options: tuple[str, ...]) -> bool:
-    """True when the options leave the mount read-only (the last of ro/rw wins)."""
-    return bool(m.parse_mount_options(options).flags & m.MS_RDONLY)
-
-
 def filesystem(
     rootfs: str,
     readonly: bool,
@@ -288,9 +284,7 @@ def confinement(
 ) -> tuple[Confinement, tuple[tuple[str, str], ...]]:
     """The container's confinement and the namespaces it joins by path; InvalidArgument (or
     FailedPrecondition when libseccomp is missing) names what cannot be honoured."""
-    spec_mounts = tuple(
-        container_mount(x.destination, x.type, x.source, x.options) for x in spec.mounts
-    )
+    spec_mounts = tuple(container_mount(x) for x in spec.mounts)
     unshare, join, pid = namespaces(tuple((ns.type, ns.path) for ns in spec.namespaces))
     check_seccomp(spec.seccomp)
     proc = spec.process

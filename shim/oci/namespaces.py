@@ -23,12 +23,11 @@ import contextlib
 import errno
 import fcntl
 import os
-import stat
 from collections.abc import Iterable
 
 from shim import libc
 from shim.errors import InvalidArgument
-from shim.io.fds import os_error
+from shim.io.fds import kind, os_error
 from shim.oci.spec import Namespace
 
 NSFS_MAGIC = 0x6E736673
@@ -45,15 +44,6 @@ CLONE_FLAGS = {
     "cgroup": 0x02000000,
     "time": 0x00000080,
 }
-
-_KINDS = (
-    (stat.S_ISFIFO, "a FIFO"),
-    (stat.S_ISREG, "a regular file"),
-    (stat.S_ISDIR, "a directory"),
-    (stat.S_ISCHR, "a character device"),
-    (stat.S_ISBLK, "a block device"),
-    (stat.S_ISSOCK, "a socket"),
-)
 
 
 def check_paths(namespaces: Iterable[Namespace]) -> None:
@@ -99,11 +89,7 @@ def check(ns_type: str, path: str) -> None:
 
 def _kind(fd: int) -> str:
     """What the file at ``fd`` is, for a message ("a FIFO", "a regular file", ...)."""
-    mode = os.fstat(fd).st_mode
-    for test, name in _KINDS:
-        if test(mode):
-            return name
-    return "a file of unknown type"
+    return kind(os.fstat(fd).st_mode)
 
 
 def _nstype(path_fd: int) -> int | None:

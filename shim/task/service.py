@@ -190,33 +190,20 @@ class TaskService:
     # ------------------------------------------------------------------ queries
 
     async def State(self, r: pb.StateRequest, ctx: Any) -> pb.StateResponse:
-        if r.exec_id:
-            e = self.tasks.get_exec(r.id, r.exec_id)
-            return pb.StateResponse(
-                id=e.id,
-                bundle=self.tasks.get(r.id).bundle,
-                pid=e.pid,
-                status=_STATUS[e.state],
-                stdin=e.stdio.stdin,
-                stdout=e.stdio.stdout,
-                stderr=e.stdio.stderr,
-                terminal=e.stdio.terminal,
-                exit_status=e.exit_status,
-                exited_at=timestamp(e.exited_at_ns),
-                exec_id=e.id,
-            )
         c = self.tasks.get(r.id)
+        p: Container | ExecProcess = self.tasks.get_exec(r.id, r.exec_id) if r.exec_id else c
         return pb.StateResponse(
-            id=c.id,
+            id=p.id,
             bundle=c.bundle,
-            pid=c.pid,
-            status=_STATUS[c.state],
-            stdin=c.stdio.stdin,
-            stdout=c.stdio.stdout,
-            stderr=c.stdio.stderr,
-            terminal=c.stdio.terminal,
-            exit_status=c.exit_status,
-            exited_at=timestamp(c.exited_at_ns),
+            pid=p.pid,
+            status=_STATUS[p.state],
+            stdin=p.stdio.stdin,
+            stdout=p.stdio.stdout,
+            stderr=p.stdio.stderr,
+            terminal=p.stdio.terminal,
+            exit_status=p.exit_status,
+            exited_at=timestamp(p.exited_at_ns),
+            exec_id=r.exec_id,
         )
 
     async def Connect(self, r: pb.ConnectRequest, ctx: Any) -> pb.ConnectResponse:

@@ -25,7 +25,7 @@ from shim.confine.policy import (
     namespaces,
 )
 from shim.errors import InvalidArgument
-from shim.oci.spec import parse
+from shim.oci.spec import Mount, parse
 from tests.conftest import in_child
 from tests.prereq import needs
 
@@ -37,21 +37,21 @@ ROOT = os.geteuid() == 0
 
 def test_an_unknown_mount_type_is_refused_naming_the_mount() -> None:
     with pytest.raises(InvalidArgument, match=r"mount /nfs: type 'nfs' is not supported"):
-        container_mount("/nfs", "nfs", "server:/x", ())
+        container_mount(Mount("/nfs", "nfs", "server:/x", ()))
 
 
 def test_a_bind_of_a_missing_source_is_refused(tmp_path: Path) -> None:
     with pytest.raises(InvalidArgument, match=r"bind source .* does not exist"):
-        container_mount("/data", "bind", str(tmp_path / "nope"), ("rbind",))
+        container_mount(Mount("/data", "bind", str(tmp_path / "nope"), ("rbind",)))
     with pytest.raises(InvalidArgument, match="bind source"):
-        container_mount("/data", "none", "", ("bind",))
+        container_mount(Mount("/data", "none", "", ("bind",)))
 
 
 def test_mount_destinations_are_normalised_and_root_is_refused(tmp_path: Path) -> None:
-    m = container_mount("data//./x/", "none", str(tmp_path), ("rbind", "ro"))
+    m = container_mount(Mount("data//./x/", "none", str(tmp_path), ("rbind", "ro")))
     assert m == ContainerMount("/data/x", "bind", str(tmp_path), ("rbind", "ro"))
     with pytest.raises(InvalidArgument, match="over the container's root"):
-        container_mount("/a/..", "tmpfs", "tmpfs", ())
+        container_mount(Mount("/a/..", "tmpfs", "tmpfs", ()))
 
 
 def test_namespaces_split_into_unshare_join_and_pid() -> None:
