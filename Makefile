@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 DEB_PACKAGES := containerd runc clang lld wasi-libc libclang-rt-14-dev-wasm32 \
 	golang-github-containerd-containerd-dev python3-venv gcc libc6-dev iproute2
 
-.PHONY: deps venv go-check test lint demo installer-image example-images clean distclean
+.PHONY: deps venv go-check containerd-releases test lint demo installer-image example-images clean distclean
 
 # Install only what is missing; `apt-get update` only when something is.
 deps:
@@ -47,12 +47,28 @@ lint: venv
 go-check: venv
 	@$(VENV)/bin/python -m tests.golang
 
-# pytest's own exit status is the result: 5 (no tests collected) fails like any other.
-test: deps venv go-check
+# containerd 1.7 and 2.x, with their ctr and runc shim, built from the Go module proxy into
+# .cache/go/bin once (tests/versions.py); Debian's 1.6 is a package.
+containerd-releases: venv go-check
+	@$(VENV)/bin/python -m tests.versions build $(MATRIX)
+
+# The whole suite on $(CONTAINERD) (Debian's 1.6 by default), then the core subset (the
+# `matrix` marker, tests/conftest.py) on each release of $(MATRIX); every run is made and the
+# target fails if any did. pytest's own exit status is the result: 5 (no tests) fails too.
+CONTAINERD ?= 1.6
+MATRIX ?= 1.7 2
+test: deps venv go-check containerd-releases
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
-	$(VENV)/bin/pytest -q
+	@status=0; \
+	echo "== the whole suite on containerd $(CONTAINERD)"; \
+	TEST_CONTAINERD=$(CONTAINERD) $(VENV)/bin/pytest -q || status=1; \
+	for release in $(MATRIX); do \
+		echo "== the core subset (-m matrix) on containerd $$release"; \
+		TEST_CONTAINERD=$$release $(VENV)/bin/pytest -q -m matrix || status=1; \
+	done; \
+	exit $$status
 
 demo: deps venv
 	$(VENV)/bin/python -m tests.demo

@@ -3,8 +3,10 @@
 containerd runs `<shim> -namespace NS -address SOCK -publish-binary BIN -id ID [-debug] start`
 (and `... -bundle DIR delete`), with Go-style flags (`-flag value`, `-flag=value`, one or two
 dashes); newer releases add flags and write a bootstrap message on stdin. Unknown flags are
-therefore ignored, and stdin is never read: what it holds cannot break us. `warm` runs this
-containerd's warm runtime (shim/warm/boot.py); `start` launches it, people rarely do.
+therefore ignored, and stdin is never read but by `-info` (containerd 2.x: the runtime's
+options, echoed back with the shim's features; shim/info.py): what it holds cannot break
+us. `warm` runs this containerd's warm runtime (shim/warm/boot.py); `start` launches it,
+people rarely do.
 `spawner` replaces a pod daemon's spawner that died (shim/proc/spawner.py); only the daemon
 runs it, with the socket it serves as descriptor 3.
 
@@ -73,8 +75,13 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 0
     if "info" in bools:
-        sys.stdout.write("-info is not supported by this shim\n")
-        return 1
+        from shim import info
+
+        try:
+            return _done(info.runtime_info(info.read_options()))
+        except Exception as e:  # bad options on stdin: containerd shows stderr
+            sys.stderr.write(f"containerd-shim-wasmtime-v1 -info: {e}\n")
+            return 1
     from shim.options import ShimOptions
 
     opts = ShimOptions(

@@ -14,15 +14,16 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from tests import versions
 from tests.containerd import (
-    CONTAINERD,
-    CTR,
+    REPO,
     PrivateContainerd,
     _fresh_base,
     default_shim,
@@ -54,16 +55,80 @@ def in_child(body: Callable[[], None]) -> int:
     return os.waitstatus_to_exitcode(status)
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests using the containerd fixture get the ``containerd`` marker automatically."""
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--containerd",
+        default=None,
+        help=f"containerd release to test against: 1.6 (Debian's, default), 1.7 or 2; sets "
+        f"{versions.ENV} (tests/versions.py)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    chosen = config.getoption("--containerd")
+    if chosen:
+        os.environ[versions.ENV] = chosen
+    versions.selected()  # an unknown name stops the run here, saying which names exist
+
+
+def pytest_report_header() -> str:
+    release = versions.selected()
+    return f"containerd {release.value}: {versions.binaries(release).containerd}"
+
+
+# The core subset `make test` also runs on the releases other than the full run's (the
+# ``matrix`` marker, `pytest -m matrix`): the task lifecycle through ctr, exec and pause, the
+# CRI plugin driven like kubelet, the image formats, nerdctl, the shipped bundle, and what
+# only some releases do. One list, so what the matrix covers is decided in one place.
+MATRIX_MODULES = frozenset(
+    {
+        "test_run_lifecycle.py",
+        "test_run_basics.py",
+        "test_run_failures.py",
+        "test_run_io.py",
+        "test_exec.py",
+        "test_pause.py",
+        "test_start_contract.py",
+        "test_process_model.py",
+        "test_cri_testbed.py",
+        "test_cri_wasm.py",
+        "test_cri_wasm_policy.py",
+        "test_images.py",
+        "test_artifact_task.py",
+        "test_nerdctl.py",
+        "test_packaging.py",
+        "test_releases.py",
+    }
+)
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m matrix selects by these markers
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests using the containerd fixture get the ``containerd`` marker automatically; tests
+    of the matrix modules get ``matrix``; a test marked ``since_containerd(N)`` (what only
+    containerd N or later does, e.g. 2.x's ``-info``) is deselected on older releases, where
+    what it tests does not exist (not skipped: nothing is missing)."""
+    release = versions.selected()
+    kept, dropped = [], []
     for item in items:
         fixtures = getattr(item, "fixturenames", ())
         if "containerd" in fixtures and item.get_closest_marker("containerd") is None:
             item.add_marker(pytest.mark.containerd)
+        if item.path.name in MATRIX_MODULES and item.path.parent.name == "e2e":
+            item.add_marker(pytest.mark.matrix)
+        since = item.get_closest_marker("since_containerd")
+        too_old = since is not None and versions.binaries(release).major < int(since.args[0])
+        (dropped if too_old else kept).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
 
 
 def _warm_runtimes() -> set[int]:
-    """Pids of every shim warm runtime on the machine (its command line ends in `warm`)."""
+    """Pids of the shim warm runtimes (command line ending in `warm`) of containerds this
+    checkout's tests may start: their socket is under the repository or the temporary dir
+    (another checkout's test run on the same machine has its own, and is not ours to judge)."""
+    ours = (str(REPO).encode() + b"/", tempfile.gettempdir().encode() + b"/")
     found = set()
     for proc in Path("/proc").glob("[0-9]*"):
         try:
@@ -75,7 +140,9 @@ def _warm_runtimes() -> set[int]:
             and b"warm" in argv
             and any(b"containerd-shim-wasmtime" in a for a in argv)
         ):
-            found.add(int(proc.name))
+            address = dict(itertools.pairwise(argv)).get(b"-address", b"")
+            if address.startswith(ours):
+                found.add(int(proc.name))
     return found
 
 
@@ -89,11 +156,20 @@ def no_stray_warm_runtimes() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def containerd() -> Iterator[PrivateContainerd]:
+def containerd_release() -> versions.Binaries:
+    """The containerd the session runs (tests/versions.py), built now if it is not cached
+    (``make test`` builds every release before pytest starts); every fixture that starts a
+    containerd depends on it, so one that cannot be had skips (under CI: fails) them all."""
+    release = versions.selected()
+    problem = versions.problem(release)
+    require(problem is None, problem or "")
+    return versions.ensure(release)
+
+
+@pytest.fixture(scope="session")
+def containerd(containerd_release: versions.Binaries) -> Iterator[PrivateContainerd]:
     """One private containerd for the whole session; stopping it must find nothing to clean."""
     require(os.geteuid() == 0, "needs root to run containerd")
-    require(CONTAINERD.exists(), f"{CONTAINERD} is missing (Debian package containerd)")
-    require(CTR.exists(), f"{CTR} is missing (Debian package containerd)")
     require(default_shim().exists(), f"{default_shim()} is missing (pip install -e .)")
     sweep_stale()
     instance = PrivateContainerd().start()
@@ -115,7 +191,9 @@ def ns(containerd: PrivateContainerd, request: pytest.FixtureRequest) -> Iterato
 
 
 @pytest.fixture(scope="session")
-def bundle_containerd(frozen: Path) -> Iterator[PrivateContainerd]:
+def bundle_containerd(
+    frozen: Path, containerd_release: versions.Binaries
+) -> Iterator[PrivateContainerd]:
     """A private containerd whose shim is the shipped bundle's binary."""
     with PrivateContainerd(shim=frozen) as instance:
         yield instance
@@ -171,7 +249,9 @@ def build_wasm() -> Callable[[str], Path]:
 
 
 @pytest.fixture(scope="session")
-def cri_bed() -> Iterator[tuple[PrivateContainerd, CriClient]]:
+def cri_bed(
+    containerd_release: versions.Binaries,
+) -> Iterator[tuple[PrivateContainerd, CriClient]]:
     """A CRI-enabled private containerd (pause + sidecar imported) and a client, per session.
 
     Its CNI dirs hold the fake network of ``tests/cni`` (a dead-end eth0 at 127.0.0.2), so pods
@@ -184,7 +264,6 @@ def cri_bed() -> Iterator[tuple[PrivateContainerd, CriClient]]:
     from tests.pause import build as native
 
     require(os.geteuid() == 0, "needs root to run containerd")
-    require(CONTAINERD.exists(), f"{CONTAINERD} is missing (Debian package containerd)")
     require(default_shim().exists(), f"{default_shim()} is missing (pip install -e .)")
     problem = native.toolchain_problem()
     require(problem is None, problem or "")

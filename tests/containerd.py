@@ -1,11 +1,14 @@
 """A private containerd for tests and the demo: its own root, state, sockets and PATH.
 
-``PrivateContainerd`` runs Debian's ``/usr/bin/containerd`` with a config.toml it writes under
+``PrivateContainerd`` runs a containerd (Debian's 1.6 ``/usr/bin/containerd`` by default; 1.7 or 2.x
+built from the Go proxy when ``TEST_CONTAINERD`` says so, see tests/versions.py, with their own
+``ctr`` and runc shim) with a config.toml it writes under
 a fresh base directory (``<repo>/.cache/containerd/c-XXXX``), so several test runs (and the
 machine's own containerd, if any) never share anything but ``/run/containerd/s`` and
 ``/run/containerd/fifo``, whose entries are named by hashes and random names. containerd's PATH
 is a private bin dir holding ``containerd-shim-wasmtime-v1`` (a symlink to the venv's console
-script) followed by the system dirs, so ``runc`` and ``containerd-shim-runc-v2`` are found too.
+script; for a built release also that release's ``containerd-shim-runc-v2``) followed by the
+system dirs, so ``runc`` and Debian's runc shim are found too.
 
 Leaks are what a run must not leave behind: shim processes (found by ``-address <our socket>``
 in their command line, or ``TTRPC_ADDRESS=<our ttrpc socket>`` in their environment, which
@@ -42,11 +45,14 @@ import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+from tests import versions
 
 REPO = Path(__file__).resolve().parents[1]
 CONTAINERD = Path("/usr/bin/containerd")
@@ -176,6 +182,7 @@ class PrivateContainerd:
         keep: bool = False,
         start_timeout: float = 30.0,
         env: dict[str, str] | None = None,
+        release: versions.Release | None = None,
     ) -> None:
         """Prepare (not start) a containerd.
 
@@ -186,8 +193,12 @@ class PrivateContainerd:
         first RunPodSandbox; ``cri_extra_toml`` is appended to the config verbatim (e.g. the
         options table of a runtime handler). ``shim``: the shim executable to expose on PATH.
         ``keep``: do not delete ``base`` on stop (for post-mortems). ``env``: more environment
-        for containerd, and so for its shims (say ``WASMTIME_SHIM_CACHE_DIR``).
+        for containerd, and so for its shims (say ``WASMTIME_SHIM_CACHE_DIR``). ``release``:
+        which containerd (default: the one ``TEST_CONTAINERD`` selects); it must be built
+        already (``versions.ensure``), which the fixtures do.
         """
+        self.binaries = versions.binaries(release or versions.selected())
+        self.ctr_bin = self.binaries.ctr
         self.base = base or _fresh_base()
         self.root = self.base / "root"
         self.state = self.base / "state"
@@ -235,15 +246,16 @@ class PrivateContainerd:
             dirs += [self.cri_dir / "cni-bin", self.cri_dir / "cni-conf", self.cri_dir / "certs.d"]
         for path in dirs:
             path.mkdir(parents=True, exist_ok=True)
-        link = self.bin_dir / SHIM_NAME
-        link.unlink(missing_ok=True)
-        link.symlink_to(self.shim)
+        for name, target in self._path_links().items():
+            link = self.bin_dir / name
+            link.unlink(missing_ok=True)
+            link.symlink_to(target)
         self.config_path.write_text(self.config_toml())
         env = {"PATH": f"{self.bin_dir}:{SYSTEM_PATH}", "HOME": "/root", "LANG": "C.UTF-8"}
         env.update(self.env)
         with self.log_path.open("ab") as log:
             self._proc = subprocess.Popen(
-                [str(CONTAINERD), "--config", str(self.config_path)],
+                [str(self.binaries.containerd), "--config", str(self.config_path)],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
@@ -258,6 +270,13 @@ class PrivateContainerd:
             self.stop()
             raise
         return self
+
+    def _path_links(self) -> dict[str, Path]:
+        """What goes into the private bin dir (first on containerd's PATH), by name."""
+        links = {SHIM_NAME: self.shim}
+        if self.binaries.runc_shim.parent != versions.DEBIAN_BIN:
+            links[self.binaries.runc_shim.name] = self.binaries.runc_shim
+        return links
 
     def restart(self) -> None:
         """Stop containerd alone and start it again, as `systemctl restart containerd` does:
@@ -282,6 +301,8 @@ class PrivateContainerd:
             level=_toml(self.log_level),
             opt=_toml(self.base / "opt"),
         )
+        if self.binaries.major >= 2:
+            text += _unpack_platforms_toml()
         if not self.cri:
             return text
         text += _CRI_TEMPLATE.format(
@@ -320,7 +341,7 @@ class PrivateContainerd:
         """Record every event (mainly /containers/create) so stop() knows which ids to hash."""
         with self.events_path.open("ab") as out:
             self._events = subprocess.Popen(
-                [str(CTR), "--address", str(self.address), "events"],
+                [str(self.ctr_bin), "--address", str(self.address), "events"],
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -373,7 +394,7 @@ class PrivateContainerd:
         timeout: float = 60.0,
         input: str | bytes | None = None,
     ) -> subprocess.CompletedProcess[str]:
-        """Run ``/usr/bin/ctr --address <ours> --namespace <namespace> *args``.
+        """Run this release's ``ctr --address <ours> --namespace <namespace> *args``.
 
         Output is returned as text. With ``check``, a non-zero exit raises ContainerdError
         carrying stdout, stderr and the tail of containerd's log; a timeout always raises.
@@ -389,7 +410,7 @@ class PrivateContainerd:
     def _run_ctr(
         self, args: list[str], *, namespace: str, timeout: float, input: str | bytes | None
     ) -> subprocess.CompletedProcess[str]:
-        cmd = [str(CTR), "--address", str(self.address), "--namespace", namespace, *args]
+        cmd = [str(self.ctr_bin), "--address", str(self.address), "--namespace", namespace, *args]
         data = input.encode() if isinstance(input, str) else input
         try:
             raw = subprocess.run(
@@ -411,12 +432,16 @@ class PrivateContainerd:
         )
 
     def import_image(self, archive: Path, *, namespace: str = "default") -> str:
-        """``ctr image import`` an archive from wasmtime_shim.images; returns ctr's output."""
-        from wasmtime_shim.images.build import CTR_IMPORT_FLAGS
+        """``ctr image import`` an OCI archive, unpacked for its platform; returns ctr's output.
 
-        return self.ctr(
-            "image", "import", *CTR_IMPORT_FLAGS, str(archive), namespace=namespace
-        ).stdout
+        An archive whose index names one platform is imported with ``--platform OS/ARCH``:
+        without a flag ctr 1.6 filters a wasip1/wasm manifest out, and with
+        ``--all-platforms`` ctr 2.x imports it but unpacks only the host's platform, so the
+        CRI plugin finds no snapshot for it (``parent snapshot ... does not exist``).
+        """
+        platforms = _archive_platforms(archive)
+        flags = ["--platform", platforms[0]] if len(platforms) == 1 else ["--all-platforms"]
+        return self.ctr("image", "import", *flags, str(archive), namespace=namespace).stdout
 
     def log_tail(self, lines: int = 40) -> str:
         """The last lines of containerd's log, headed, for error messages."""
@@ -583,10 +608,41 @@ def _live_containerd_configs() -> dict[str, int]:
     for proc in Path("/proc").glob("[0-9]*"):
         with contextlib.suppress(OSError, IndexError, ValueError):
             args = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
-            if args[0] == str(CONTAINERD) and "--config" in args:
+            if Path(args[0]).name == "containerd" and "--config" in args:
                 stat = (proc / "stat").read_text().rsplit(")", 1)[1].split()
                 live[args[args.index("--config") + 1]] = int(stat[1])
     return live
+
+
+def _unpack_platforms_toml() -> str:
+    """containerd 2.x's transfer service (which its ``ctr image import`` and pulls go
+    through) unpacks only the platforms its ``unpack_config`` lists, by default the host's;
+    a wasm image imported without one of its platforms there fails ("no unpack platforms
+    defined"). So the host's platform and both wasm ones, as a node running wasm sets it;
+    the wasm ones name their differ, since no diff plugin declares a wasm platform (without
+    it the transfer plugin fails to load: "no matching diff plugins")."""
+    arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(os.uname().machine, os.uname().machine)
+    table = '[[plugins."io.containerd.transfer.v1.local".unpack_config]]'
+    entries = [(f"linux/{arch}", ""), ("wasip1/wasm", "walking"), ("wasip2/wasm", "walking")]
+    return "".join(
+        f'\n{table}\n  platform = "{name}"\n  snapshotter = "overlayfs"\n'
+        + (f'  differ = "{differ}"\n' if differ else "")
+        for name, differ in entries
+    )
+
+
+def _archive_platforms(archive: Path) -> list[str]:
+    """The distinct ``os/architecture`` of the manifests an OCI archive's index lists."""
+    with tarfile.open(archive) as tar:
+        member = tar.extractfile("index.json")
+        index = json.load(member) if member is not None else {}
+    found = []
+    for entry in index.get("manifests", []):
+        platform = entry.get("platform") or {}
+        name = f"{platform.get('os', '')}/{platform.get('architecture', '')}"
+        if name != "/" and name not in found:
+            found.append(name)
+    return found
 
 
 def _die_with_parent() -> None:

@@ -58,6 +58,23 @@ _FLAGS = {
     "SECCOMP_FILTER_FLAG_SPEC_ALLOW": _ATTR_CTL_SSB,
 }
 _NR_SCMP_ERROR = -1
+
+
+def action_names() -> frozenset[str]:
+    """The ``SCMP_ACT_*`` actions a profile may use here (SCMP_ACT_NOTIFY is refused)."""
+    return frozenset(_ACTIONS) | {"SCMP_ACT_ERRNO", "SCMP_ACT_TRACE"}
+
+
+def operator_names() -> frozenset[str]:
+    """The ``SCMP_CMP_*`` argument operators a profile may use here."""
+    return frozenset(_OPS)
+
+
+def flag_names() -> frozenset[str]:
+    """The ``SECCOMP_FILTER_FLAG_*`` flags a profile may set here."""
+    return frozenset(_FLAGS)
+
+
 _MAX_ARGS = 6
 
 

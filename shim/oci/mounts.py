@@ -78,6 +78,11 @@ _PROPAGATION: dict[str, int] = {
 }
 
 
+def mount_option_names() -> frozenset[str]:
+    """Every mount option this module turns into flags or propagation (for `-info`)."""
+    return frozenset(_FLAGS) | frozenset(_PROPAGATION)
+
+
 @dataclass(frozen=True, slots=True)
 class MountRequest:
     """One mount from Create's `rootfs` list (containerd.types.Mount, as plain values)."""

@@ -29,7 +29,7 @@ from typing import Any
 
 import wasmtime
 
-from tests.containerd import CTR, RUNTIME, PrivateContainerd
+from tests.containerd import RUNTIME, PrivateContainerd
 from tests.wasm import build
 from wasmtime_shim.images.build import FileSource, ImageConfig, build_image
 
@@ -149,7 +149,14 @@ def ctr_popen(containerd: PrivateContainerd, namespace: str, *args: str) -> subp
 
     The caller owns the process: it must wait for it (or kill it) in a ``finally``.
     """
-    cmd = [str(CTR), "--address", str(containerd.address), "--namespace", namespace, *args]
+    cmd = [
+        str(containerd.ctr_bin),
+        "--address",
+        str(containerd.address),
+        "--namespace",
+        namespace,
+        *args,
+    ]
     return subprocess.Popen(
         cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from shim.api.k8s.cri.v1 import api_pb2 as cri
-from tests.containerd import CTR, WASMTIME_HANDLER, PrivateContainerd
+from tests.containerd import WASMTIME_HANDLER, PrivateContainerd
 from tests.cri import CriClient
 from tests.e2e.helpers import (
     TestImage,
@@ -329,7 +329,7 @@ def test_sigterm_to_a_pid_namespace_init_reports_143(
     containerd, ns = bed, bed_ns
     cid = new_id()
     proc = subprocess.Popen(
-        [str(CTR), "--address", str(containerd.address), "--namespace", ns,
+        [str(containerd.ctr_bin), "--address", str(containerd.address), "--namespace", ns,
          "run", "--rm", "--runtime", "io.containerd.wasmtime.v1", ref, cid, "/bin/sleep.wasm"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip

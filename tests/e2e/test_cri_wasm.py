@@ -201,6 +201,28 @@ def test_two_pods_get_two_shims(cri_bed: Bed, crictl: CriClient, cri_wasm_image:
         assert_nothing_left(containerd, crictl, pod, cids)
 
 
+def test_twenty_pods_leave_no_shim_behind(
+    cri_bed: Bed, crictl: CriClient, cri_wasm_image: str
+) -> None:
+    """Kubelet's churn: 20 pods, each with a wasm container that runs and one that is still
+    running at StopPodSandbox, created and removed one after another. Afterwards no shim
+    process (daemon, spawner, container process), mount, socket, bundle or cgroup is left, on
+    every containerd release (issue 11 saw 2.x keep every pod's shim running)."""
+    containerd = cri_bed[0]
+    for i in range(20):
+        pod = wasm_pod(crictl, f"churn{i}")
+        done = crictl.create_container(pod, "hello", cri_wasm_image)
+        crictl.start_container(done)
+        assert crictl.wait_exited(done).exit_code == 0
+        busy = crictl.create_container(pod, "sleep", cri_wasm_image, command=["/bin/sleep.wasm"])
+        crictl.start_container(busy)
+        crictl.wait_for_log(busy, "sleeping")
+        crictl.stop_pod(pod.id)
+        crictl.remove_pod(pod.id)
+        assert_nothing_left(containerd, crictl, pod, [done, busy])
+    assert containerd.warm_runtime_pid() is not None, "the warm runtime is the one shim left"
+
+
 # ------------------------------------------------------------------ helpers
 
 

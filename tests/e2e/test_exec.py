@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.containerd import CTR, PrivateContainerd
+from tests.containerd import PrivateContainerd
 from tests.e2e.helpers import (
     TestImage,
     ctr_run,
@@ -56,7 +56,7 @@ class EventLog:
 
     def __init__(self, bed: PrivateContainerd) -> None:
         self.proc = subprocess.Popen(
-            [str(CTR), "--address", str(bed.address), "events"],
+            [str(bed.ctr_bin), "--address", str(bed.address), "events"],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -143,7 +143,7 @@ def test_exec_reads_what_the_init_wrote_and_reports_its_exit_code(
         assert task_status(bed, ns, cid) == "RUNNING"
 
         # ctr -t needs a console on its stdio before it asks for anything.
-        cmd = [str(CTR), "--address", str(bed.address), "--namespace", ns, "task", "exec"]
+        cmd = [str(bed.ctr_bin), "--address", str(bed.address), "--namespace", ns, "task", "exec"]
         output, code = run_on_pty([*cmd, "-t", "--exec-id", "e4", cid, "/bin/hello.wasm"])
         assert code != 0
         assert "terminal" in output and "not supported" in output, output
@@ -163,7 +163,7 @@ def test_killing_the_init_ends_a_running_exec(
 ) -> None:
     ns, cid = bed_ns, f"{bed_ns}-init"
     start_init(bed, ns, ref, cid, tmp_path)
-    cmd = [str(CTR), "--address", str(bed.address), "--namespace", ns, "task", "exec"]
+    cmd = [str(bed.ctr_bin), "--address", str(bed.address), "--namespace", ns, "task", "exec"]
     cmd += ["--exec-id", "long", cid, "/bin/sleep.wasm", "3600"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.containerd import CTR, PrivateContainerd
+from tests.containerd import PrivateContainerd
 from tests.e2e.helpers import (
     TestImage,
     ctr_run,
@@ -81,7 +81,7 @@ def frozen(ns: str, cid: str) -> bool:
 def events(containerd: PrivateContainerd) -> Iterator[subprocess.Popen[str]]:
     """``ctr events`` for the whole test; its output is read once it is terminated."""
     proc = subprocess.Popen(
-        [str(CTR), "--address", str(containerd.address), "events"],
+        [str(containerd.ctr_bin), "--address", str(containerd.address), "events"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

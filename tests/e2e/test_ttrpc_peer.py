@@ -42,7 +42,7 @@ from shim.errors import InvalidArgument
 from shim.events import EVENTS_SERVICE, FORWARD_METHOD, Publisher
 from shim.ttrpc.client import Client
 from shim.ttrpc.messages import NAMESPACE_KEY
-from tests.containerd import CTR, PrivateContainerd
+from tests.containerd import PrivateContainerd
 
 # containerd's namespaces.GRPCHeader; the ttrpc twin is NAMESPACE_KEY.
 GRPC_NAMESPACE_KEY = "containerd-namespace"
@@ -197,7 +197,7 @@ class CtrEvents(_Subscriber[tuple[str, dict[str, Any]]]):
     ) -> CtrEvents:
         probe = selectors(namespace, f"topic=={quote(PROBE_TOPIC)}")
         proc = await asyncio.create_subprocess_exec(
-            str(CTR),
+            str(containerd.ctr_bin),
             "--address",
             str(containerd.address),
             "events",
