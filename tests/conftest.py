@@ -68,6 +68,10 @@ def pytest_configure(config: pytest.Config) -> None:
     chosen = config.getoption("--containerd")
     if chosen:
         os.environ[versions.ENV] = chosen
+    # containerd 2.2+'s ctr warns on stderr, at every command, that cgroup v1 is deprecated
+    # (this machine's hierarchy); the tests compare ctr's stderr with the guest's, so every
+    # ctr they run (and the shims' `binary://` loggers) is told not to. The README says so.
+    os.environ["CONTAINERD_SUPPRESS_DEPRECATION_WARNINGS"] = "1"
     versions.selected()  # an unknown name stops the run here, saying which names exist
 
 
@@ -93,6 +97,7 @@ MATRIX_MODULES = frozenset(
         "test_cri_testbed.py",
         "test_cri_wasm.py",
         "test_cri_wasm_policy.py",
+        "test_cri_network.py",
         "test_images.py",
         "test_artifact_task.py",
         "test_nerdctl.py",
@@ -248,11 +253,13 @@ def build_wasm() -> Callable[[str], Path]:
     return build.build_c
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="session", params=["venv", "bundle"])
 def cri_bed(
-    containerd_release: versions.Binaries,
+    request: pytest.FixtureRequest, containerd_release: versions.Binaries
 ) -> Iterator[tuple[PrivateContainerd, CriClient]]:
-    """A CRI-enabled private containerd (pause + sidecar imported) and a client, per session.
+    """A CRI-enabled private containerd (pause + sidecar imported) and a client, per session;
+    every CRI test runs twice, once with the venv's shim and once with the shipped bundle's
+    (pytest runs all of one before it starts the other).
 
     Its CNI dirs hold the fake network of ``tests/cni`` (a dead-end eth0 at 127.0.0.2), so pods
     may have their own network namespace; host-network pods never call CNI. It is installed
@@ -270,7 +277,8 @@ def cri_bed(
     base = _fresh_base()
     # PrivateContainerd's CNI dirs are <base>/cri/cni-bin and <base>/cri/cni-conf.
     cni.install(base / "cri" / "cni-bin", base / "cri" / "cni-conf")
-    with cri_testbed(base) as bed:
+    shim = request.getfixturevalue("frozen") if request.param == "bundle" else None
+    with cri_testbed(base, shim=shim) as bed:
         assert bed[0].cri_dir == base / "cri", "PrivateContainerd moved its CNI dirs"
         yield bed
     containerd = bed[0]

@@ -183,6 +183,7 @@ class PrivateContainerd:
         start_timeout: float = 30.0,
         env: dict[str, str] | None = None,
         release: versions.Release | None = None,
+        netns: Path | None = None,
     ) -> None:
         """Prepare (not start) a containerd.
 
@@ -195,8 +196,12 @@ class PrivateContainerd:
         ``keep``: do not delete ``base`` on stop (for post-mortems). ``env``: more environment
         for containerd, and so for its shims (say ``WASMTIME_SHIM_CACHE_DIR``). ``release``:
         which containerd (default: the one ``TEST_CONTAINERD`` selects); it must be built
-        already (``versions.ensure``), which the fixtures do.
+        already (``versions.ensure``), which the fixtures do. ``netns``: a network namespace
+        file (``ip netns add``) containerd runs in, joined with ``nsenter --net`` alone (so it
+        keeps the host's mount namespace, unlike ``ip netns exec``): its CNI plugins then make
+        their bridges and veths there, never in the host's network.
         """
+        self.netns = netns
         self.binaries = versions.binaries(release or versions.selected())
         self.ctr_bin = self.binaries.ctr
         self.base = base or _fresh_base()
@@ -255,7 +260,12 @@ class PrivateContainerd:
         env.update(self.env)
         with self.log_path.open("ab") as log:
             self._proc = subprocess.Popen(
-                [str(self.binaries.containerd), "--config", str(self.config_path)],
+                [
+                    *self._netns_prefix(),
+                    str(self.binaries.containerd),
+                    "--config",
+                    str(self.config_path),
+                ],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,
@@ -270,6 +280,9 @@ class PrivateContainerd:
             self.stop()
             raise
         return self
+
+    def _netns_prefix(self) -> list[str]:
+        return ["/usr/bin/nsenter", f"--net={self.netns}", "--"] if self.netns else []
 
     def _path_links(self) -> dict[str, Path]:
         """What goes into the private bin dir (first on containerd's PATH), by name."""
@@ -718,6 +731,7 @@ def stop_warm_runtime(address: str, timeout: float = 10.0) -> bool:
 
     deadline = time.monotonic() + timeout
     found = False
+    seen: set[int] = set()
     while True:
         lock = launch.take_lock(address)
         if lock is not None:  # nobody holds it: no runtime lives for this containerd
@@ -726,6 +740,7 @@ def stop_warm_runtime(address: str, timeout: float = 10.0) -> bool:
         found = True
         pid = warm_runtime_pid(address)
         if pid is not None:
+            seen.add(pid)
             with contextlib.suppress(client.Unreachable):
                 client.call(address, "retire", timeout=2)
             if time.monotonic() > deadline and alive(pid):
@@ -733,6 +748,13 @@ def stop_warm_runtime(address: str, timeout: float = 10.0) -> bool:
         elif time.monotonic() > deadline + timeout:
             raise ContainerdError(f"a warm runtime holds {address}'s lock and never answers")
         time.sleep(0.02)
+    # A retiring runtime gives its lock up first (so a successor may start) and then exits:
+    # wait for that too, or a leak check right after would catch it on its way out.
+    for pid in seen:
+        while alive(pid) and time.monotonic() < deadline + timeout:
+            time.sleep(0.02)
+        if alive(pid):
+            _kill(pid)
     for suffix in (".sock", ".lock", ".pid", ".log", ".log.1", ".failed"):
         Path(protocol.control_path(address, suffix)).unlink(missing_ok=True)
     return found

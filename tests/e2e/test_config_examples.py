@@ -1,4 +1,5 @@
-"""config-examples/: every file parses; the containerd 1.x one is loaded by a real containerd;
+"""config-examples/: every file parses; the 1.x one is loaded by Debian's containerd 1.6 and the
+2.x one by containerd 2.4 (tests/versions.py);
 the YAML ones are exactly what `wasmtime-shim manifests` generates (so they cannot drift)."""
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import pytest
 import tomlkit
 import yaml as pyyaml
 
+from tests import versions
 from tests.containerd import CONTAINERD
 from tests.prereq import require
 from wasmtime_shim.node import config as cfg
@@ -51,6 +53,29 @@ def test_containerd_1x_loads_the_v2_example() -> None:
     assert out.returncode == 0, out.stderr
     runtimes = tomlkit.parse(out.stdout)["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]
     assert runtimes["runtimes"]["wasmtime"]["runtime_type"] == "io.containerd.wasmtime.v1"
+
+
+def test_containerd_2x_loads_the_v3_example() -> None:
+    """containerd 2.4 (built by tests/versions.py) loads the 2.x example: our runtime in the
+    CRI runtime plugin, and the wasm platforms in the transfer service's unpack list."""
+    problem = versions.problem(versions.Release.V2)
+    require(problem is None, problem or "")
+    binaries = versions.ensure(versions.Release.V2)
+    path = EXAMPLES / "containerd-2.x-config.toml"
+    out = subprocess.run(
+        [str(binaries.containerd), "--config", str(path), "config", "dump"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    plugins = tomlkit.parse(out.stdout)["plugins"]
+    runtimes = plugins["io.containerd.cri.v1.runtime"]["containerd"]["runtimes"]
+    assert runtimes["wasmtime"]["runtime_type"] == "io.containerd.wasmtime.v1"
+    unpack = plugins["io.containerd.transfer.v1.local"]["unpack_config"]
+    wasm = {u["platform"]: u.get("differ") for u in unpack if "wasm" in u["platform"]}
+    assert wasm == {"wasip1/wasm": "walking", "wasip2/wasm": "walking"}, unpack
 
 
 def test_containerd_1x_refuses_a_malformed_file(tmp_path: Path) -> None:
