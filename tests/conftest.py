@@ -98,6 +98,7 @@ MATRIX_MODULES = frozenset(
         "test_cri_wasm.py",
         "test_cri_wasm_policy.py",
         "test_cri_network.py",
+        "test_cri_pull.py",
         "test_images.py",
         "test_artifact_task.py",
         "test_nerdctl.py",

@@ -417,6 +417,15 @@ class CriClient:
         )
         return reply.image if reply.HasField("image") else None
 
+    def pull_image(self, ref: str, *, pod: Pod | None = None) -> str:
+        """PullImage as kubelet sends it (with the pod's sandbox config, whose runtime handler
+        containerd 2.x may pick a platform and snapshotter by); the image id it reports."""
+        request = cri.PullImageRequest(image=cri.ImageSpec(image=ref))
+        if pod is not None:
+            request.sandbox_config.CopyFrom(pod.config)
+            request.image.runtime_handler = pod.runtime_handler
+        return self._call(self.images.PullImage, request).image_ref
+
     def wait_image(self, ref: str, timeout: float = DEFAULT_WAIT_TIMEOUT) -> cri.Image:
         """Wait until CRI sees an image imported with ctr (it learns of it from events)."""
         deadline = time.monotonic() + timeout
