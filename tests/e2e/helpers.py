@@ -22,6 +22,7 @@ import json
 import os
 import subprocess
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,6 +69,16 @@ def make_image(
     image = build_image(files, ref=ref, config=config)
     name = ref.replace("/", "_").replace(":", "_") + ".tar"
     return TestImage(ref=ref, archive=image.write(directory / name))
+
+
+def salted(module: bytes) -> bytes:
+    """``module`` plus a custom section holding a fresh uuid: the same program under a
+    compile-cache key nothing else shares (the cache is the node's: an earlier run, the
+    other shim build, or a concurrent run on the machine may hold or repair an entry of
+    the unsalted bytes, which a test about compiling or damaged entries must not meet)."""
+    name, payload = b"salt", uuid.uuid4().hex.encode()
+    body = bytes([len(name)]) + name + payload
+    return module + bytes([0, len(body)]) + body  # section id 0, size < 128: one LEB byte
 
 
 def c_program(name: str) -> Path:

@@ -10,6 +10,7 @@ retry's compile job found the entry.
 
 from __future__ import annotations
 
+import functools
 import random
 import re
 import time
@@ -23,7 +24,7 @@ from runtimes.base import EntrypointKind
 from runtimes.wasmtime.engine import load_source
 from shim.warm import protocol
 from tests.cri import CONTAINER_EXITED, CriClient, CriError
-from tests.e2e.helpers import make_image
+from tests.e2e.helpers import make_image, salted
 from tests.e2e.test_cri_wasm import Bed, wasm_pod
 from wasmtime_shim.images.build import ImageConfig
 
@@ -31,6 +32,7 @@ CACHE = Path("/var/lib/containerd-shim-wasmtime/cache")
 REF = "localhost/cri-wasm/big-compile:1"
 
 
+@functools.cache
 def big_module(seed: int = 9) -> bytes:
     """A module whose compile takes seconds (4 functions, each thousands of locals kept
     alive by stores); it exits 0 at once when run. The same seed gives the same bytes."""
@@ -55,10 +57,8 @@ def test_a_start_deadline_during_a_long_compile_keeps_the_compile_and_the_retry_
     cri_bed: Bed, crictl: CriClient, tmp_path: Path
 ) -> None:
     containerd = cri_bed[0]
-    wasm = big_module()
+    wasm = salted(big_module())  # a key no earlier compile has an entry for
     key = load_source(wasm, EntrypointKind.MODULE, "").key
-    for old in (CACHE / key[:2]).glob(key + "-*"):
-        old.unlink()  # a compile from an earlier run would make this test prove nothing
     image = make_image(
         tmp_path, {"/big.wasm": wasm}, ref=REF, config=ImageConfig(entrypoint=("/big.wasm",))
     )

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import time
 from pathlib import Path
 
 from tests import cni
@@ -135,8 +136,8 @@ def test_wasm_and_native_sidecar_share_the_pod_and_one_shim(
     assert os.stat(netns_path).st_ino == ns_inode(pause, "net")
     # The sidecar, started natively by runc, reports the same namespace from inside.
     assert f"netns net:[{ns_inode(pause, 'net')}]" in side_lines
-    assert os.readlink(f"/proc/{side_pid}/exe") == native.SIDECAR_PATH
-    assert os.readlink(f"/proc/{pause}/exe") == native.PAUSE_PATH
+    assert exe_of(side_pid) == native.SIDECAR_PATH
+    assert exe_of(pause) == native.PAUSE_PATH
 
     # One shim process serves the whole pod: the sandbox, the wasm and the native container.
     daemons = shim_daemons(containerd)
@@ -224,6 +225,18 @@ def test_twenty_pods_leave_no_shim_behind(
 
 
 # ------------------------------------------------------------------ helpers
+
+
+def exe_of(pid: int, timeout: float = 10.0) -> str:
+    """What ``pid`` runs once it has exec'd its program: runc returns from ``start`` when it
+    has released its init, which may still be ``runc init`` for a moment on a busy machine
+    (its exe then reads as ``/`` here)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        exe = os.readlink(f"/proc/{pid}/exe")
+        if exe != "/" or time.monotonic() >= deadline:
+            return exe
+        time.sleep(0.02)
 
 
 def ns_inode(pid: int, kind: str) -> int:

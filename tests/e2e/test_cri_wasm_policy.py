@@ -9,7 +9,6 @@ for a container's own). All pods here use the host network.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -23,6 +22,7 @@ from tests.e2e.test_cri_wasm import (
     VARIANT,
     Bed,
     assert_nothing_left,
+    exe_of,
     wasm_pod,
 )
 from tests.pause import build as native
@@ -37,7 +37,7 @@ def test_all_wasm_annotation_refuses_a_native_container(
     """On the pod: every container must be wasm; the sandbox itself still runs natively."""
     containerd, wasm_image = cri_bed[0], cri_wasm_image
     pod = wasm_pod(crictl, "compat", annotations={name: value})
-    assert os.readlink(f"/proc/{crictl.sandbox_pid(pod.id)}/exe") == native.PAUSE_PATH
+    assert exe_of(crictl.sandbox_pid(pod.id)) == native.PAUSE_PATH
 
     wasm = crictl.create_container(pod, "wasm", wasm_image, args=["5"])
     # containerd 1.6 copies the pod's annotation into the container's spec (pod_annotations).
@@ -79,7 +79,7 @@ def test_smart_annotation_mixes_wasm_and_native(
     lines = crictl.wait_for_log(side, "netns net:", stream="stdout")
     assert lines[0] == "native side"
     side_pid = crictl.container_pid(side)
-    assert os.readlink(f"/proc/{side_pid}/exe") == native.SIDECAR_PATH
+    assert exe_of(side_pid) == native.SIDECAR_PATH
 
     crictl.stop_container(side, timeout=10)
     exited = crictl.wait_exited(side)

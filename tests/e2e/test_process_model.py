@@ -17,7 +17,6 @@ import shutil
 import signal
 import subprocess
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -35,6 +34,7 @@ from tests.e2e.helpers import (
     describe,
     make_image,
     run_args,
+    salted,
     task_pid,
     task_status,
     wait_for_status,
@@ -271,20 +271,11 @@ def test_a_binary_replaced_on_disk_is_what_the_next_start_runs(
 # ------------------------------------------------------------------ the compile cache
 
 
-def _salted(module: bytes) -> bytes:
-    """``module`` plus a custom section holding a fresh uuid: the same program under a cache
-    key no other test run shares (the cache is the node's, and concurrent runs on one machine
-    would otherwise find, repair and log each other's damaged entry)."""
-    name, payload = b"salt", uuid.uuid4().hex.encode()
-    body = bytes([len(name)]) + name + payload
-    return module + bytes([0, len(body)]) + body  # section id 0, size < 128: one LEB byte
-
-
 def test_a_cache_entry_damaged_in_the_middle_is_recompiled_and_the_container_runs(
     bed: PrivateContainerd, bed_ns: str, build_wasm: Callable[[str], Path], tmp_path: Path
 ) -> None:
     cd, ns = bed, bed_ns
-    module = _salted(build_wasm("hello").read_bytes())
+    module = salted(build_wasm("hello").read_bytes())
     image = make_image(tmp_path, {"/hello.wasm": module}, ref=IMAGE, config=ImageConfig())
     image.import_into(cd, ns)
     _hello(cd, ns)  # the entry exists now
