@@ -15,6 +15,9 @@ tests pin what each version does with the images `wasmtime-shim build` writes:
   fix and "unknown image config media type application/vnd.wasm.config.v0+json" after it
   (ctr builds the spec only from an OCI or docker image config). CRI reads any config as an
   OCI image config and runs it.
+- nerdctl (v1.7.7, whose client code is containerd 1.7.22's: the unpack and the spec are
+  made by nerdctl, whatever the daemon's version) runs runwasi's layout and refuses the CNCF
+  artifact as ctr 1.7 does.
 
 Each image is imported with ``ctr image import --all-platforms --no-unpack``: ctr 1.6 drops
 ``wasm`` platforms without the first and, before 1.6.25, fails the import's unpack without the
@@ -39,6 +42,8 @@ from shim.warm import protocol
 from tests.containerd import CRI_NAMESPACE, RUNTIME, WASMTIME_HANDLER, PrivateContainerd
 from tests.cri import CriClient
 from tests.e2e.helpers import wat_binary
+from tests.nerdctl import Nerdctl, build_nerdctl, build_problem
+from tests.prereq import require
 from wasmtime_shim.images.artifact import build_artifact, build_runwasi_image
 from wasmtime_shim.images.build import ImageConfig, OciImage
 from wasmtime_shim.images.commands import CTR_IMPORT_FLAGS_RUNWASI
@@ -146,6 +151,57 @@ def test_ctr_run_refuses_a_cncf_artifact_on_every_version(
     )
     assert code != 0 and refusal in err, f"rc={code} out={out!r} err={err!r}"
     assert containerd.ctr("containers", "ls", "-q", namespace=ns).stdout == ""
+
+
+# ------------------------------------------------------------------ nerdctl
+
+
+@pytest.fixture
+def nerdctl(containerd: PrivateContainerd, ns: str) -> Iterator[Nerdctl]:
+    """nerdctl on the test's namespace, its data root under the containerd's base dir."""
+    problem = build_problem()
+    require(problem is None, problem or "")
+    client = Nerdctl(build_nerdctl(), containerd.address, ns, containerd.base / "nerdctl" / ns)
+    yield client
+    for cid in client.run("ps", "-a", "-q", "--no-trunc").stdout.split():
+        client.run("rm", "-f", cid)
+
+
+def nerdctl_run(client: Nerdctl, archive: Path, ref: str) -> tuple[int, str, str]:
+    load = client.run("load", "--all-platforms", "-i", str(archive))
+    assert load.returncode == 0, load.stderr
+    run = client.run(
+        "run", "--rm", "--net", "none", "--pull", "never", "--runtime", RUNTIME, ref, timeout=120
+    )
+    return run.returncode, run.stdout, run.stderr
+
+
+@pytest.mark.matrix
+@pytest.mark.parametrize("kind", ["module", "component"])
+def test_runwasi_image_runs_with_nerdctl(
+    nerdctl: Nerdctl,
+    containerd: PrivateContainerd,
+    programs: dict[str, Program],
+    tmp_path: Path,
+    kind: str,
+) -> None:
+    program = programs[kind]
+    ref, archive = build("runwasi", program, tmp_path)
+    code, out, err = nerdctl_run(nerdctl, archive, ref)
+    assert (code, program.out in out) == (program.code, True), (
+        f"rc={code} out={out!r} err={err!r}\n{containerd.log_tail()}"
+    )
+
+
+@pytest.mark.matrix
+def test_nerdctl_refuses_a_cncf_artifact(
+    nerdctl: Nerdctl, programs: dict[str, Program], tmp_path: Path
+) -> None:
+    ref, archive = build("artifact", programs["module"], tmp_path)
+    code, out, err = nerdctl_run(nerdctl, archive, ref)
+    assert code != 0 and f"unknown image config media type {WASM_CONFIG}" in err, (
+        f"rc={code} out={out!r} err={err!r}"
+    )
 
 
 # ------------------------------------------------------------------ CRI
