@@ -46,7 +46,14 @@ from tests.e2e.helpers import wat_binary
 from tests.nerdctl import Nerdctl, build_nerdctl, build_problem
 from tests.prereq import require
 from wasmtime_shim.images.artifact import build_artifact, build_runwasi_image
-from wasmtime_shim.images.build import ImageConfig, OciImage
+from wasmtime_shim.images.build import (
+    MEDIA_TYPE_CONFIG,
+    Blob,
+    ImageConfig,
+    OciImage,
+    assemble,
+    canonical_json,
+)
 from wasmtime_shim.images.commands import CTR_IMPORT_FLAGS_RUNWASI
 
 WASM_CONFIG = "application/vnd.wasm.config.v0+json"
@@ -253,6 +260,49 @@ def test_wasm_layer_image_runs_through_cri(
     ref, archive = build(fmt, program, tmp_path)
     cri_import(cri_bed, cri_images, ref, archive)
     code, lines = cri_run(crictl, f"{fmt}-{kind}", ref)
+    assert (code, any(program.out in line for line in lines)) == (program.code, True), (
+        f"rc={code} log={lines}\n{cri_bed[0].log_tail()}"
+    )
+
+
+def runwasi_builder_image(wasm: bytes, ref: str, name: str) -> OciImage:
+    """An image shaped as runwasi's oci-tar-builder shapes its own: a relative Entrypoint
+    ``<name>.wasm``, an untitled layer, ``os`` wasip1 whatever the wasm kind."""
+    layer = Blob("application/vnd.bytecodealliance.wasm.component.layer.v0+wasm", wasm)
+    config = {
+        "architecture": "wasm",
+        "os": "wasip1",
+        "config": {
+            "Entrypoint": [f"{name}.wasm"],
+            "Labels": {"containerd.runwasi.layers": layer.digest.removeprefix("sha256:")},
+        },
+        "rootfs": {"type": "layers", "diff_ids": []},
+    }
+    return assemble(
+        ref=ref,
+        config=Blob(MEDIA_TYPE_CONFIG, canonical_json(config)),
+        layer=layer,
+        diff_id=layer.digest,
+        os_name="wasip1",
+        annotations={"io.containerd.image.name": ref},
+    )
+
+
+@pytest.mark.matrix
+@pytest.mark.parametrize("kind", ["module", "component"])
+def test_an_image_shaped_by_runwasis_own_builder_runs_through_cri(
+    cri_bed: Bed,
+    crictl: CriClient,
+    cri_images: list[str],
+    programs: dict[str, Program],
+    tmp_path: Path,
+    kind: str,
+) -> None:
+    program = programs[kind]
+    ref = f"localhost/wasm-layers/built-by-runwasi-{kind}:1"
+    image = runwasi_builder_image(program.wasm, ref, "demo")
+    cri_import(cri_bed, cri_images, ref, image.write(tmp_path / "rw.tar"))
+    code, lines = cri_run(crictl, f"rw-{kind}", ref, program.cmd)
     assert (code, any(program.out in line for line in lines)) == (program.code, True), (
         f"rc={code} log={lines}\n{cri_bed[0].log_tail()}"
     )
