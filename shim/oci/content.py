@@ -114,7 +114,9 @@ def load_wasm_from_content_store(
         layers = manifest.get("layers")
         if not isinstance(layers, list) or not wasmlayers.wasm_layer_indexes(layers):
             return None
-        config_desc = manifest.get("config") or {}
+        config_desc = manifest.get("config")
+        if not isinstance(config_desc, dict):
+            raise FailedPrecondition(f"{what}: manifest {desc['digest']} names no config")
         config = store.read_json(config_desc, f"{what}: config")
         if not wasmlayers.is_wasm_config(config):
             return None
