@@ -71,6 +71,7 @@ def ctr_import(containerd: PrivateContainerd, ns: str, archive: Path, fmt: str) 
     containerd.ctr("image", "import", *flags, str(archive), namespace=ns)
 
 
+@pytest.mark.matrix
 @pytest.mark.parametrize(
     ("kind", "expected"),
     [
@@ -126,6 +127,7 @@ def create_record(stub: containers_pb2_grpc.ContainersStub, ns: str, cid: str, i
     )
 
 
+@pytest.mark.matrix
 @pytest.mark.parametrize(
     ("fmt", "media_type"),
     [
