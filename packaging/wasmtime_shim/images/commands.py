@@ -7,12 +7,15 @@
   ordinary image config (platform `wasip1/wasm`, `wasip2/wasm` for a component; the
   entrypoint set; no diff_ids) and one layer that is the wasm binary
   (`application/vnd.bytecodealliance.wasm.component.layer.v0+wasm`); no filesystem, so
-  `--file` is refused. containerd 1.6.25+ / 1.7.7+ run it; 1.6.20's `ctr run` refuses it.
+  `--file` is refused. CRI and nerdctl run it on every containerd, `ctr run` from 1.6.25 /
+  1.7.7 on (1.6.20's ctr refuses it).
 - `rootfs`: an ordinary one-layer image, the module at `/app.wasm` (or `--path`), the
   entrypoint set, the same platform and the annotation `module.wasm.image/variant=compat`.
-  Extra files and dirs go in with `--file`. Runs on every containerd.
+  Extra files and dirs go in with `--file`. Runs on every containerd (for 2.x's CRI, import
+  it with `ctr image import --local`: 2.x's default import unpacks the host's platform only).
 - `artifact`: a CNCF wasm OCI artifact (config `application/vnd.wasm.config.v0+json`, layer
-  `application/wasm`); no filesystem, so `--file` is refused.
+  `application/wasm`); no filesystem, so `--file` is refused. CRI runs it; `ctr run` and
+  nerdctl refuse it on every containerd.
 
 The same inputs always give the same bytes (and so the same digests).
 """
