@@ -131,7 +131,11 @@ def installer_image(bundle_binary: Path, ref: str) -> OciImage:
 
 
 def example_images() -> dict[str, OciImage]:
-    """{file name: image} of the examples' images, named as the manifests reference them."""
+    """{file name: image} of the examples' images, named as the manifests reference them.
+
+    The rootfs layout, not `wasmtime-shim build`'s default (runwasi's): the README's "Using
+    it" runs them with `ctr run`, and Debian's containerd 1.6.20 ctr refuses runwasi's layout
+    ("mismatched image rootfs and manifest layers"; README "Images")."""
     out = {}
     for stem, ref in (
         ("hello", manifests.EXAMPLE_IMAGE),

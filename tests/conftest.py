@@ -100,6 +100,7 @@ MATRIX_MODULES = frozenset(
         "test_cri_network.py",
         "test_cri_pull.py",
         "test_images.py",
+        "test_wasm_layer_images.py",
         "test_artifact_task.py",
         "test_nerdctl.py",
         "test_packaging.py",

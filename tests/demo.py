@@ -24,6 +24,7 @@ EXIT_CODE = 3
 
 def main() -> int:
     module = build_c("hello")
+    # The rootfs layout: ctr 1.6.20 (Debian 12's) refuses runwasi's (README "Images").
     image = build_image(
         {"/hello.wasm": module}, ref=REF, config=ImageConfig(entrypoint=("/hello.wasm",))
     )

@@ -1,17 +1,19 @@
-"""Loading a wasm OCI artifact's module straight from containerd's content store.
+"""Loading the program of a wasm-layer image straight from containerd's content store.
 
-For a container whose image is a wasm artifact (image config says architecture ``wasm`` and
-every layer is a wasm media type: ``application/wasm``, ``...content.layer.v1+wasm``,
-``...component.layer.v0+wasm``), the program is not a file in the rootfs: it is layer 0 in
-the content store. This module walks containerd's gRPC API the way runwasi does, container ->
-image -> (index ->) manifest -> config + layers, and writes layer 0 to a directory the shim
-chooses, checking its digest and size.
+For a container whose image keeps its program as a layer (runwasi's layout or a CNCF wasm OCI
+artifact: the image config says architecture ``wasm`` and a layer is a wasm binary, see
+``shim/oci/wasmlayers.py``), the program is not a file in the rootfs: containerd unpacks no
+layer of such an image (it has no diff_ids) and passes nothing of it to the shim but the
+container's ``image`` name. This module walks containerd's gRPC API the way runwasi does,
+container -> image -> (index ->) manifest -> config + layers, and writes the program's layer to
+a directory the shim chooses, checking its digest and size.
 
-The difference from runwasi is what happens on a read error: runwasi logs it and falls back
-to the rootfs; here ``load_wasm_from_content_store`` raises (FailedPrecondition / NotFound,
-the message naming the container, image and blob), and the caller decides whether a rootfs
-entrypoint exists to fall back to (and says so in its log). ``None`` means only "this image is
-not a wasm artifact" (or the container names no image): use the rootfs as usual.
+The differences from runwasi: an index is followed to its ``wasm`` manifest (runwasi reads the
+image's target as a manifest); among several wasm layers the one titled after args[0]'s file
+name is taken (runwasi refuses several); and on a read error ``load_wasm_from_content_store``
+raises (FailedPrecondition / NotFound, the message naming the container, image and blob) where
+runwasi logs and falls back to the rootfs. ``None`` means only "this image keeps no program in
+a layer" (or the container names no image): use the rootfs as usual.
 
 Everything here is blocking grpcio (a unix socket, small blobs); the daemon calls it from a
 thread at Create, like the other host work.
@@ -33,13 +35,8 @@ from shim.api.containerd.services.containers.v1 import containers_pb2, container
 from shim.api.containerd.services.content.v1 import content_pb2, content_pb2_grpc
 from shim.api.containerd.services.images.v1 import images_pb2, images_pb2_grpc
 from shim.errors import FailedPrecondition, NotFound, ShimError, Unavailable
-from shim.oci.mediatypes import (
-    ANNOTATION_TITLE,
-    INDEX_TYPES,
-    MAX_JSON_BLOB,
-    WASM_ARCHITECTURE,
-    WASM_LAYER_MEDIA_TYPES,
-)
+from shim.oci import wasmlayers
+from shim.oci.mediatypes import INDEX_TYPES, MAX_JSON_BLOB, WASM_ARCHITECTURE
 
 NAMESPACE_METADATA = "containerd-namespace"
 _SHA256 = re.compile(r"sha256:[0-9a-f]{64}")
@@ -48,15 +45,17 @@ DEFAULT_TIMEOUT = 30.0
 
 @dataclass(frozen=True, slots=True)
 class WasmArtifact:
-    """A wasm module read from the content store and written to the host."""
+    """A wasm program read from the content store and written to the host."""
 
-    path: str  # host file holding the module (layer 0), digest-checked
+    path: str  # host file holding the program's layer, digest-checked
     media_type: str  # the layer's media type
     digest: str  # the layer's digest
+    layer: int  # its position among the manifest's layers
     image: str  # the image reference the container names
     manifest_digest: str
+    config_media_type: str  # an OCI image config (runwasi's layout) or a CNCF wasm config
     title: str | None  # the layer's org.opencontainers.image.title, if any
-    args: tuple[str, ...]  # config Entrypoint + Cmd (our artifact config extension), or ()
+    args: tuple[str, ...]  # config Entrypoint + Cmd, or ()
     env: tuple[str, ...]  # config Env, or ()
     working_dir: str | None
 
@@ -67,14 +66,17 @@ def load_wasm_from_content_store(
     container_id: str,
     dest_dir: str,
     *,
+    arg0: str | None = None,
     timeout: float = DEFAULT_TIMEOUT,
 ) -> WasmArtifact | None:
-    """Write the wasm module of ``container_id``'s image to ``dest_dir`` if it is an artifact.
+    """Write the wasm program of ``container_id``'s image to ``dest_dir`` if the image keeps it
+    in a layer; ``arg0`` (the spec's args[0]) picks among several wasm layers.
 
     ``grpc_address`` is containerd's gRPC socket (``/run/containerd/containerd.sock`` or
-    ``unix://...``). Returns None when the container names no image or the image is not a wasm
-    artifact. Raises NotFound (container or image gone), FailedPrecondition (a blob missing,
-    corrupt or malformed: the message names it) or Unavailable (containerd unreachable).
+    ``unix://...``). Returns None when the container names no image or the image has no wasm
+    layer. Raises NotFound (container or image gone), FailedPrecondition (a blob missing,
+    corrupt or malformed, or several wasm layers and none named: the message says which) or
+    Unavailable (containerd unreachable).
     """
     target = grpc_address if grpc_address.startswith("unix:") else f"unix://{grpc_address}"
     with grpc.insecure_channel(target) as channel:
@@ -109,26 +111,28 @@ def load_wasm_from_content_store(
             manifest = store.read_json(desc, f"{what}: manifest")
         else:
             raise FailedPrecondition(f"{what}: indexes nested too deeply")
-        layers = manifest.get("layers") or []
-        if not layers or not all(
-            isinstance(layer, dict) and layer.get("mediaType") in WASM_LAYER_MEDIA_TYPES
-            for layer in layers
-        ):
+        layers = manifest.get("layers")
+        if not isinstance(layers, list) or not wasmlayers.wasm_layer_indexes(layers):
             return None
-        config = store.read_json(manifest.get("config") or {}, f"{what}: config")
-        if config.get("architecture") != WASM_ARCHITECTURE:
+        config_desc = manifest.get("config")
+        if not isinstance(config_desc, dict):
+            raise FailedPrecondition(f"{what}: manifest {desc['digest']} names no config")
+        config = store.read_json(config_desc, f"{what}: config")
+        if not wasmlayers.is_wasm_config(config):
             return None
-        layer = layers[0]
-        title = (layer.get("annotations") or {}).get(ANNOTATION_TITLE)
-        path = store.write_blob(layer, f"{what}: wasm layer 0", dest_dir)
+        n = wasmlayers.pick(layers, arg0, what)
+        layer = layers[n]
+        path = store.write_blob(layer, f"{what}: wasm layer {n}", dest_dir)
     runtime: dict[str, Any] = config["config"] if isinstance(config.get("config"), dict) else {}
     return WasmArtifact(
         path=path,
         media_type=str(layer["mediaType"]),
         digest=str(layer.get("digest")),
+        layer=n,
         image=ref,
         manifest_digest=str(desc["digest"]),
-        title=str(title) if title else None,
+        config_media_type=str(config_desc.get("mediaType", "")),
+        title=wasmlayers.title(layer),
         args=_strings(runtime.get("Entrypoint")) + _strings(runtime.get("Cmd")),
         env=_strings(runtime.get("Env")),
         working_dir=str(runtime["WorkingDir"]) if runtime.get("WorkingDir") else None,

@@ -1,13 +1,14 @@
 """The names of the OCI formats the shim reads: index and wasm media types, annotations, limits.
 
-The shim reads them in one place: ``shim/oci/content.py``, which loads a wasm OCI artifact's
-module from containerd's content store at Create (it follows an index by ``INDEX_TYPES``, takes
-an image whose layers are all ``WASM_LAYER_MEDIA_TYPES`` and whose config says
-``WASM_ARCHITECTURE``, names the file after ``ANNOTATION_TITLE``, and refuses manifests and
-configs over ``MAX_JSON_BLOB``). The image tools (``wasmtime_shim.images``) write and read the
-same formats and import these names from here: the tool depends on the shim, never the
-reverse, so the shim does not import an image builder to learn a string. The wasm config
-media types are here too, so that every wasm media type is named in one place.
+The shim reads them in one place: ``shim/oci/content.py``, which loads the program of a
+wasm-layer image (runwasi's layout or a CNCF wasm OCI artifact) from containerd's content
+store at Create (it follows an index by ``INDEX_TYPES``, takes an image whose config says
+``WASM_ARCHITECTURE`` and which has layers of ``WASM_LAYER_MEDIA_TYPES``, picks one of them by
+``ANNOTATION_TITLE`` (``shim/oci/wasmlayers.py``), and refuses manifests and configs over
+``MAX_JSON_BLOB``). The image tools (``wasmtime_shim.images``) write and read the same formats
+and import these names from here: the tool depends on the shim, never the reverse, so the
+shim does not import an image builder to learn a string. The wasm config media types are here
+too, so that every wasm media type is named in one place.
 """
 
 from __future__ import annotations
@@ -21,14 +22,22 @@ MEDIA_TYPE_WASM_CONFIG = "application/vnd.wasm.config.v0+json"
 MEDIA_TYPE_WASM_CONFIG_V1 = "application/vnd.wasm.config.v1+json"  # wasm-to-oci / Spin
 MEDIA_TYPE_WASM_LAYER = "application/wasm"
 WASM_CONFIG_MEDIA_TYPES = frozenset({MEDIA_TYPE_WASM_CONFIG, MEDIA_TYPE_WASM_CONFIG_V1})
+# runwasi's layout (its oci-tar-builder, and what its shims read): an ordinary OCI image config
+# (architecture "wasm", no diff_ids) whose layers are wasm binaries of this media type, core
+# modules and components alike (which is which is in the bytes, not the name).
+MEDIA_TYPE_WASM_COMPONENT_LAYER = "application/vnd.bytecodealliance.wasm.component.layer.v0+wasm"
 # Layers that ARE a wasm binary (not a tar holding one), as the ecosystem names them.
 WASM_LAYER_MEDIA_TYPES = frozenset(
     {
         MEDIA_TYPE_WASM_LAYER,
-        "application/vnd.wasm.content.layer.v1+wasm",
-        "application/vnd.bytecodealliance.wasm.component.layer.v0+wasm",
+        "application/vnd.wasm.content.layer.v1+wasm",  # Spin
+        MEDIA_TYPE_WASM_COMPONENT_LAYER,
     }
 )
+# runwasi's builder labels the config with a digest of its wasm layers: with no diff_ids,
+# two images of different programs would otherwise share a config, and so an image id
+# (containerd's CRI names an image by its config digest).
+LABEL_RUNWASI_LAYERS = "containerd.runwasi.layers"
 
 ANNOTATION_TITLE = "org.opencontainers.image.title"
 

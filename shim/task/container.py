@@ -39,7 +39,7 @@ from shim.task.workload import Workload
 
 log = logging.getLogger(__name__)
 
-ARTIFACT_DIR = "wasm-artifact"  # in the bundle: a wasm OCI artifact's layer 0
+ARTIFACT_DIR = "wasm-artifact"  # in the bundle: the program layer of a wasm-layer image
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,12 +139,13 @@ class Container:
         bundle_files.write_held(self.bundle, held)
 
     def _resolve(self, host: Host) -> Entrypoint:
-        """The entrypoint in the rootfs; when the rootfs has none, layer 0 of a wasm OCI
-        artifact, read from containerd's content store.
+        """The entrypoint in the rootfs; when the rootfs has none, the wasm layer of a
+        wasm-layer image (runwasi's layout, a CNCF artifact), read from containerd's content
+        store (shim/oci/content.py; args[0] picks among several layers).
 
-        The rootfs comes first so that ordinary images cost no API round trip; an artifact
+        The rootfs comes first so that ordinary images cost no API round trip; a wasm-layer
         image unpacks to an empty rootfs, so the two never compete. A failure to read the
-        artifact is reported as such, never hidden behind "not found"."""
+        image is reported as such, never hidden behind "not found"."""
         assert self.run_config is not None
         runtime = host.runtime
         path_env = self.spec.process.getenv("PATH")
@@ -156,10 +157,18 @@ class Container:
             from shim.oci.content import load_wasm_from_content_store
 
             art_dir = os.path.join(self.bundle, ARTIFACT_DIR)
-            art = load_wasm_from_content_store(host.grpc_address, self.namespace, self.id, art_dir)
+            art = load_wasm_from_content_store(
+                host.grpc_address,
+                self.namespace,
+                self.id,
+                art_dir,
+                arg0=self.spec.process.args[0],
+            )
             if art is None:
                 raise
-        log.info("entrypoint is layer %s of %s (content store)", art.digest, art.image)
+        log.info(
+            "entrypoint is layer %d (%s) of %s (content store)", art.layer, art.digest, art.image
+        )
         func = self.spec.process.args[0].partition("#")[2]  # keep a `#func` suffix
         name = "/" + os.path.basename(art.path)
         probe = replace(

@@ -42,9 +42,12 @@ def _setup_logging(path: str) -> None:
 
 def _preload() -> None:
     """What a daemon, a spawner and a container process import, loaded once here so that
-    every one of them shares it: all of it but the gRPC client of wasm OCI artifacts
-    (shim/oci/content.py; grpc's import registers fork handlers and it is rarely needed),
-    which a daemon imports when a Create first needs it."""
+    every one of them shares it, the gRPC client of wasm-layer images included
+    (shim/oci/content.py: every container of `wasmtime-shim build`'s default image format
+    needs it, and importing it costs a daemon ~50 ms at Create). Importing grpc starts no
+    thread and, unless GRPC_ENABLE_FORK_SUPPORT is set, registers no fork handler; only its
+    channels hold threads, and the daemon opens them after its fork, in a worker thread."""
+    import shim.oci.content  # (grpc and the three containerd stubs)
     import shim.serve  # noqa: F401  (the daemon: asyncio, protobuf, ttrpc, the task layer)
     from runtimes.wasmtime import run  # noqa: F401
     from shim.api.cgroups.v1 import metrics_pb2  # noqa: F401  (Stats)

@@ -1,11 +1,12 @@
-"""The shim runs a wasm OCI artifact's module from containerd's content store.
+"""The shim runs a wasm-layer image's program (runwasi's layout, a CNCF artifact) from
+containerd's content store, on the venv and on the shipped bundle.
 
-containerd 1.6.20's `ctr run` refuses artifact images before any shim is involved (see
-tests/e2e/test_images.py), so the container record is made through containerd's gRPC API the
-way `ctr run` would make it — with an empty host directory as its root instead of a snapshot
-(the artifact has no filesystem) — and `ctr task start` then drives the shim exactly as for any
-container: Create (where the shim finds no entrypoint in the rootfs and loads layer 0 from the
-content store), Start, Wait, Delete.
+containerd 1.6.20's `ctr run` refuses both before any shim is involved (see
+tests/e2e/test_wasm_layer_images.py), so the container record is made through containerd's
+gRPC API the way `ctr run` would make it — with an empty host directory as its root instead of
+a snapshot (the image has no filesystem) — and `ctr task start` then drives the shim exactly
+as for any container: Create (where the shim finds no entrypoint in the rootfs and loads the
+wasm layer from the content store), Start, Wait, Delete.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from shim.oci.content import NAMESPACE_METADATA
 from tests.containerd import RUNTIME, PrivateContainerd
 from tests.e2e.helpers import wat_binary
 from tests.wasm import build
-from wasmtime_shim.images.artifact import build_artifact
+from wasmtime_shim.images.artifact import build_artifact, build_runwasi_image
+from wasmtime_shim.images.build import ImageConfig
 from wasmtime_shim.images.commands import CTR_IMPORT_FLAGS_ARTIFACT
 
 SPEC_TYPE = "types.containerd.io/opencontainers/runtime-spec/1/Spec"
@@ -55,6 +57,7 @@ def _create(containerd: PrivateContainerd, ns: str, cid: str, image: str, spec: 
         )
 
 
+@pytest.mark.parametrize("fmt", ["runwasi", "artifact"])
 @pytest.mark.parametrize(
     ("program", "args", "code", "out"),
     [
@@ -71,12 +74,19 @@ def test_artifact_module_runs_from_the_content_store(
     args: list[str],
     code: int,
     out: str,
+    fmt: str,
 ) -> None:
     """On the venv's shim and on the shipped bundle (which must carry grpc for this)."""
     containerd, ns = bed, bed_ns
     wasm = build.build_c(program).read_bytes() if program == "hello" else wat_binary(program)
-    ref = f"docker.io/library/{program}-artifact:test"
-    archive = build_artifact(wasm, ref=ref).write(tmp_path / "a.tar")
+    ref = f"docker.io/library/{program}-{fmt}:test"
+    config = ImageConfig(entrypoint=("/app.wasm",))
+    image = (
+        build_runwasi_image(wasm, ref=ref, config=config)
+        if fmt == "runwasi"
+        else build_artifact(wasm, ref=ref)
+    )
+    archive = image.write(tmp_path / "a.tar")
     containerd.ctr("image", "import", *CTR_IMPORT_FLAGS_ARTIFACT, str(archive), namespace=ns)
     root = tmp_path / "root"
     root.mkdir()
@@ -86,7 +96,7 @@ def test_artifact_module_runs_from_the_content_store(
         assert (run.returncode, out in run.stdout) == (code, True), (
             f"rc={run.returncode} out={run.stdout!r} err={run.stderr!r}\n{containerd.log_tail()}"
         )
-        assert not any(root.iterdir()), "the artifact must not be written into the rootfs"
+        assert not any(root.iterdir()), "the program must not be written into the rootfs"
         containerd.ctr("task", "delete", "art", namespace=ns, check=False)
     finally:
         containerd.ctr("container", "delete", "art", namespace=ns, check=False)

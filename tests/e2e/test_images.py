@@ -1,12 +1,12 @@
-"""Images built by `wasmtime-shim build`, through the real containerd 1.6 and `ctr`.
+"""Images built by `wasmtime-shim build`, through the real containerd and `ctr`.
 
 - rootfs images (module and component): `ctr image import` then `ctr run --runtime
-  io.containerd.wasmtime.v1` runs them with the image's entrypoint and Cmd.
-- wasm OCI artifacts (module and component): `ctr image import --no-unpack` stores them; the
-  shim-side loader (shim/oci/content.py) reads the module back from the content store over
-  gRPC for a container that names the image; and containerd 1.6.20's `ctr run` refuses them
-  before any shim is involved (its unpacker wants one diff_id per layer; fixed upstream in
-  1.6.25 / 1.7.7): this test pins that fact so an upgrade shows up here.
+  io.containerd.wasmtime.v1` runs them with the image's entrypoint and Cmd, on every version.
+- wasm-layer images (runwasi's layout and CNCF artifacts, module and component):
+  `ctr image import --no-unpack` stores them, and the shim-side loader (shim/oci/content.py)
+  reads the program back from the content store over gRPC for a container that names the
+  image. What each containerd's `ctr run`, nerdctl and CRI do with them is pinned in
+  test_wasm_layer_images.py.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def images(programs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) 
     out = tmp_path_factory.mktemp("images")
     built = {}
     for kind, src in programs.items():
-        for fmt in ("rootfs", "artifact"):
+        for fmt in ("rootfs", "runwasi", "artifact"):
             path = out / f"{kind}-{fmt}.tar"
             cli_build(
                 str(src), "-o", str(path), "--format", fmt, "--arg", "3", "--name", ref(kind, fmt)
@@ -67,7 +67,7 @@ def ref(kind: str, fmt: str) -> str:
 
 
 def ctr_import(containerd: PrivateContainerd, ns: str, archive: Path, fmt: str) -> None:
-    flags = CTR_IMPORT_FLAGS if fmt == "rootfs" else image_commands.CTR_IMPORT_FLAGS_ARTIFACT
+    flags = CTR_IMPORT_FLAGS if fmt == "rootfs" else image_commands.CTR_IMPORT_FLAGS_RUNWASI
     containerd.ctr("image", "import", *flags, str(archive), namespace=ns)
 
 
@@ -126,26 +126,36 @@ def create_record(stub: containers_pb2_grpc.ContainersStub, ns: str, cid: str, i
     )
 
 
+@pytest.mark.parametrize(
+    ("fmt", "media_type"),
+    [
+        ("runwasi", "application/vnd.bytecodealliance.wasm.component.layer.v0+wasm"),
+        ("artifact", "application/wasm"),
+    ],
+)
 @pytest.mark.parametrize("kind", ["module", "component"])
-def test_artifact_is_loaded_from_the_content_store(
+def test_wasm_layer_is_loaded_from_the_content_store(
     containerd: PrivateContainerd,
     ns: str,
     images: dict[str, Path],
     programs: dict[str, Path],
     grpc_containers: containers_pb2_grpc.ContainersStub,
     kind: str,
+    fmt: str,
+    media_type: str,
     tmp_path: Path,
 ) -> None:
-    ctr_import(containerd, ns, images[f"{kind}-artifact"], "artifact")
-    create_record(grpc_containers, ns, "art", ref(kind, "artifact"))
+    ctr_import(containerd, ns, images[f"{kind}-{fmt}"], fmt)
+    create_record(grpc_containers, ns, "art", ref(kind, fmt))
     loaded = load_wasm_from_content_store(str(containerd.address), ns, "art", str(tmp_path))
     assert loaded is not None
     wasm = Path(loaded.path).read_bytes()
     expected = image_commands.load_module(programs[kind])
     assert wasm == expected
-    assert (loaded.media_type, loaded.args, loaded.title) == (
-        "application/wasm",
-        ("3",),
+    assert (loaded.media_type, loaded.layer, loaded.args, loaded.title) == (
+        media_type,
+        0,
+        ("/app.wasm", "3"),
         "app.wasm",
     )
     assert Path(loaded.path).parent == tmp_path
@@ -189,24 +199,3 @@ def test_missing_container_image_or_blob_is_an_error_naming_it(
     with pytest.raises((NotFound, FailedPrecondition), match=wasm_digest):
         load_wasm_from_content_store(address, ns, "broken", str(tmp_path))
     assert list(tmp_path.iterdir()) == []
-
-
-def test_ctr_1_6_refuses_to_run_an_artifact_before_the_shim_is_called(
-    containerd: PrivateContainerd,
-    ns: str,
-    images: dict[str, Path],
-) -> None:
-    ctr_import(containerd, ns, images["module-artifact"], "artifact")
-    run = containerd.ctr(
-        "run",
-        "--rm",
-        "--runtime",
-        RUNTIME,
-        ref("module", "artifact"),
-        "a1",
-        namespace=ns,
-        check=False,
-        timeout=60,
-    )
-    assert run.returncode != 0
-    assert "mismatched image rootfs and manifest layers" in run.stderr

@@ -72,6 +72,8 @@ def app_tar(build_wasm: Callable[[str], Path], tmp_path_factory: pytest.TempPath
         REF,
         "--arg",
         IMAGE_CMD,
+        "--format",
+        "rootfs",  # --file needs a filesystem (runwasi's layout: test_wasm_layer_images.py)
         "--file",
         f"{build_wasm('cat')}:/bin/cat.wasm",
         "--file",

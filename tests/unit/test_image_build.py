@@ -1,4 +1,4 @@
-"""`wasmtime-shim build`: both formats, determinism, platform by wasm kind, extra files."""
+"""`wasmtime-shim build`: the three formats, determinism, platform by wasm kind, extra files."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def tar_names(path: Path) -> list[str]:
         return tar.getnames()
 
 
-@pytest.mark.parametrize("fmt", ["rootfs", "artifact"])
+@pytest.mark.parametrize("fmt", ["runwasi", "rootfs", "artifact"])
 def test_building_twice_gives_identical_bytes(tmp_path: Path, fmt: str) -> None:
     src = tmp_path / "app.wasm"
     src.write_bytes(MODULE)
@@ -69,6 +69,8 @@ def test_rootfs_format_with_files_env_labels_and_layout_dir(tmp_path: Path) -> N
         "team=wasm",
         "--workdir",
         "/srv",
+        "--format",
+        "rootfs",
     )
     for source_path in (out, layout):
         with ImageSource(source_path) as source:
@@ -101,9 +103,9 @@ def test_rootfs_format_with_files_env_labels_and_layout_dir(tmp_path: Path) -> N
     assert index["manifests"][0]["annotations"]["module.wasm.image/variant"] == "compat"
 
 
-def test_a_component_gets_platform_wasip2_in_both_formats(tmp_path: Path) -> None:
+def test_a_component_gets_platform_wasip2_in_every_format(tmp_path: Path) -> None:
     src = WAT_DIR / "hello_component.wat"
-    for fmt in ("rootfs", "artifact"):
+    for fmt in ("runwasi", "rootfs", "artifact"):
         out = tmp_path / f"{fmt}.tar"
         build(str(src), "-o", str(out), "--format", fmt)
         with ImageSource(out) as source:
@@ -145,10 +147,14 @@ def test_wasm_kind_reads_the_header() -> None:
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--format", "artifact", "--file", "/etc/hostname:/h"], "artifact has no filesystem"),
+        (
+            ["--format", "artifact", "--file", "/etc/hostname:/h"],
+            "artifact images have no filesystem",
+        ),
+        (["--file", "/etc/hostname:/h"], "runwasi images have no filesystem"),
         (["--env", "NOEQUALS"], "NAME=value"),
         (["--label", "=x"], "NAME=value"),
-        (["--file", "/nonexistent-src:/x"], "no such file"),
+        (["--format", "rootfs", "--file", "/nonexistent-src:/x"], "no such file"),
         ([], "say where to write"),
     ],
 )
@@ -187,8 +193,8 @@ def test_an_empty_directory_becomes_an_empty_directory(tmp_path: Path) -> None:
     src = tmp_path / "app.wasm"
     src.write_bytes(MODULE)
     out = tmp_path / "o.tar"
-    build(str(src), "-o", str(out), "--file", f"{tmp_path / 'empty'}:/tmp", "--file",
-          f"{tmp_path / 'tree'}:/data")  # fmt: skip
+    build(str(src), "-o", str(out), "--format", "rootfs", "--file", f"{tmp_path / 'empty'}:/tmp",
+          "--file", f"{tmp_path / 'tree'}:/data")  # fmt: skip
     members = layer_members(out)
     assert members["tmp"].isdir() and not any(n.startswith("tmp/") for n in members)
     assert members["data/cache/deep"].isdir() and members["data/f"].isfile()

@@ -1,11 +1,22 @@
-"""Building wasm OCI artifacts (CNCF TAG Runtime "Wasm OCI Artifact" layout).
+"""Building wasm-layer images: runwasi's layout and CNCF wasm OCI artifacts.
 
-An artifact is not a filesystem image: its config is ``application/vnd.wasm.config.v0+json``
-and its single layer is the wasm binary itself, ``application/wasm``, stored as is (no tar,
-no compression). Runtimes that know the format (runwasi, and the shim through
-``shim/oci/content.py``) read the module straight from the content store; nothing is
+Neither is a filesystem image: the single layer is the wasm binary itself, stored as is (no
+tar, no compression), and runtimes that know the formats (runwasi, and the shim through
+``shim/oci/content.py``) read the program straight from the content store; nothing is
 unpacked into a rootfs. The media type names live in ``shim/oci/mediatypes.py``, which the
 shim and these tools share.
+
+runwasi's layout (``build_runwasi_image``, what runwasi's oci-tar-builder writes): an ordinary
+OCI image config (``application/vnd.oci.image.config.v1+json``: containerd's ``ctr run``,
+nerdctl and CRI read its Entrypoint, Cmd, Env and WorkingDir) with architecture ``wasm``, an
+empty ``rootfs.diff_ids`` (containerd 1.6.25+ / 1.7.7+ then unpack nothing and give the
+container an empty snapshot) and the label ``containerd.runwasi.layers`` (a digest of the
+layers, so that two programs never share a config digest, which CRI uses as the image id);
+the layer is ``application/vnd.bytecodealliance.wasm.component.layer.v0+wasm`` for core
+modules and components alike.
+
+The CNCF TAG Runtime "Wasm OCI Artifact" (``build_artifact``): config
+``application/vnd.wasm.config.v0+json``, layer ``application/wasm``.
 
 The config carries what the spec defines (``architecture``, ``os``, ``layerDigests``,
 ``created``, ``author``, and ``component`` for components is optional, we leave it out),
@@ -19,18 +30,23 @@ version 1 (a core module, platform os ``wasip1``) or the component layer (``wasi
 
 from __future__ import annotations
 
+import dataclasses
 import enum
+import hashlib
 from collections.abc import Mapping
 
 from shim.errors import InvalidArgument
 from shim.oci.mediatypes import (
     ANNOTATION_TITLE,
+    LABEL_RUNWASI_LAYERS,
+    MEDIA_TYPE_WASM_COMPONENT_LAYER,
     MEDIA_TYPE_WASM_CONFIG,
     MEDIA_TYPE_WASM_LAYER,
     WASM_ARCHITECTURE,
 )
 from wasmtime_shim.images.build import (
     ANNOTATION_WASM_VARIANT,
+    MEDIA_TYPE_CONFIG,
     WASM_OS,
     WASM_OS_P2,
     Blob,
@@ -96,6 +112,47 @@ def build_artifact(
     return assemble(
         ref=ref,
         config=config_blob,
+        layer=layer,
+        diff_id=layer.digest,
+        os_name=os_name,
+        annotations=manifest_annotations,
+        layer_annotations={ANNOTATION_TITLE: title},
+    )
+
+
+def build_runwasi_image(
+    wasm: bytes,
+    *,
+    ref: str,
+    config: ImageConfig,
+    title: str = "app.wasm",
+    annotations: Mapping[str, str] | None = None,
+) -> OciImage:
+    """An image in runwasi's layout holding ``wasm`` (binary; translate WAT first) as its one
+    layer; ``config`` is the image config's runtime part (give it an Entrypoint: containerd
+    refuses to create a container with no args).
+
+    ``title`` becomes the layer's ``org.opencontainers.image.title``. Raises InvalidArgument
+    for a bad ref or a non-wasm payload.
+    """
+    check_ref(ref)
+    kind = wasm_kind(wasm)
+    os_name = platform_os(kind)
+    layer = Blob(MEDIA_TYPE_WASM_COMPONENT_LAYER, bytes(wasm))
+    unique = hashlib.sha256(layer.digest.removeprefix("sha256:").encode()).hexdigest()
+    labels = dict(config.labels)
+    labels[LABEL_RUNWASI_LAYERS] = unique
+    body = {
+        "architecture": WASM_ARCHITECTURE,
+        "os": os_name,
+        "config": runtime_config(dataclasses.replace(config, labels=tuple(labels.items()))),
+        "rootfs": {"type": "layers", "diff_ids": []},
+    }
+    manifest_annotations = dict(annotations or {})
+    manifest_annotations.pop(ANNOTATION_WASM_VARIANT, None)  # nothing is in a rootfs
+    return assemble(
+        ref=ref,
+        config=Blob(MEDIA_TYPE_CONFIG, canonical_json(body)),
         layer=layer,
         diff_id=layer.digest,
         os_name=os_name,

@@ -1,13 +1,21 @@
 """`wasmtime-shim build | unpack | inspect`: wasm OCI images from the command line.
 
 `build` turns a `.wasm` (core module or component) or `.wat` into an image archive that
-`ctr image import` and `nerdctl load` accept, in one of two formats:
+`ctr image import` and `nerdctl load` accept, in one of three formats:
 
-- `rootfs` (default): an ordinary one-layer image, the module at `/app.wasm` (or `--path`),
-  the entrypoint set, platform `wasip1/wasm` (`wasip2/wasm` for a component) and the
-  annotation `module.wasm.image/variant=compat`. Extra files and dirs go in with `--file`.
+- `runwasi` (default): runwasi's layout, so the image runs on runwasi's shims too: an
+  ordinary image config (platform `wasip1/wasm`, `wasip2/wasm` for a component; the
+  entrypoint set; no diff_ids) and one layer that is the wasm binary
+  (`application/vnd.bytecodealliance.wasm.component.layer.v0+wasm`); no filesystem, so
+  `--file` is refused. CRI and nerdctl run it on every containerd, `ctr run` from 1.6.25 /
+  1.7.7 on (1.6.20's ctr refuses it).
+- `rootfs`: an ordinary one-layer image, the module at `/app.wasm` (or `--path`), the
+  entrypoint set, the same platform and the annotation `module.wasm.image/variant=compat`.
+  Extra files and dirs go in with `--file`. Runs on every containerd (for 2.x's CRI, import
+  it with `ctr image import --local`: 2.x's default import unpacks the host's platform only).
 - `artifact`: a CNCF wasm OCI artifact (config `application/vnd.wasm.config.v0+json`, layer
-  `application/wasm`); no filesystem, so `--file` is refused.
+  `application/wasm`); no filesystem, so `--file` is refused. CRI runs it; `ctr run` and
+  nerdctl refuse it on every containerd.
 
 The same inputs always give the same bytes (and so the same digests).
 """
@@ -21,7 +29,12 @@ import sys
 from pathlib import Path
 
 from shim.errors import InvalidArgument
-from wasmtime_shim.images.artifact import build_artifact, platform_os, wasm_kind
+from wasmtime_shim.images.artifact import (
+    build_artifact,
+    build_runwasi_image,
+    platform_os,
+    wasm_kind,
+)
 from wasmtime_shim.images.build import (
     CTR_IMPORT_FLAGS,
     Directory,
@@ -33,7 +46,13 @@ from wasmtime_shim.images.read import ImageSource
 from wasmtime_shim.images.unpack import unpack_image
 
 DEFAULT_PATH = "/app.wasm"
+FORMATS = ("runwasi", "rootfs", "artifact")
+DEFAULT_FORMAT = "runwasi"
+# ctr 1.6 unpacks at import and, before 1.6.25, refuses an image with no diff_ids there
+# ("mismatched image rootfs and manifest layers"); without unpacking, the import itself
+# works, and 1.7+'s ctr run and CRI make the (empty) snapshot themselves.
 CTR_IMPORT_FLAGS_ARTIFACT = (*CTR_IMPORT_FLAGS, "--no-unpack")
+CTR_IMPORT_FLAGS_RUNWASI = CTR_IMPORT_FLAGS_ARTIFACT
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -51,11 +70,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default=None,
         help="image reference (default: docker.io/library/<module name>:latest)",
     )
-    b.add_argument("--format", choices=("rootfs", "artifact"), default="rootfs")
+    b.add_argument(
+        "--format",
+        choices=FORMATS,
+        default=DEFAULT_FORMAT,
+        help=f"image layout (default {DEFAULT_FORMAT}; see above)",
+    )
     b.add_argument(
         "--path",
         default=DEFAULT_PATH,
-        help=f"where the module goes in the image (rootfs format; default {DEFAULT_PATH})",
+        help=f"the program's path: the entrypoint, and its layer's title (default {DEFAULT_PATH})",
     )
     b.add_argument(
         "--file",
@@ -98,14 +122,25 @@ def build_command(args: argparse.Namespace) -> int:
     ref = args.name or f"docker.io/library/{_default_name(args.module)}:latest"
     env = tuple(args.env)
     labels = dict(_pair(item, "--label") for item in args.label)
-    if args.format == "artifact":
-        if args.file:
-            raise InvalidArgument("--file needs --format rootfs: an artifact has no filesystem")
-        config = ImageConfig(
-            cmd=tuple(args.arg), env=env, working_dir=args.workdir, labels=tuple(labels.items())
+    if args.format != "rootfs" and args.file:
+        raise InvalidArgument(
+            f"--file needs --format rootfs: {args.format} images have no filesystem"
         )
+    # The artifact's config keeps the same runtime object (our extension), so that CRI, which
+    # reads any config as an OCI image config, finds the entrypoint there too.
+    config = ImageConfig(
+        entrypoint=(args.path,),
+        cmd=tuple(args.arg),
+        env=env,
+        working_dir=args.workdir,
+        labels=tuple(labels.items()),
+    )
+    if args.format == "artifact":
         image = build_artifact(wasm, ref=ref, config=config, title=Path(args.path).name)
         import_flags = CTR_IMPORT_FLAGS_ARTIFACT
+    elif args.format == "runwasi":
+        image = build_runwasi_image(wasm, ref=ref, config=config, title=Path(args.path).name)
+        import_flags = CTR_IMPORT_FLAGS_RUNWASI
     else:
         files: dict[str, FileSource] = {args.path: wasm}
         for item in args.file:
@@ -113,13 +148,6 @@ def build_command(args: argparse.Namespace) -> int:
             if not src or not dest:
                 raise InvalidArgument(f"--file {item!r} is not SRC:DEST")
             files.update(_host_files(Path(src), dest, files))
-        config = ImageConfig(
-            entrypoint=(args.path,),
-            cmd=tuple(args.arg),
-            env=env,
-            working_dir=args.workdir,
-            labels=tuple(labels.items()),
-        )
         image = build_image(files, ref=ref, config=config, os_name=platform_os(kind))
         import_flags = CTR_IMPORT_FLAGS
     if args.output is not None:

@@ -19,8 +19,11 @@ Everything goes into a staging directory next to the target that is renamed into
 when the whole image applied, so a refused image leaves neither a partial rootfs nor a file
 outside it.
 
-Wasm OCI artifacts have no filesystem layers: their wasm layer is written as one file,
-``/<layer title>`` (``/app.wasm`` when untitled), which becomes the entrypoint.
+Wasm-layer images (runwasi's layout, CNCF wasm OCI artifacts) have no filesystem layers:
+their program's layer (chosen as the shim chooses it, ``shim/oci/wasmlayers.py``) is written
+as one file and becomes the entrypoint. As in runwasi, the path of the image's Entrypoint does
+not locate the program: the file is ``/<its file name>`` (else ``/<layer title>``, else
+``/app.wasm``), and the entrypoint is rewritten to that path (a ``#func`` suffix is kept).
 """
 
 from __future__ import annotations
@@ -38,7 +41,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from shim.errors import FailedPrecondition, InvalidArgument
-from shim.oci.mediatypes import ANNOTATION_TITLE, WASM_CONFIG_MEDIA_TYPES, WASM_LAYER_MEDIA_TYPES
+from shim.oci import wasmlayers
+from shim.oci.mediatypes import WASM_CONFIG_MEDIA_TYPES
 from wasmtime_shim.images.read import CHUNK, Descriptor, ImageSource, ResolvedImage
 
 WHITEOUT_PREFIX = ".wh."
@@ -53,7 +57,7 @@ class UnpackedImage:
 
     rootfs: Path
     manifest_digest: str
-    artifact: bool  # a wasm OCI artifact (its module written as one file) or a rootfs image
+    artifact: bool  # a wasm-layer image (its program written as one file) or a rootfs image
     entrypoint: tuple[str, ...]
     cmd: tuple[str, ...]
     env: tuple[str, ...]
@@ -91,19 +95,21 @@ def _apply_image(source: ImageSource, image: ResolvedImage, root: Path) -> Unpac
     runtime = image.config.get("config") or {}
     if not isinstance(runtime, dict):
         raise FailedPrecondition(f"config of {image.manifest_digest}: 'config' is not an object")
+    layers = [{"mediaType": d.media_type, "annotations": d.annotations} for d in image.layers]
     artifact = image.config_media_type in WASM_CONFIG_MEDIA_TYPES or (
-        bool(image.layers) and all(d.media_type in WASM_LAYER_MEDIA_TYPES for d in image.layers)
+        wasmlayers.is_wasm_config(image.config) and bool(wasmlayers.wasm_layer_indexes(layers))
     )
     entrypoint = _strings(runtime.get("Entrypoint"))
     if artifact:
-        if not image.layers:
-            raise FailedPrecondition(f"wasm artifact {image.manifest_digest} has no layers")
-        layer = image.layers[0]
-        name = _artifact_file_name(layer)
-        source.verify_blob(layer, "layer 0")
+        arg0 = entrypoint[0] if entrypoint else None
+        n = wasmlayers.pick(layers, arg0, f"wasm image {image.manifest_digest}")
+        layer = image.layers[n]
+        path, _, func = (arg0 or "").partition("#")
+        name = _program_file_name(layer, posixpath.basename(path))
+        source.verify_blob(layer, f"layer {n}")
         _copy_blob(source, layer, root / name)
-        if not entrypoint:
-            entrypoint = ("/" + name,)
+        program = "/" + name + (f"#{func}" if func else "")
+        entrypoint = (program, *entrypoint[1:])
     else:
         diff_ids = (image.config.get("rootfs") or {}).get("diff_ids") or []
         for n, layer in enumerate(image.layers):
@@ -312,11 +318,12 @@ def _copy_blob(source: ImageSource, layer: Descriptor, dest: Path) -> None:
     dest.chmod(0o644)
 
 
-def _artifact_file_name(layer: Descriptor) -> str:
-    title = layer.annotations.get(ANNOTATION_TITLE, "app.wasm")
-    name = posixpath.basename(title)
+def _program_file_name(layer: Descriptor, entry_name: str) -> str:
+    """The program's file name: the entrypoint's, else the layer's title, else app.wasm."""
+    title = wasmlayers.title({"annotations": layer.annotations})
+    name = entry_name or posixpath.basename(title or "app.wasm")
     if not name or name in (".", "..") or "\0" in name:
-        raise FailedPrecondition(f"wasm layer {layer.digest}: unusable title {title!r}")
+        raise FailedPrecondition(f"wasm layer {layer.digest}: unusable file name {name!r}")
     return name
 
 
