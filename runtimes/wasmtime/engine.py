@@ -27,8 +27,13 @@ import wasmtime.component
 from runtimes.base import EntrypointKind
 from shim.errors import FailedPrecondition
 
-# Settings that change the compiled code; part of the cache key.
-ENGINE_SETTINGS = "cranelift_opt_level=speed"
+# Settings that change the compiled code; part of the cache key. Epoch interruption puts a
+# check of the engine's epoch at every function entry and loop header: an HTTP server
+# container advances the epoch to interrupt a request that runs past its timeout
+# (runtimes/wasmtime/http/handler.py); elsewhere nothing advances it, and every Store gets a
+# deadline no epoch reaches (NO_DEADLINE).
+ENGINE_SETTINGS = "cranelift_opt_level=speed,epoch_interruption"
+NO_DEADLINE = 1 << 62  # epoch ticks: a Store's deadline where nothing interrupts the guest
 
 Code = wasmtime.Module | wasmtime.component.Component
 
@@ -48,6 +53,7 @@ def shared_engine() -> wasmtime.Engine:
     config = wasmtime.Config()
     config.cranelift_opt_level = "speed"
     config.wasm_component_model = True
+    config.epoch_interruption = True
     return wasmtime.Engine(config)
 
 

@@ -9,10 +9,16 @@ a stub that traps when called: a module built for another host (say, one that al
 optional `env` function) still starts, and fails only if it really calls the missing import,
 with that import's name in the trap message. A module that imports `fd_renumber` gets it
 through renumber.py's adapter, which lets a guest renumber onto a closed descriptor (and so
-put its stdout back). Components (WASI preview 2) get wasmtime's wasip2 only: in
+put its stdout back). Components (WASI preview 2) get wasmtime's wasip2 and wasi:http's
+`types` and `outgoing-handler` (so a command component can make HTTP requests): in
 wasmtime-py 50 the component linker's `define_unknown_imports_as_traps` also replaces every
 wasip2 function with a trap (whatever the order of the calls), so a component with an
-import outside WASI fails at Start, naming the import.
+import outside these fails at Start, naming the import. A component that exports
+`wasi:http/incoming-handler` and no `wasi:cli/run` (a wasi:http/proxy component) fails at
+Start with the reason it cannot be served (http/switch.py, PROXY_UNSUPPORTED).
+
+Every Store gets an epoch deadline (engine.py): none that is reached in an ordinary
+container, the request's timeout in an HTTP server (http/handler.py).
 
 Exit status, as a native process would have it:
 - `proc_exit(n)` / `wasi:cli/exit` -> n (wasmtime only allows 0..125; a larger status is
@@ -38,11 +44,13 @@ from runtimes.wasmtime import engine as eng
 from runtimes.wasmtime import renumber, sections
 from runtimes.wasmtime.cache import Cache, entry_is_component, verified_or_compiled
 from runtimes.wasmtime.entry import open_source, read_source
+from runtimes.wasmtime.http.switch import PROXY_UNSUPPORTED
 from runtimes.wasmtime.wasi import wasi_config
 from shim.errors import FailedPrecondition
 
 TRAP_EXIT = 134
 RUN_INTERFACE_PREFIX = "wasi:cli/run@0.2"
+HTTP_HANDLER_PREFIX = "wasi:http/incoming-handler@0.2"
 
 
 @dataclass(slots=True)
@@ -158,13 +166,42 @@ def memory_floor(loaded: Loaded) -> int:
 
 def prepare(cfg: RunConfig, entry: Entrypoint, loaded: Loaded) -> Instance:
     """WASI context, link and instantiate, as the container's user. Raises FailedPrecondition."""
+    return instantiate(cfg, entry, loaded, wasi_config(cfg), cfg.memory_limit, eng.NO_DEADLINE)
+
+
+def new_store(wasi: wasmtime.WasiConfig, memory_cap: int | None, deadline: int) -> wasmtime.Store:
+    """A Store of the shared Engine with its WASI context, its linear-memory cap (bytes) and
+    its epoch deadline (ticks from now)."""
     store = wasmtime.Store(eng.shared_engine())
-    if cfg.memory_limit is not None:
-        store.set_limits(memory_size=cfg.memory_limit)
-    store.set_wasi(wasi_config(cfg))
+    store.set_epoch_deadline(deadline)
+    if memory_cap is not None:
+        store.set_limits(memory_size=memory_cap)
+    store.set_wasi(wasi)
+    return store
+
+
+def instantiate(
+    cfg: RunConfig,
+    entry: Entrypoint,
+    loaded: Loaded,
+    wasi: wasmtime.WasiConfig,
+    memory_cap: int | None,
+    deadline: int,
+) -> Instance:
+    """The program linked and instantiated in a new Store (`new_store`). Raises
+    FailedPrecondition."""
+    store = new_store(wasi, memory_cap, deadline)
     if isinstance(loaded.code, wasmtime.component.Component):
         return _prepare_component(cfg, entry, store, loaded.code)
     return _prepare_module(cfg, entry, store, loaded.code, loaded.renumber)
+
+
+def exports_http_handler(component: wasmtime.component.Component) -> bool:
+    """A wasi:http/proxy component: it exports wasi:http/incoming-handler and no wasi:cli/run."""
+    names = list(component.type.exports(eng.shared_engine()))
+    return any(n.startswith(HTTP_HANDLER_PREFIX) for n in names) and not any(
+        n.startswith(RUN_INTERFACE_PREFIX) for n in names
+    )
 
 
 def _instantiate_error(
@@ -227,9 +264,13 @@ def _prepare_component(
     component: wasmtime.component.Component,
 ) -> ComponentInstance:
     engine = eng.shared_engine()
+    if entry.func is None and exports_http_handler(component):
+        raise FailedPrecondition(f"{entry.guest_path}: {PROXY_UNSUPPORTED}")
     linker = wasmtime.component.Linker(engine)
     try:
         linker.add_wasip2()
+        linker.add_wasi_http()
+        store.set_wasi_http()
         instance = linker.instantiate(store, component)
     except (wasmtime.Trap, wasmtime.WasmtimeError) as e:
         raise _instantiate_error(cfg, entry, e) from e

@@ -14,6 +14,7 @@ from runtimes.wasmtime import entry as _entry
 
 if TYPE_CHECKING:
     from runtimes.wasmtime import run as _run
+    from runtimes.wasmtime.http.server import HttpServer
 
 
 class WasmtimeRuntime:
@@ -54,11 +55,19 @@ class WasmtimeRuntime:
 
         return run.load(cfg, entry, compiled)
 
-    def prepare(self, cfg: RunConfig, entry: Entrypoint, loaded: object) -> _run.Instance:
+    def prepare(
+        self, cfg: RunConfig, entry: Entrypoint, loaded: object
+    ) -> _run.Instance | HttpServer:
+        """The instance to run, or, for a container that serves HTTP (`cfg.http`), the
+        server with its socket bound (runtimes/wasmtime/http/server.py)."""
         from runtimes.wasmtime import run
 
         if not isinstance(loaded, run.Loaded):
             raise TypeError(f"not loaded by WasmtimeRuntime: {type(loaded).__name__}")
+        if cfg.http is not None:
+            from runtimes.wasmtime.http.server import HttpServer
+
+            return HttpServer(cfg, entry, loaded)
         return run.prepare(cfg, entry, loaded)
 
     def memory_floor(self, loaded: object) -> int:
@@ -70,14 +79,21 @@ class WasmtimeRuntime:
 
     def limit_memory(self, prepared: Instance, max_bytes: int) -> None:
         from runtimes.wasmtime import run
+        from runtimes.wasmtime.http.server import HttpServer
 
+        if isinstance(prepared, HttpServer):
+            prepared.limit_memory(max(0, max_bytes), run.memory_floor(prepared.handler.loaded))
+            return
         if not isinstance(prepared, run.ModuleInstance | run.ComponentInstance):
             raise TypeError(f"not prepared by WasmtimeRuntime: {type(prepared).__name__}")
         prepared.store.set_limits(memory_size=max(0, max_bytes))
 
     def run(self, prepared: Instance) -> int:
         from runtimes.wasmtime import run
+        from runtimes.wasmtime.http.server import HttpServer
 
+        if isinstance(prepared, HttpServer):
+            return prepared.serve()
         if not isinstance(prepared, run.ModuleInstance | run.ComponentInstance):
             raise TypeError(f"not prepared by WasmtimeRuntime: {type(prepared).__name__}")
         return run.run(prepared)

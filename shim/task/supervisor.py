@@ -186,6 +186,7 @@ class WasmSupervisor:
             self._close_compile_channel()
         conf = setup.confinement
         process.pid_namespace_init = conf is not None and conf.pid == PID_NEW
+        process.serves_http = self.run_config.http is not None
         return process
 
     async def start_exec(
