@@ -32,6 +32,7 @@ class WasmtimeRuntime:
         """Load wasmtime's library and Python modules and create the shared Engine: no
         compilation (it starts threads; see engine.py)."""
         from runtimes.wasmtime import engine, run  # noqa: F401  (wasmtime + its component API)
+        from runtimes.wasmtime.http import server  # noqa: F401  (and http.server, socketserver)
 
         engine.wasmtime_version()  # reads package metadata once, for every child's cache key
         engine.shared_engine()
@@ -51,7 +52,13 @@ class WasmtimeRuntime:
         return run.find_in_cache(source_fd, kind, name, cache)
 
     def load(self, cfg: RunConfig, entry: Entrypoint, compiled: Compiled | None) -> _run.Loaded:
+        """Also imports what serving HTTP needs, if the container serves it: load() runs on
+        the host's filesystem, prepare() and run() inside the container's root, where the
+        shim's modules cannot be found (a warm runtime has imported them already)."""
         from runtimes.wasmtime import run
+
+        if cfg.http is not None:
+            from runtimes.wasmtime.http import server  # noqa: F401
 
         return run.load(cfg, entry, compiled)
 

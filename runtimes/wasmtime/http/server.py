@@ -32,6 +32,7 @@ process exits 0. The daemon sends SIGTERM through, not SIGKILL, once the server 
 from __future__ import annotations
 
 import contextlib
+import encodings.idna  # noqa: F401  (socket's name codec: not importable inside the container)
 import errno
 import io
 import os
