@@ -70,7 +70,13 @@ def annotations(**extra: str) -> list[str]:
 
 
 def start_server(
-    bed: PrivateContainerd, ns: str, ref: str, netns: NetNs, log: Path, flags: list[str]
+    bed: PrivateContainerd,
+    ns: str,
+    ref: str,
+    netns: NetNs,
+    log: Path,
+    flags: list[str],
+    args: tuple[str, ...] = (),
 ) -> str:
     """`ctr run -d` the handler in `netns` with stdout to `log`; returns the container id.
     Start returns once the server's socket is bound (it is bound before the process
@@ -88,6 +94,7 @@ def start_server(
         *flags,
         ref,
         cid,
+        *args,
         namespace=ns,
         check=False,
     )
