@@ -2,10 +2,11 @@
 
 The program is compiled once (the container process loaded it at Start, from the node's
 cache); each request gets a new Store and instance of that code, so requests share no guest
-state and a trap ends only its own request. A core module without the `fd_renumber`
-adapter is linked once (`InstancePre`: imports resolved at Start) and each request only
-instantiates; a module with the adapter, or a component, is linked per request (the adapter
-is an instance of its own per Store; wasmtime-py has no pre-instantiation for components).
+state and a trap ends only its own request. A command module (`_start`) without the
+`fd_renumber` adapter is linked once (`InstancePre`: imports resolved at Start) and each
+request only instantiates; a module with the adapter or a `#func` entry (a reactor's
+`_initialize` comes first), or a component, is linked per request (the adapter is an
+instance of its own per Store; wasmtime-py has no pre-instantiation for components).
 
 What a request's program gets: argv as the container's `process.args`; the environment of
 cgi.py; the body as stdin (in memory); stdout captured (at most MAX_OUTPUT bytes: more makes
@@ -91,9 +92,8 @@ class Handler:
         assert cfg.http is not None
         self.deadline = math.ceil(cfg.http.timeout / TICK) + 1
         self._pre: wasmtime.InstancePre | None = None
-        self._func = entry.func or "_start"
         code = loaded.code
-        if isinstance(code, wasmtime.Module) and loaded.renumber is None:
+        if isinstance(code, wasmtime.Module) and loaded.renumber is None and entry.func is None:
             linker = wasmtime.Linker(eng.shared_engine())
             linker.define_wasi()
             try:
@@ -123,9 +123,9 @@ class Handler:
             if self._pre is not None:
                 store = wrun.new_store(wasi, self.memory_cap, self.deadline)
                 instance = self._pre.instantiate(store)
-                func = instance.exports(store).get(self._func)
+                func = instance.exports(store).get("_start")
                 if not isinstance(func, wasmtime.Func):
-                    raise FailedPrecondition(f"{self.entry.guest_path} exports no {self._func}")
+                    raise FailedPrecondition(f"{self.entry.guest_path} exports no _start")
                 func(store)
             else:
                 prepared = wrun.instantiate(

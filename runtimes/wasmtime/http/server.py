@@ -320,7 +320,8 @@ class HttpServer:
             return _plain(502, "the handler's output is not a CGI response")
 
     def serve(self) -> int:
-        """Serve until SIGTERM/SIGINT, drain, and return the exit status (0)."""
+        """Serve until SIGTERM/SIGINT, drain, and return the exit status: 0, or 1 when the
+        accepting thread ended on its own (an error it wrote to stderr)."""
         ticker = Ticker()
         ticker.start()
         thread = threading.Thread(
@@ -328,8 +329,10 @@ class HttpServer:
         )
         thread.start()
         _write(2, f"wagi: serving {self.entry.guest_path} on port {self.port}\n")
+        failed = False
         while not self._stop.wait(1.0):
             if not thread.is_alive():
+                failed = True
                 break
         self.draining = True
         self.listener.shutdown()
@@ -345,4 +348,4 @@ class HttpServer:
         if left:
             _write(2, f"wagi: {left} connections still open after the drain\n")
         sys.stdout.flush()
-        return 0
+        return 1 if failed else 0
