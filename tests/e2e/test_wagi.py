@@ -6,7 +6,8 @@ makes a network namespace of its own (tests/netns.py), runs the container detach
 --annotation wasmtime.containerd.io/http=wagi ...`; one test uses the environment
 instead), and talks to it from inside that namespace (`ip netns exec <ns> curl ...`, or
 tests/httpload.py). Each test runs on the venv's shim and on the shipped bundle (`bed`),
-since the server is the container process, which runs inside the bundle.
+since the server is the container process, which runs inside the bundle. One more test runs
+it in a CRI pod of its own network namespace, driven as kubelet drives it (tests/cri.py).
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.containerd import RUNTIME, PrivateContainerd
+from tests.containerd import RUNTIME, WASMTIME_HANDLER, PrivateContainerd
+from tests.cri import CriClient
 from tests.e2e.helpers import (
     TestImage,
     describe,
@@ -338,3 +340,34 @@ def test_wagi_port_in_use_fails_start(
     finally:
         remove_container(bed, bed_ns, first)
     assert_no_leaks(bed, bed_ns)
+
+
+def test_wagi_in_a_cri_pod_is_stopped_by_stopcontainer(
+    cri_bed: tuple[PrivateContainerd, CriClient], crictl: CriClient, cri_wasm_image: str
+) -> None:
+    """As kubelet runs it: a pod with its own network namespace (tests/cni's fake network), a
+    container whose env turns WAGI on; curl from the pod's namespace (nsenter into the
+    sandbox's), the request log in the CRI log, and StopContainer's SIGTERM drains it to 0."""
+    pod = crictl.run_pod("wagi", runtime_handler=WASMTIME_HANDLER, host_network=False)
+    wasm = crictl.create_container(
+        pod, "web", cri_wasm_image, command=["/bin/wagi.wasm"], env={"WASMTIME_HTTP": "wagi"}
+    )
+    crictl.start_container(wasm)
+    pause = crictl.sandbox_pid(pod.id)
+    got = subprocess.run(
+        ["nsenter", "-t", str(pause), "-n", "curl", "-sS", "-i", "--max-time", "30", url("/hello")],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert got.returncode == 0, got.stderr
+    assert got.stdout.startswith(b"HTTP/1.1 200 OK\r\n"), got.stdout
+    assert got.stdout.endswith(b"\r\n\r\nhello from wagi\n"), got.stdout
+    assert os.stat(f"/proc/{crictl.container_pid(wasm)}/ns/net").st_ino == (
+        os.stat(f"/proc/{pause}/ns/net").st_ino
+    )
+    crictl.wait_for_log(wasm, '"GET /hello HTTP/1.1" 200 16', stream="stdout")
+    crictl.stop_container(wasm, timeout=30)
+    assert crictl.wait_exited(wasm).exit_code == 0
+    crictl.stop_pod(pod.id)
+    crictl.remove_pod(pod.id)
