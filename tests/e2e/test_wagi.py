@@ -371,3 +371,28 @@ def test_wagi_in_a_cri_pod_is_stopped_by_stopcontainer(
     assert crictl.wait_exited(wasm).exit_code == 0
     crictl.stop_pod(pod.id)
     crictl.remove_pod(pod.id)
+
+
+def test_wagi_requests_share_the_memory_limit(
+    bed: PrivateContainerd, bed_ns: str, image: TestImage, netns: NetNs, tmp_path: Path
+) -> None:
+    """With a 256 MiB limit and 4 programs at once, one request's linear memory stops
+    growing near a quarter of what the limit leaves (malloc fails inside the guest): the
+    process is not OOM-killed and goes on serving."""
+    ref = image.import_into(bed, bed_ns)
+    limit_mib = 256
+    flags = [*annotations(**{"http-concurrency": "4"}), "--memory-limit", str(limit_mib << 20)]
+    cid = start_server(bed, bed_ns, ref, netns, tmp_path / "stdout.log", flags)
+    try:
+        status, _, body = curl(netns, url("/grow"))
+        assert status == "HTTP/1.1 200 OK", body
+        grown = int(body)
+        assert 0 < grown < limit_mib // 4, grown
+        status, _, body = curl(netns, url("/hello"))
+        assert status == "HTTP/1.1 200 OK" and body == b"hello from wagi\n"
+        assert task_status(bed, bed_ns, cid) == "RUNNING"
+        code = stop(bed, bed_ns, cid)
+    finally:
+        remove_container(bed, bed_ns, cid)
+    assert code == 0
+    assert_no_leaks(bed, bed_ns)

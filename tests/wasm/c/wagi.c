@@ -8,6 +8,7 @@
  *   /exit      exits with status 3
  *   /spin      loops for ever (the gateway's timeout interrupts it)
  *   /garbage   output that is not a CGI response
+ *   /grow      allocates 1 MiB blocks until malloc fails; answers how many it got
  *   anything else: 404
  */
 #include <stdio.h>
@@ -15,6 +16,7 @@
 #include <string.h>
 
 extern char **environ;
+char *volatile last_block;
 
 static const char *env(const char *name) {
     const char *v = getenv(name);
@@ -48,6 +50,15 @@ int main(void) {
     } else if (strcmp(path, "/spin") == 0) {
         volatile unsigned long n = 0;
         for (;;) n++;
+    } else if (strcmp(path, "/grow") == 0) {
+        unsigned long mib = 0;
+        char *block;
+        while ((block = malloc(1 << 20)) != NULL) {  /* touched: the compiler keeps it */
+            block[0] = (char)mib;
+            last_block = block;
+            mib++;
+        }
+        printf("Content-Type: text/plain\n\n%lu\n", mib);
     } else if (strcmp(path, "/garbage") == 0) {
         printf("this is not a header line\n");
     } else {
