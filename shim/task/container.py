@@ -114,8 +114,8 @@ class Container:
                 c.record()
             else:
                 assert c.entry is not None
-                c.run_config = replace(
-                    c.run_config, http=http_switch.from_spec(spec.process.env, spec.annotations)
+                c.run_config = replace(  # env: the spec's, or a wasm artifact's (_resolve)
+                    c.run_config, http=http_switch.from_spec(c.run_config.env, spec.annotations)
                 )
                 cgroup = (
                     Cgroup.create(spec.cgroups_path, spec.resources) if spec.cgroups_path else None
