@@ -32,7 +32,6 @@ class WasmtimeRuntime:
         """Load wasmtime's library and Python modules and create the shared Engine: no
         compilation (it starts threads; see engine.py)."""
         from runtimes.wasmtime import engine, run  # noqa: F401  (wasmtime + its component API)
-        from runtimes.wasmtime.http import server  # noqa: F401  (and http.server, socketserver)
 
         engine.wasmtime_version()  # reads package metadata once, for every child's cache key
         engine.shared_engine()
@@ -54,7 +53,8 @@ class WasmtimeRuntime:
     def load(self, cfg: RunConfig, entry: Entrypoint, compiled: Compiled | None) -> _run.Loaded:
         """Also imports what serving HTTP needs, if the container serves it: load() runs on
         the host's filesystem, prepare() and run() inside the container's root, where the
-        shim's modules cannot be found (a warm runtime has imported them already)."""
+        shim's modules cannot be found. (The warm runtime does not import it: containers
+        that do not serve HTTP pay nothing for it.)"""
         from runtimes.wasmtime import run
 
         if cfg.http is not None:
@@ -86,21 +86,27 @@ class WasmtimeRuntime:
 
     def limit_memory(self, prepared: Instance, max_bytes: int) -> None:
         from runtimes.wasmtime import run
-        from runtimes.wasmtime.http.server import HttpServer
 
-        if isinstance(prepared, HttpServer):
-            prepared.limit_memory(max(0, max_bytes), run.memory_floor(prepared.handler.loaded))
+        if isinstance(prepared, run.ModuleInstance | run.ComponentInstance):
+            prepared.store.set_limits(memory_size=max(0, max_bytes))
             return
-        if not isinstance(prepared, run.ModuleInstance | run.ComponentInstance):
-            raise TypeError(f"not prepared by WasmtimeRuntime: {type(prepared).__name__}")
-        prepared.store.set_limits(memory_size=max(0, max_bytes))
+        server = _server(prepared)
+        server.limit_memory(max(0, max_bytes), run.memory_floor(server.handler.loaded))
 
     def run(self, prepared: Instance) -> int:
         from runtimes.wasmtime import run
-        from runtimes.wasmtime.http.server import HttpServer
 
-        if isinstance(prepared, HttpServer):
-            return prepared.serve()
-        if not isinstance(prepared, run.ModuleInstance | run.ComponentInstance):
-            raise TypeError(f"not prepared by WasmtimeRuntime: {type(prepared).__name__}")
-        return run.run(prepared)
+        if isinstance(prepared, run.ModuleInstance | run.ComponentInstance):
+            return run.run(prepared)
+        return _server(prepared).serve()
+
+
+def _server(prepared: object) -> HttpServer:
+    """`prepared` as the HTTP server prepare() made. The module is imported only here, for
+    what is not an instance: it was imported by load() on the host's side, while a plain
+    container runs inside its root, where no module of the shim can be imported."""
+    from runtimes.wasmtime.http.server import HttpServer
+
+    if not isinstance(prepared, HttpServer):
+        raise TypeError(f"not prepared by WasmtimeRuntime: {type(prepared).__name__}")
+    return prepared
