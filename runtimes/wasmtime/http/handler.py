@@ -14,7 +14,8 @@ the program's writes fail); stderr the container's; the container's `/` as its p
 the container's user; a linear-memory cap of `memory_cap` (the container's headroom divided
 among the requests that may run at once: see server.py); and an epoch deadline.
 
-Timeouts: the engine checks its epoch at every function entry and loop header (engine.py).
+Timeouts: the program is compiled for the interruptible Engine (engine.py), whose code
+checks the epoch at every function entry and loop back-edge.
 A ticker thread advances the epoch every TICK seconds while the server runs; each request's
 Store traps once `timeout` has passed (`Outcome.TIMEOUT`). A program blocked in a host call
 (a read of a file that never ends) is not in wasm code and is not interrupted until it
@@ -94,7 +95,7 @@ class Handler:
         self._pre: wasmtime.InstancePre | None = None
         code = loaded.code
         if isinstance(code, wasmtime.Module) and loaded.renumber is None and entry.func is None:
-            linker = wasmtime.Linker(eng.shared_engine())
+            linker = wasmtime.Linker(eng.interruptible_engine())
             linker.define_wasi()
             try:
                 linker.define_unknown_imports_as_traps(code)
@@ -121,7 +122,9 @@ class Handler:
         wasi.stdout_custom = out.write
         try:
             if self._pre is not None:
-                store = wrun.new_store(wasi, self.memory_cap, self.deadline)
+                store = wrun.new_store(
+                    eng.interruptible_engine(), wasi, self.memory_cap, self.deadline
+                )
                 instance = self._pre.instantiate(store)
                 func = instance.exports(store).get("_start")
                 if not isinstance(func, wasmtime.Func):
@@ -164,7 +167,7 @@ class Ticker:
         self._thread.start()
 
     def _run(self) -> None:
-        engine = eng.shared_engine()
+        engine = eng.interruptible_engine()
         while not self._stop.wait(TICK):
             engine.increment_epoch()
 
