@@ -174,3 +174,15 @@ def test_a_ready_server_gets_sigterm_itself_and_a_guest_init_gets_sigkill() -> N
         assert guest.stand_in(signal.SIGTERM) == signal.SIGKILL
 
     asyncio.run(check())
+
+
+def test_an_http_servers_code_is_cached_under_its_own_key() -> None:
+    """Code for the interruptible Engine (epoch checks) never stands in for plain code."""
+    from runtimes.wasmtime import engine
+
+    wat = b'(module (func (export "_start")))'
+    plain = engine.load_source(wat, EntrypointKind.WAT, "m.wat")
+    interruptible = engine.load_source(wat, EntrypointKind.WAT, "m.wat", interruptible=True)
+    assert plain.key != interruptible.key and plain.wasm == interruptible.wasm
+    assert engine.engine(True) is engine.interruptible_engine()
+    assert engine.engine(False) is engine.shared_engine()
