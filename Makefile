@@ -11,7 +11,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 DEB_PACKAGES := containerd runc clang lld wasi-libc libclang-rt-14-dev-wasm32 \
 	golang-github-containerd-containerd-dev python3-venv gcc libc6-dev iproute2 \
-	containernetworking-plugins
+	containernetworking-plugins curl wrk busybox-static
 
 .PHONY: deps venv go-check containerd-releases test lint demo installer-image example-images clean distclean
 

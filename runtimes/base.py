@@ -28,6 +28,23 @@ class Preopen:
     readonly: bool
 
 
+class HttpMode(enum.Enum):
+    """How a container serves HTTP (runtimes/wasmtime/http/switch.py reads the switch)."""
+
+    WAGI = "wagi"  # each request runs the program as a CGI script (runtimes/wasmtime/http/)
+
+
+@dataclass(frozen=True, slots=True)
+class HttpServing:
+    """A container that is an HTTP server: the shim's container process listens on `port`
+    in the container's network namespace and runs the program once per request."""
+
+    mode: HttpMode
+    port: int
+    timeout: float  # seconds a request's program may run before it is interrupted (504)
+    max_concurrent: int  # programs running at once; more requests wait for a slot
+
+
 @dataclass(frozen=True, slots=True)
 class RunConfig:
     """Everything an engine needs to run one container process: plain values, no protobuf."""
@@ -41,6 +58,7 @@ class RunConfig:
     memory_limit: int | None = None  # bytes; cap on each wasm linear memory
     cache: CacheSettings | None = None  # where compiled code is cached (None = no cache)
     artifact_dir: str | None = None  # outside the rootfs: holds a wasm OCI artifact's layer
+    http: HttpServing | None = None  # serve HTTP, running the program per request
 
 
 DEFAULT_CACHE_LIMIT = 2 << 30  # bytes: the cache's bound unless the operator sets one

@@ -11,6 +11,10 @@ pages: a container process that maps a cached module allocates almost nothing of
 
 The cache key is sha256(kind, wasmtime version, engine settings, source bytes): compiled code
 is only valid for the same wasmtime build and settings.
+
+An HTTP server container (runtimes/wasmtime/http/) uses a second Engine, with epoch
+interruption (`interruptible_engine()`), created in that container process; its code is
+compiled for it and cached under its own keys.
 """
 
 from __future__ import annotations
@@ -29,6 +33,11 @@ from shim.errors import FailedPrecondition
 
 # Settings that change the compiled code; part of the cache key.
 ENGINE_SETTINGS = "cranelift_opt_level=speed"
+# An HTTP server container's engine adds epoch interruption: a check of the engine's epoch at
+# every function entry and loop back-edge, which the server advances to interrupt a request
+# past its timeout (runtimes/wasmtime/http/handler.py). It costs a tight loop up to half its
+# speed, so only those containers' code carries it (its own cache entries).
+INTERRUPTIBLE_SETTINGS = ENGINE_SETTINGS + ",epoch_interruption"
 
 Code = wasmtime.Module | wasmtime.component.Component
 
@@ -51,6 +60,23 @@ def shared_engine() -> wasmtime.Engine:
     return wasmtime.Engine(config)
 
 
+@functools.cache
+def interruptible_engine() -> wasmtime.Engine:
+    """The Engine of an HTTP server container (INTERRUPTIBLE_SETTINGS), created in that
+    container process on first use: after shared_engine() installed the signal handlers, and
+    like it starting no thread."""
+    shared_engine()
+    config = wasmtime.Config()
+    config.cranelift_opt_level = "speed"
+    config.wasm_component_model = True
+    config.epoch_interruption = True
+    return wasmtime.Engine(config)
+
+
+def engine(interruptible: bool) -> wasmtime.Engine:
+    return interruptible_engine() if interruptible else shared_engine()
+
+
 @dataclass(frozen=True, slots=True)
 class Source:
     """A program's bytes and what they are (after any WAT -> binary translation)."""
@@ -58,9 +84,10 @@ class Source:
     wasm: bytes
     component: bool
     key: str  # sha256 hex of the cache key material
+    interruptible: bool = False  # for interruptible_engine()
 
 
-def load_source(raw: bytes, kind: EntrypointKind, name: str) -> Source:
+def load_source(raw: bytes, kind: EntrypointKind, name: str, interruptible: bool = False) -> Source:
     """Turn the entrypoint's bytes into binary wasm, translating WAT text.
 
     Raises FailedPrecondition with wasmtime's reason for invalid text.
@@ -78,28 +105,33 @@ def load_source(raw: bytes, kind: EntrypointKind, name: str) -> Source:
         wasm = raw
     component = len(wasm) >= 8 and int.from_bytes(wasm[6:8], "little") == 1
     material = hashlib.sha256()
-    for part in ("component" if component else "module", wasmtime_version(), ENGINE_SETTINGS):
+    settings = INTERRUPTIBLE_SETTINGS if interruptible else ENGINE_SETTINGS
+    for part in ("component" if component else "module", wasmtime_version(), settings):
         material.update(part.encode() + b"\0")
     material.update(hashlib.sha256(wasm).digest())
-    return Source(wasm=wasm, component=component, key=material.hexdigest())
+    return Source(
+        wasm=wasm, component=component, key=material.hexdigest(), interruptible=interruptible
+    )
 
 
 def compile_source(src: Source, name: str) -> Code:
-    """Compile with the shared Engine. Raises FailedPrecondition for invalid wasm."""
+    """Compile with the shared Engine (the interruptible one for an interruptible source).
+    Raises FailedPrecondition for invalid wasm."""
     what = "component" if src.component else "module"
+    target = engine(src.interruptible)
     try:
         if src.component:
-            return wasmtime.component.Component(shared_engine(), src.wasm)
-        return wasmtime.Module(shared_engine(), src.wasm)
+            return wasmtime.component.Component(target, src.wasm)
+        return wasmtime.Module(target, src.wasm)
     except wasmtime.WasmtimeError as e:
         raise FailedPrecondition(f"{name} is not a valid wasm {what}: {one_line(e)}") from e
 
 
-def deserialize(path: str, component: bool) -> Code:
+def deserialize(path: str, component: bool, interruptible: bool = False) -> Code:
     """Map a cache entry (wasmtime checks it was made by this build and these settings)."""
     if component:
-        return wasmtime.component.Component.deserialize_file(shared_engine(), path)
-    return wasmtime.Module.deserialize_file(shared_engine(), path)
+        return wasmtime.component.Component.deserialize_file(engine(interruptible), path)
+    return wasmtime.Module.deserialize_file(engine(interruptible), path)
 
 
 def one_line(e: BaseException) -> str:

@@ -108,9 +108,9 @@ def needed(module: wasmtime.Module) -> bool:
     return any(i.module == WASI and i.name == "fd_renumber" for i in module.imports)
 
 
-def source() -> eng.Source:
+def source(interruptible: bool = False) -> eng.Source:
     """The adapter as a Source, so that it is compiled and cached like any program."""
-    return eng.load_source(ADAPTER_WAT.encode(), EntrypointKind.WAT, NAME)
+    return eng.load_source(ADAPTER_WAT.encode(), EntrypointKind.WAT, NAME, interruptible)
 
 
 def link(linker: wasmtime.Linker, store: wasmtime.Store, adapter: wasmtime.Module) -> None:

@@ -9,10 +9,18 @@ a stub that traps when called: a module built for another host (say, one that al
 optional `env` function) still starts, and fails only if it really calls the missing import,
 with that import's name in the trap message. A module that imports `fd_renumber` gets it
 through renumber.py's adapter, which lets a guest renumber onto a closed descriptor (and so
-put its stdout back). Components (WASI preview 2) get wasmtime's wasip2 only: in
+put its stdout back). Components (WASI preview 2) get wasmtime's wasip2 and wasi:http's
+`types` and `outgoing-handler` (so a command component can make HTTP requests): in
 wasmtime-py 50 the component linker's `define_unknown_imports_as_traps` also replaces every
 wasip2 function with a trap (whatever the order of the calls), so a component with an
-import outside WASI fails at Start, naming the import.
+import outside these fails at Start, naming the import. A component that exports
+`wasi:http/incoming-handler` and no `wasi:cli/run` (a wasi:http/proxy component) fails at
+Start with the reason it cannot be served (http/switch.py, PROXY_UNSUPPORTED).
+
+An HTTP server container's program is compiled for the interruptible Engine (engine.py),
+by the container process itself through the node's cache, and each of its Stores gets the
+request's deadline (http/handler.py); every other program runs on the shared Engine, which
+has no epoch checks.
 
 Exit status, as a native process would have it:
 - `proc_exit(n)` / `wasi:cli/exit` -> n (wasmtime only allows 0..125; a larger status is
@@ -38,11 +46,13 @@ from runtimes.wasmtime import engine as eng
 from runtimes.wasmtime import renumber, sections
 from runtimes.wasmtime.cache import Cache, entry_is_component, verified_or_compiled
 from runtimes.wasmtime.entry import open_source, read_source
+from runtimes.wasmtime.http.switch import PROXY_UNSUPPORTED
 from runtimes.wasmtime.wasi import wasi_config
 from shim.errors import FailedPrecondition
 
 TRAP_EXIT = 134
 RUN_INTERFACE_PREFIX = "wasi:cli/run@0.2"
+HTTP_HANDLER_PREFIX = "wasi:http/incoming-handler@0.2"
 
 
 @dataclass(slots=True)
@@ -75,13 +85,21 @@ class Loaded:
     code: eng.Code
     renumber: wasmtime.Module | None = None
     declared_memory: int = 0  # bytes, from the module's binary (sections.py); 0: unknown
+    interruptible: bool = False  # compiled for engine.interruptible_engine()
+
+    @property
+    def engine(self) -> wasmtime.Engine:
+        return eng.engine(self.interruptible)
 
 
 def load(cfg: RunConfig, entry: Entrypoint, compiled: Compiled | None) -> Loaded:
     """Map the verified cache entry the compile job named; without one (no warm runtime, or
-    the entry vanished), compile here, through the cache when `cfg.cache` is set. Raises
-    FailedPrecondition for a program that does not compile."""
-    code = _program(cfg, entry, compiled)
+    the entry vanished), compile here, through the cache when `cfg.cache` is set. An HTTP
+    server's program is for the interruptible Engine: the compile job's entry (if any) is
+    not, so it is found or compiled here. Raises FailedPrecondition for a program that does
+    not compile."""
+    interruptible = cfg.http is not None
+    code = _program(cfg, entry, None if interruptible else compiled, interruptible)
     declared = 0
     if entry.kind is EntrypointKind.MODULE:
         fd = open_source(cfg, entry)
@@ -91,21 +109,23 @@ def load(cfg: RunConfig, entry: Entrypoint, compiled: Compiled | None) -> Loaded
             os.close(fd)
     adapter: wasmtime.Module | None = None
     if isinstance(code, wasmtime.Module) and renumber.needed(code):
-        compiled_adapter = _compiled(cfg, renumber.source(), renumber.NAME)
+        compiled_adapter = _compiled(cfg, renumber.source(interruptible), renumber.NAME)
         if not isinstance(compiled_adapter, wasmtime.Module):
             raise TypeError(f"{renumber.NAME} compiled to a {type(compiled_adapter).__name__}")
         adapter = compiled_adapter
-    return Loaded(code, adapter, declared)
+    return Loaded(code, adapter, declared, interruptible)
 
 
-def _program(cfg: RunConfig, entry: Entrypoint, compiled: Compiled | None) -> eng.Code:
+def _program(
+    cfg: RunConfig, entry: Entrypoint, compiled: Compiled | None, interruptible: bool
+) -> eng.Code:
     if compiled is not None:
         try:
             return eng.deserialize(compiled.path, entry_is_component(compiled.path))
         except (OSError, wasmtime.WasmtimeError):
             pass  # evicted or replaced since the job checked it: compile below
     name = entry.guest_path
-    src = eng.load_source(read_source(open_source(cfg, entry)), entry.kind, name)
+    src = eng.load_source(read_source(open_source(cfg, entry)), entry.kind, name, interruptible)
     return _compiled(cfg, src, name)
 
 
@@ -113,7 +133,8 @@ def _compiled(cfg: RunConfig, src: eng.Source, name: str) -> eng.Code:
     """`src` compiled through the cache when `cfg.cache` is set, else here."""
     if cfg.cache is not None:
         with contextlib.suppress(OSError):  # an unwritable cache only costs the caching
-            return eng.deserialize(_cache_entry(src, name, cfg.cache).path, src.component)
+            cached = _cache_entry(src, name, cfg.cache)
+            return eng.deserialize(cached.path, src.component, src.interruptible)
     return eng.compile_source(src, name)
 
 
@@ -158,13 +179,49 @@ def memory_floor(loaded: Loaded) -> int:
 
 def prepare(cfg: RunConfig, entry: Entrypoint, loaded: Loaded) -> Instance:
     """WASI context, link and instantiate, as the container's user. Raises FailedPrecondition."""
-    store = wasmtime.Store(eng.shared_engine())
-    if cfg.memory_limit is not None:
-        store.set_limits(memory_size=cfg.memory_limit)
-    store.set_wasi(wasi_config(cfg))
+    return instantiate(cfg, entry, loaded, wasi_config(cfg), cfg.memory_limit, None)
+
+
+def new_store(
+    engine: wasmtime.Engine,
+    wasi: wasmtime.WasiConfig,
+    memory_cap: int | None,
+    deadline: int | None,
+) -> wasmtime.Store:
+    """A Store of `engine` with its WASI context, its linear-memory cap (bytes) and, for
+    the interruptible Engine, its epoch deadline (ticks from now)."""
+    store = wasmtime.Store(engine)
+    if deadline is not None:
+        store.set_epoch_deadline(deadline)
+    if memory_cap is not None:
+        store.set_limits(memory_size=memory_cap)
+    store.set_wasi(wasi)
+    return store
+
+
+def instantiate(
+    cfg: RunConfig,
+    entry: Entrypoint,
+    loaded: Loaded,
+    wasi: wasmtime.WasiConfig,
+    memory_cap: int | None,
+    deadline: int | None,
+) -> Instance:
+    """The program linked and instantiated in a new Store (`new_store`) of its Engine.
+    Raises FailedPrecondition."""
+    engine = loaded.engine
+    store = new_store(engine, wasi, memory_cap, deadline)
     if isinstance(loaded.code, wasmtime.component.Component):
-        return _prepare_component(cfg, entry, store, loaded.code)
-    return _prepare_module(cfg, entry, store, loaded.code, loaded.renumber)
+        return _prepare_component(cfg, entry, store, loaded.code, engine)
+    return _prepare_module(cfg, entry, store, loaded.code, loaded.renumber, engine)
+
+
+def exports_http_handler(component: wasmtime.component.Component, engine: wasmtime.Engine) -> bool:
+    """A wasi:http/proxy component: it exports wasi:http/incoming-handler and no wasi:cli/run."""
+    names = list(component.type.exports(engine))
+    return any(n.startswith(HTTP_HANDLER_PREFIX) for n in names) and not any(
+        n.startswith(RUN_INTERFACE_PREFIX) for n in names
+    )
 
 
 def _instantiate_error(
@@ -180,8 +237,9 @@ def _prepare_module(
     store: wasmtime.Store,
     module: wasmtime.Module,
     renumber_adapter: wasmtime.Module | None,
+    engine: wasmtime.Engine,
 ) -> ModuleInstance:
-    linker = wasmtime.Linker(eng.shared_engine())
+    linker = wasmtime.Linker(engine)
     linker.define_wasi()
     try:
         if renumber_adapter is not None:
@@ -225,11 +283,15 @@ def _prepare_component(
     entry: Entrypoint,
     store: wasmtime.Store,
     component: wasmtime.component.Component,
+    engine: wasmtime.Engine,
 ) -> ComponentInstance:
-    engine = eng.shared_engine()
+    if entry.func is None and exports_http_handler(component, engine):
+        raise FailedPrecondition(f"{entry.guest_path}: {PROXY_UNSUPPORTED}")
     linker = wasmtime.component.Linker(engine)
     try:
         linker.add_wasip2()
+        linker.add_wasi_http()
+        store.set_wasi_http()
         instance = linker.instantiate(store, component)
     except (wasmtime.Trap, wasmtime.WasmtimeError) as e:
         raise _instantiate_error(cfg, entry, e) from e

@@ -14,6 +14,7 @@ from runtimes.wasmtime import entry as _entry
 
 if TYPE_CHECKING:
     from runtimes.wasmtime import run as _run
+    from runtimes.wasmtime.http.server import HttpServer
 
 
 class WasmtimeRuntime:
@@ -50,15 +51,30 @@ class WasmtimeRuntime:
         return run.find_in_cache(source_fd, kind, name, cache)
 
     def load(self, cfg: RunConfig, entry: Entrypoint, compiled: Compiled | None) -> _run.Loaded:
+        """Also imports what serving HTTP needs, if the container serves it: load() runs on
+        the host's filesystem, prepare() and run() inside the container's root, where the
+        shim's modules cannot be found. (The warm runtime does not import it: containers
+        that do not serve HTTP pay nothing for it.)"""
         from runtimes.wasmtime import run
+
+        if cfg.http is not None:
+            from runtimes.wasmtime.http import server  # noqa: F401
 
         return run.load(cfg, entry, compiled)
 
-    def prepare(self, cfg: RunConfig, entry: Entrypoint, loaded: object) -> _run.Instance:
+    def prepare(
+        self, cfg: RunConfig, entry: Entrypoint, loaded: object
+    ) -> _run.Instance | HttpServer:
+        """The instance to run, or, for a container that serves HTTP (`cfg.http`), the
+        server with its socket bound (runtimes/wasmtime/http/server.py)."""
         from runtimes.wasmtime import run
 
         if not isinstance(loaded, run.Loaded):
             raise TypeError(f"not loaded by WasmtimeRuntime: {type(loaded).__name__}")
+        if cfg.http is not None:
+            from runtimes.wasmtime.http.server import HttpServer
+
+            return HttpServer(cfg, entry, loaded)
         return run.prepare(cfg, entry, loaded)
 
     def memory_floor(self, loaded: object) -> int:
@@ -71,13 +87,26 @@ class WasmtimeRuntime:
     def limit_memory(self, prepared: Instance, max_bytes: int) -> None:
         from runtimes.wasmtime import run
 
-        if not isinstance(prepared, run.ModuleInstance | run.ComponentInstance):
-            raise TypeError(f"not prepared by WasmtimeRuntime: {type(prepared).__name__}")
-        prepared.store.set_limits(memory_size=max(0, max_bytes))
+        if isinstance(prepared, run.ModuleInstance | run.ComponentInstance):
+            prepared.store.set_limits(memory_size=max(0, max_bytes))
+            return
+        server = _server(prepared)
+        server.limit_memory(max(0, max_bytes), run.memory_floor(server.handler.loaded))
 
     def run(self, prepared: Instance) -> int:
         from runtimes.wasmtime import run
 
-        if not isinstance(prepared, run.ModuleInstance | run.ComponentInstance):
-            raise TypeError(f"not prepared by WasmtimeRuntime: {type(prepared).__name__}")
-        return run.run(prepared)
+        if isinstance(prepared, run.ModuleInstance | run.ComponentInstance):
+            return run.run(prepared)
+        return _server(prepared).serve()
+
+
+def _server(prepared: object) -> HttpServer:
+    """`prepared` as the HTTP server prepare() made. The module is imported only here, for
+    what is not an instance: it was imported by load() on the host's side, while a plain
+    container runs inside its root, where no module of the shim can be imported."""
+    from runtimes.wasmtime.http.server import HttpServer
+
+    if not isinstance(prepared, HttpServer):
+        raise TypeError(f"not prepared by WasmtimeRuntime: {type(prepared).__name__}")
+    return prepared

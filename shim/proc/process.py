@@ -33,6 +33,9 @@ TERMINATING_SIGNALS = frozenset(int(s) for s in signal.valid_signals()) - {
     )
 }
 _SIGKILL_STATUS = 128 + signal.SIGKILL
+# What an HTTP server container (runtimes/wasmtime/http/server.py) handles once it is ready:
+# it drains and exits 0, so these reach it as they are.
+SERVER_STOP_SIGNALS = frozenset({int(signal.SIGTERM), int(signal.SIGINT)})
 
 
 def exit_code_from_wait_status(status: int) -> int:
@@ -55,15 +58,22 @@ class Process:
     )
     pid_namespace_init: bool = False  # a wasm guest alone in a PID namespace of its own
     killed_as: int = 0  # the signal a SIGKILL was sent in place of (`stand_in`)
+    serves_http: bool = False  # handles SERVER_STOP_SIGNALS once ready
 
     def stand_in(self, sig: int) -> int:
         """The signal to send for `sig`: SIGKILL in place of a terminating one when the
         process is a PID namespace's init (see TERMINATING_SIGNALS), remembered so that its
-        exit is reported as `sig`'s."""
+        exit is reported as `sig`'s; but a ready HTTP server gets SERVER_STOP_SIGNALS as
+        they are (its handlers are installed before it reports ready)."""
+        if self.serves_http and sig in SERVER_STOP_SIGNALS and self._is_ready():
+            return sig
         if self.pid_namespace_init and sig in TERMINATING_SIGNALS:
             self.killed_as = self.killed_as or sig
             return int(signal.SIGKILL)
         return sig
+
+    def _is_ready(self) -> bool:
+        return self.ready.done() and not self.ready.cancelled() and self.ready.exception() is None
 
     def set_ready(self, error: BaseException | None = None) -> None:
         """Readiness is decided once; later calls are ignored."""

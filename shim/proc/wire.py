@@ -27,7 +27,15 @@ import dataclasses
 import json
 from typing import Any
 
-from runtimes.base import CacheSettings, Entrypoint, EntrypointKind, Preopen, RunConfig
+from runtimes.base import (
+    CacheSettings,
+    Entrypoint,
+    EntrypointKind,
+    HttpMode,
+    HttpServing,
+    Preopen,
+    RunConfig,
+)
 from shim import errors
 from shim.confine.policy import Confinement
 from shim.proc.child import ProcessSetup, cut_error
@@ -53,9 +61,12 @@ def decode(data: bytes) -> dict[str, Any]:
 
 
 def spawn_request(cfg: RunConfig, entry: Entrypoint, setup: ProcessSetup) -> dict[str, Any]:
+    config = dataclasses.asdict(cfg)
+    if cfg.http is not None:
+        config["http"] = {**config["http"], "mode": cfg.http.mode.value}
     return {
         "op": "spawn",
-        "config": dataclasses.asdict(cfg),
+        "config": config,
         "entry": {**dataclasses.asdict(entry), "kind": entry.kind.value},
         "setup": dataclasses.asdict(setup),
     }
@@ -68,6 +79,8 @@ def parse_spawn(msg: dict[str, Any]) -> tuple[RunConfig, Entrypoint, ProcessSetu
     c["env"] = tuple(c["env"])
     c["preopens"] = tuple(Preopen(**p) for p in c["preopens"])
     c["cache"] = CacheSettings(**c["cache"]) if c.get("cache") else None
+    if c.get("http") is not None:
+        c["http"] = HttpServing(**{**c["http"], "mode": HttpMode(c["http"]["mode"])})
     e = dict(msg["entry"])
     e["kind"] = EntrypointKind(e["kind"])
     s = dict(msg["setup"])

@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field, replace
 
 from runtimes.base import Entrypoint, Preopen, RunConfig
+from runtimes.wasmtime.http import switch as http_switch
 from shim import bundle as bundle_files
 from shim.cgroups import Cgroup
 from shim.confine.policy import Confinement, cgroup_dirs, confinement
@@ -113,6 +114,9 @@ class Container:
                 c.record()
             else:
                 assert c.entry is not None
+                c.run_config = replace(  # env: the spec's, or a wasm artifact's (_resolve)
+                    c.run_config, http=http_switch.from_spec(c.run_config.env, spec.annotations)
+                )
                 cgroup = (
                     Cgroup.create(spec.cgroups_path, spec.resources) if spec.cgroups_path else None
                 )
@@ -240,7 +244,7 @@ class Container:
         searched: it holds only the entrypoint). Raises NotFound or FailedPrecondition."""
         if self.run_config is None or self.confinement is None:
             raise FailedPrecondition(f"container {self.id} runs no wasm program to exec beside")
-        cfg = replace(self.run_config, args=args, env=env, cwd=cwd, artifact_dir=None)
+        cfg = replace(self.run_config, args=args, env=env, cwd=cwd, artifact_dir=None, http=None)
         return cfg, host.runtime.resolve(cfg, spec_getenv(env, "PATH"))
 
     def exec_setup(self, init_pid: int, cwd: str) -> ProcessSetup:

@@ -160,9 +160,17 @@ class WasmSupervisor:
 
     def request_compile(self) -> None:
         """Blocking (Create's thread): hand the program to the warm runtime's compile job.
-        Without a warm runtime, or without a cache, the process compiles it itself."""
+        Without a warm runtime, or without a cache, or for an HTTP server (whose code is
+        compiled for another Engine: runtimes/wasmtime/engine.py), the process compiles it
+        itself."""
         cache = self.run_config.cache
         if cache is None:
+            return
+        if self.run_config.http is not None:
+            log.info(
+                "an HTTP server's program is compiled with epoch interruption, by its own "
+                "container process (through the node's cache), not by the warm runtime"
+            )
             return
         fd = self.host.runtime.open_source(self.run_config, self.entry)
         try:
@@ -186,6 +194,7 @@ class WasmSupervisor:
             self._close_compile_channel()
         conf = setup.confinement
         process.pid_namespace_init = conf is not None and conf.pid == PID_NEW
+        process.serves_http = self.run_config.http is not None
         return process
 
     async def start_exec(
