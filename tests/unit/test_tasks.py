@@ -599,7 +599,7 @@ def test_the_exec_spec_is_read_and_malformed_ones_are_named() -> None:
 def _exec_ready(tmp_path: Path, tasks: Tasks) -> tuple[Container, FakeSupervisor]:
     c, sup = _add(tasks, tmp_path, "init")
     c.exec_program = lambda host, args, env, cwd: ("cfg", "entry")  # type: ignore[method-assign,assignment,return-value]
-    c.exec_setup = lambda pid, cwd: ("setup", pid, cwd)  # type: ignore[method-assign,assignment,return-value]
+    c.exec_setup = lambda pid, cwd, tty: ("setup", pid, cwd)  # type: ignore[method-assign,assignment,return-value]
     return c, sup
 
 
