@@ -10,7 +10,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 DEB_PACKAGES := containerd runc clang lld wasi-libc libclang-rt-14-dev-wasm32 \
-	golang-github-containerd-containerd-dev python3-venv gcc libc6-dev iproute2
+	golang-github-containerd-containerd-dev python3-venv gcc libc6-dev iproute2 tmux
 
 .PHONY: deps venv go-check test lint demo installer-image example-images clean distclean
 
