@@ -88,33 +88,25 @@ def build_crictl(timeout: float = BUILD_TIMEOUT) -> Path:
 
 @dataclass(frozen=True, slots=True)
 class Crictl:
-    """``crictl`` bound to one CRI socket. Its config file is a private one that does not
-    exist (``--config``), so the machine's /etc/crictl.yaml is never read."""
+    """``crictl`` bound to one CRI socket. Its config file is a private one written here
+    (``--config``), so the machine's /etc/crictl.yaml is never read."""
 
     binary: Path
     endpoint: Path
     home: Path
 
     def argv(self, *args: str) -> list[str]:
-        sock = f"unix://{self.endpoint}"
-        return [
-            str(self.binary),
-            "--config",
-            str(self.home / "crictl.yaml"),
-            "--runtime-endpoint",
-            sock,
-            "--image-endpoint",
-            sock,
-            "--timeout",
-            "60s",
-            *args,
-        ]
+        return [str(self.binary), "--config", str(self.home / "crictl.yaml"), *args]
 
     def run(
         self, *args: str, timeout: float = 90.0, input: str | None = None
     ) -> subprocess.CompletedProcess[str]:
         """Run crictl; never raises on a non-zero exit (the caller asserts on it)."""
         self.home.mkdir(parents=True, exist_ok=True)
+        sock = f"unix://{self.endpoint}"
+        (self.home / "crictl.yaml").write_text(
+            f"runtime-endpoint: {sock}\nimage-endpoint: {sock}\ntimeout: 60\n"
+        )
         return subprocess.run(
             self.argv(*args),
             env={"PATH": SYSTEM_PATH, "HOME": str(self.home)},

@@ -10,6 +10,8 @@
  *                         and exit 0;
  *   SIDECAR_IGNORE_TERM=1 ignore SIGTERM, so only SIGKILL stops it (tests the escalation).
  * SIDECAR_TICK_MS=<ms> (optional) prints "tick <i>" every ms milliseconds while waiting.
+ * As an exec process, `/sidecar --once N WORDS...` prints "once WORDS... tty=<isatty(0)>
+ * <isatty(1)>" to stdout and "once: stderr" to stderr, and exits N.
  */
 #include <signal.h>
 #include <stdio.h>
@@ -24,6 +26,15 @@ static void on_stop(int sig) { stop_signal = sig; }
 
 int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IOLBF, 0);
+    if (argc > 2 && strcmp(argv[1], "--once") == 0) {
+        printf("once");
+        for (int i = 3; i < argc; i++) {
+            printf(" %s", argv[i]);
+        }
+        printf(" tty=%d%d\n", isatty(0), isatty(1));
+        fprintf(stderr, "once: stderr\n");
+        return atoi(argv[2]);
+    }
     if (argc > 1) {
         for (int i = 1; i < argc; i++) {
             printf("%s%s", argv[i], i + 1 < argc ? " " : "\n");
