@@ -24,7 +24,6 @@ from shim.errors import (
     InvalidArgument,
     NotFound,
     Unavailable,
-    Unimplemented,
 )
 from shim.io.stdio import ProcessIO, StdioConfig
 from shim.oci import spec
