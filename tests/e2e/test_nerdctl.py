@@ -344,3 +344,22 @@ def test_stats_and_top_of_a_running_guest(nerdctl: Nerdctl, loaded: str) -> None
     finally:
         removed = nerdctl.run("rm", "-f", "st")
     assert removed.returncode == 0, show(removed)
+
+
+def test_exec_into_a_running_guest(nerdctl: Nerdctl, loaded: str) -> None:
+    """``nerdctl exec``: a program of the image runs beside the init, its output and exit
+    code come back; ``-i`` pipes nerdctl's stdin into it and its end is the program's EOF
+    (CloseIO); the init runs on."""
+    flags = ("-d", "--name", "ex", "--entrypoint", "/bin/sleep.wasm")
+    start = nerdctl.run("run", *flags, *RUN_FLAGS, loaded, timeout=WAIT)
+    assert start.returncode == 0, show(start)
+    try:
+        done = nerdctl.run("exec", "ex", "/app.wasm", "4", "from-exec", timeout=WAIT)
+        assert done.stdout == "hello from wasm\nargv[0]=/app.wasm\nargv[1]=4\nargv[2]=from-exec\n"
+        assert done.returncode != 0 and "exec failed with exit code 4" in done.stderr, show(done)
+        piped = nerdctl.run("exec", "-i", "ex", "/bin/cat.wasm", input="piped\nlines\n")
+        assert (piped.returncode, piped.stdout) == (0, "piped\nlines\n"), show(piped)
+        assert "Up" in nerdctl.run("ps", "--filter", "name=ex").stdout
+    finally:
+        removed = nerdctl.run("rm", "-f", "ex")
+    assert removed.returncode == 0, show(removed)
