@@ -66,6 +66,7 @@ class ConsoleSocket:
             raise Internal(f"the console socket {self.path} received no terminal")
         for extra in fds[1:]:
             close_quietly(extra)
+        os.set_inheritable(fds[0], False)  # MSG_CMSG_CLOEXEC is not honoured on every path
         return fds[0]
 
     def close(self) -> None:
