@@ -137,7 +137,8 @@ def test_crictl_drives_a_wasm_pod_with_a_native_sidecar(
         pane = on_terminal(cli, pane_socket, "exec", "-it", side, "/sidecar", "--once", "3", "t")
         screen = pane.wait_for("ctr-exit=")
         pane.close()
-        assert "once t tty=11" in screen and "exit code 3" in screen, screen
+        # the pane's size, sent by crictl as a resize: ResizePty on runc's terminal
+        assert "once t tty=11 size=120x40" in screen and "exit code 3" in screen, screen
 
         assert json.loads(ok(cli, "inspect", side))["status"]["state"] == "CONTAINER_RUNNING"
         ok(cli, "stop", wasm)
