@@ -121,6 +121,22 @@ def read_to_eof(fd: int) -> bytes:
         data += chunk
 
 
+def read_until(fd: int, end: bytes) -> bytes:
+    """What ``fd`` gives until it ends with ``end`` (a hang guard fails the test)."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    deadline = time.monotonic() + HANG_GUARD
+    data = b""
+    while not data.endswith(end):
+        if not poller.poll(max(0.0, deadline - time.monotonic()) * 1000):
+            pytest.fail(f"no {end!r} after reading {data!r}")
+        try:
+            data += os.read(fd, 1)
+        except BlockingIOError:
+            continue
+    return data
+
+
 def spawn(pio: ProcessIO, script: str) -> subprocess.Popen[bytes]:
     """Fork a child onto child_fds() (Popen dup2()s them), then hand over as the shim does."""
     fds = pio.child_fds()
@@ -539,8 +555,9 @@ def test_a_terminal_carries_both_streams_and_echoes_input(client: Client) -> Non
         "test -t 0 && test -t 1 && test -t 2 && echo tty; read line; echo got $line; echo e >&2",
     )
     pio.started()
+    first = read_until(client.out_r, b"tty\r\n")  # typed before: its echo would come first
     os.write(client.open_stdin(), b"hello\n")
-    out = read_to_eof(client.out_r)  # EOF: the child exited, the copier reached EIO
+    out = first + read_to_eof(client.out_r)  # EOF: the child exited, the copier reached EIO
     assert exit_code(child) == 0
     assert out.split(b"\r\n") == [b"tty", b"hello", b"got hello", b"e", b""]
     assert os.read(client.err_r, 10) == b""  # no writer was ever opened on it
@@ -549,7 +566,7 @@ def test_a_terminal_carries_both_streams_and_echoes_input(client: Client) -> Non
 
 def test_close_stdin_on_a_terminal_types_eof(client: Client) -> None:
     pio = ProcessIO.open(_tty_config(client), container_id="c", namespace="ns")
-    child = spawn_on_tty(pio.child_fds(), "stty -echo; cat; echo done")
+    child = spawn_on_tty(pio.child_fds(), "cat; echo done")
     pio.started()
     os.write(client.open_stdin(), b"abc\n")
     pio.close_stdin()  # the client keeps its write end open: EOF is ours to give
