@@ -7,7 +7,8 @@ back in the reply, and the default streams through containerd's stream server (a
 upgrade on the address ``Exec`` returns), which starts the exec process with stdio FIFOs.
 
 Version: v1.37.0 (the newest release the module proxy serves here); crictl speaks CRI v1,
-which containerd 1.6 serves.
+which containerd 1.6 serves. Its go.mod wants Go 1.26.6 or newer (``build_problem`` says so
+when the Go found is older).
 
 How it is built: exactly as tests/nerdctl.py builds nerdctl (its ``_go`` helper, the same
 ``<repo>/.cache/go`` caches, ``GOTOOLCHAIN=local``): ``go mod download -json`` of the module,
@@ -30,6 +31,7 @@ from tests.nerdctl import BUILD_TIMEOUT, GO_DIR, NerdctlBuildError, _go
 
 CRICTL_MODULE = "sigs.k8s.io/cri-tools"
 CRICTL_VERSION = "v1.37.0"
+CRICTL_GO = (1, 26)  # its go.mod: go 1.26.6
 
 
 class CrictlBuildError(RuntimeError):
@@ -42,10 +44,19 @@ def crictl_path() -> Path:
 
 
 def build_problem() -> str | None:
-    """Why crictl cannot be had here (for ``require``), or None."""
+    """Why crictl cannot be had here (for ``require``), or None. Its go.mod says ``go
+    1.26.6``, newer than the suite's minimum, and ``GOTOOLCHAIN=local`` fetches no newer Go."""
     if crictl_path().exists():
         return None
-    return golang.problem()
+    found = golang.find()
+    if isinstance(found, str):
+        return found
+    if found.version < CRICTL_GO:
+        return (
+            f"crictl {CRICTL_VERSION} needs Go >= {CRICTL_GO[0]}.{CRICTL_GO[1]}.6; "
+            f"{found.path} is {found.version[0]}.{found.version[1]}: {golang.HOW_TO_GET}"
+        )
+    return None
 
 
 def build_crictl(timeout: float = BUILD_TIMEOUT) -> Path:

@@ -1,6 +1,7 @@
 """Where the test suite's Go toolchain is, and whether it is new enough: the one place deciding.
 
-Two things in the suite are built with Go: nerdctl v1.7.7 (tests/nerdctl.py), whose go.mod
+Three things in the suite are built with Go: crictl v1.37.0 (tests/crictl.py, which wants Go
+1.26.6 and checks that itself), nerdctl v1.7.7 (tests/nerdctl.py), whose go.mod
 says ``go 1.21`` and which is built with ``GOTOOLCHAIN=local`` (no newer Go is ever
 downloaded), and the ttrpc interop program (tests/unit/test_ttrpc_interop.py), built in GOPATH
 mode from Debian's containerd Go sources. So the suite needs Go 1.21 or newer; Debian 12's

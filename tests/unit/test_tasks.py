@@ -703,3 +703,34 @@ def test_exec_refusals_name_what_is_not_supported(tmp_path: Path) -> None:
             await tasks.start("init", "never-added")
 
     asyncio.run(main())
+
+
+def test_a_native_exec_keeps_its_process_spec_and_a_tty_exec_can_be_resized(
+    tmp_path: Path,
+) -> None:
+    """In a native container the exec's process spec goes to runc as it came (no wasm
+    program is resolved); an exec with a terminal gets one, and ResizePty reaches it."""
+
+    async def main() -> None:
+        tasks, _ = _setup(tmp_path)
+        _, sup = _exec_ready(tmp_path, tasks)
+        await _start_init(tasks, sup)
+        tty_spec = b'{"args": ["/bin/sh"], "terminal": true}'
+        tty = await tasks.exec_add("init", "t", StdioConfig("", "", "", terminal=True), tty_spec)
+        assert tty.io.console is not None  # the shim made the pair (a wasm container)
+        tasks.resize_pty("init", "t", 100, 30)
+        tasks.resize_pty("init", "", 100, 30)  # the init has no terminal: ignored
+        with pytest.raises(NotFound):
+            tasks.resize_pty("init", "nope", 1, 1)
+        await tasks.delete("init", "t")
+        sup.kind = Workload.NATIVE
+        e = await tasks.exec_add("init", "n", StdioConfig("", "", ""), SPEC)
+        assert (e.process_json, e.run_config, e.entry) == (SPEC, None, None)
+        native_tty = await tasks.exec_add(
+            "init", "nt", StdioConfig("", "", "", terminal=True), tty_spec
+        )
+        assert native_tty.io.console is None  # runc makes it and sends the master later
+        await tasks.delete("init", "n")
+        await tasks.delete("init", "nt")
+
+    asyncio.run(main())
