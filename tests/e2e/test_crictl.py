@@ -141,11 +141,43 @@ def test_crictl_drives_a_wasm_pod_with_a_native_sidecar(
         assert "once t tty=11 size=120x40" in screen and "exit code 3" in screen, screen
 
         assert json.loads(ok(cli, "inspect", side))["status"]["state"] == "CONTAINER_RUNNING"
-        ok(cli, "stop", wasm)
-        ok(cli, "stop", side)
-        states = {json.loads(ok(cli, "inspect", c))["status"]["state"] for c in (wasm, side)}
+
+        # Containers with a terminal (tty: true): the shim's pty for wasm, runc's (through
+        # the console socket) for the sidecar; CRI logs what the terminal carried.
+        wasm_tty_json = write_json(
+            tmp_path / "wasm-tty.json",
+            {
+                "metadata": {"name": "wasm-tty"},
+                "image": {"image": cri_wasm_image},
+                "command": ["/bin/tty.wasm"],
+                "tty": True,
+                "log_path": "wasm-tty.log",
+            },
+        )
+        side_tty_json = write_json(
+            tmp_path / "side-tty.json",
+            {
+                "metadata": {"name": "side-tty"},
+                "image": {"image": native.SIDECAR_IMAGE},
+                "command": ["/sidecar", "--once", "0", "init"],
+                "tty": True,
+                "log_path": "side-tty.log",
+            },
+        )
+        wasm_tty = ok(cli, "create", pod, wasm_tty_json, pod_json)
+        side_tty = ok(cli, "create", pod, side_tty_json, pod_json)
+        ok(cli, "start", wasm_tty)
+        ok(cli, "start", side_tty)
+        crictl.wait_for_log(wasm_tty, "isatty 0=1 1=1 2=1")
+        crictl.wait_for_log(side_tty, "once init tty=11")
+        assert crictl.wait_exited(side_tty).exit_code == 0
+
+        containers = (wasm, side, wasm_tty)
+        for c in containers:
+            ok(cli, "stop", c)
+        states = {json.loads(ok(cli, "inspect", c))["status"]["state"] for c in containers}
         assert states == {"CONTAINER_EXITED"}
-        ok(cli, "rm", wasm, side)
+        ok(cli, "rm", *containers, side_tty)
         assert ok(cli, "ps", "-a", "-q", "--pod", pod) == ""
         ok(cli, "stopp", pod)
         ok(cli, "rmp", pod)
