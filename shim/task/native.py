@@ -143,6 +143,7 @@ class Runc:
         sock = ConsoleSocket()
         try:
             receiving = asyncio.ensure_future(sock.receive())
+            master = -1
             try:
                 await run(["--console-socket", sock.path])
                 master = await asyncio.wait_for(receiving, COMMAND_TIMEOUT)
@@ -152,6 +153,8 @@ class Runc:
                 ) from None
             finally:
                 receiving.cancel()
+                if master < 0:
+                    _close_unclaimed(receiving)
             console(master)
         finally:
             sock.close()
@@ -333,6 +336,12 @@ class NativeSupervisor:
 
     def release(self) -> None:
         return None  # runc made the cgroup and removes it at delete
+
+
+def _close_unclaimed(receiving: asyncio.Future[int]) -> None:
+    """A master that arrived although the command failed is closed, not leaked."""
+    if receiving.done() and not receiving.cancelled() and receiving.exception() is None:
+        os.close(receiving.result())
 
 
 def _process(pid: int, exited: asyncio.Future[int]) -> Process:
