@@ -11,7 +11,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 DEB_PACKAGES := containerd runc clang lld wasi-libc libclang-rt-14-dev-wasm32 \
 	golang-github-containerd-containerd-dev python3-venv gcc libc6-dev iproute2 \
-	containernetworking-plugins curl wrk busybox-static
+	containernetworking-plugins curl wrk busybox-static tmux
 
 .PHONY: deps venv go-check containerd-releases test lint demo installer-image example-images clean distclean
 
@@ -48,16 +48,17 @@ lint: venv
 go-check: venv
 	@$(VENV)/bin/python -m tests.golang
 
+CONTAINERD ?= 1.6
+MATRIX ?= 1.7 2
+
 # containerd 1.7 and 2.x, with their ctr and runc shim, built from the Go module proxy into
 # .cache/go/bin once (tests/versions.py); Debian's 1.6 is a package.
 containerd-releases: venv go-check
-	@$(VENV)/bin/python -m tests.versions build $(MATRIX)
+	@$(VENV)/bin/python -m tests.versions build $(CONTAINERD) $(MATRIX)
 
 # The whole suite on $(CONTAINERD) (Debian's 1.6 by default), then the core subset (the
 # `matrix` marker, tests/conftest.py) on each release of $(MATRIX); every run is made and the
 # target fails if any did. pytest's own exit status is the result: 5 (no tests) fails too.
-CONTAINERD ?= 1.6
-MATRIX ?= 1.7 2
 test: deps venv go-check containerd-releases
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .

@@ -133,9 +133,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 def _warm_runtimes() -> set[int]:
     """Pids of the shim warm runtimes (command line ending in `warm`) of containerds this
-    checkout's tests may start: their socket is under the repository or the temporary dir
-    (another checkout's test run on the same machine has its own, and is not ours to judge)."""
-    ours = (str(REPO).encode() + b"/", tempfile.gettempdir().encode() + b"/")
+    checkout's tests may start: their socket is under the repository, or in a temporary dir
+    PrivateContainerd or pytest made (another checkout's run on the same machine has its own
+    repository, and is not ours to judge)."""
+    tmp = tempfile.gettempdir().encode()
+    ours = (str(REPO).encode() + b"/", tmp + b"/c-", tmp + b"/pytest-of-")
     found = set()
     for proc in Path("/proc").glob("[0-9]*"):
         try:

@@ -1,9 +1,11 @@
 """Where the test suite's Go toolchain is, and whether it is new enough: the one place deciding.
 
-Two things in the suite are built with Go: nerdctl v1.7.7 (tests/nerdctl.py), whose go.mod
-says ``go 1.21`` and which is built with ``GOTOOLCHAIN=local`` (no newer Go is ever
-downloaded), and the ttrpc interop program (tests/unit/test_ttrpc_interop.py), built in GOPATH
-mode from Debian's containerd Go sources. So the suite needs Go 1.21 or newer; Debian 12's
+Four things in the suite are built with Go, each with the installed toolchain only
+(``GOTOOLCHAIN=local``: no newer Go is ever downloaded): containerd 1.7.35 and 2.4.2 with
+their ctr and runc shim (tests/versions.py; their go.mod files say ``go 1.25.0`` and ``go
+1.26.6``), crictl v1.37.0 (tests/crictl.py, ``go 1.26.6``), nerdctl v1.7.7 (tests/nerdctl.py,
+``go 1.21``) and the ttrpc interop program (tests/unit/test_ttrpc_interop.py), built in GOPATH
+mode from Debian's containerd Go sources. So the suite needs Go 1.26.6 or newer; Debian 12's
 ``golang`` package is 1.19, too old. ``make deps`` does not install Go: the machines this
 project runs on have the official toolchain in /usr/local/go.
 
@@ -28,21 +30,21 @@ from pathlib import Path
 
 from tests.prereq import in_ci, require
 
-MIN_VERSION = (1, 21)
+MIN_VERSION = (1, 26, 6)
 OFFICIAL = Path("/usr/local/go/bin/go")
 HOW_TO_GET = (
     "install the official toolchain (https://go.dev/dl/) under /usr/local/go, put a go "
-    f">= {MIN_VERSION[0]}.{MIN_VERSION[1]} on PATH, or name one with GO=/path/to/go; "
+    f">= {'.'.join(map(str, MIN_VERSION))} on PATH, or name one with GO=/path/to/go; "
     "Debian 12's golang package (1.19) is too old"
 )
 
 
 @dataclass(frozen=True, slots=True)
 class Go:
-    """A ``go`` command and the version it reports (``go1.26.8`` -> (1, 26))."""
+    """A ``go`` command and the version it reports (``go1.26.8`` -> (1, 26, 8))."""
 
     path: Path
-    version: tuple[int, int]
+    version: tuple[int, int, int]
 
 
 def candidates() -> list[Path]:
@@ -55,7 +57,7 @@ def candidates() -> list[Path]:
 
 
 @functools.cache
-def _version(go: Path) -> tuple[int, int] | None:
+def _version(go: Path) -> tuple[int, int, int] | None:
     """``go env GOVERSION`` as (major, minor), or None if it does not say one."""
     try:
         done = subprocess.run(
@@ -69,8 +71,10 @@ def _version(go: Path) -> tuple[int, int] | None:
         )
     except OSError:
         return None
-    match = re.match(r"go(\d+)\.(\d+)", done.stdout.strip())
-    return (int(match[1]), int(match[2])) if done.returncode == 0 and match else None
+    match = re.match(r"go(\d+)\.(\d+)(?:\.(\d+))?", done.stdout.strip())
+    if done.returncode != 0 or not match:
+        return None
+    return (int(match[1]), int(match[2]), int(match[3] or 0))
 
 
 def find() -> Go | str:
@@ -83,14 +87,15 @@ def find() -> Go | str:
         if version is None:
             seen.append(f"{path} reports no Go version")
         elif version < MIN_VERSION:
-            seen.append(f"{path} is go{version[0]}.{version[1]}")
+            seen.append(f"{path} is go{'.'.join(map(str, version))}")
         else:
             return Go(path, version)
     looked = ", ".join(str(p) for p in candidates())
     found = f" ({'; '.join(seen)})" if seen else ""
     return (
-        f"the tests need Go >= {MIN_VERSION[0]}.{MIN_VERSION[1]} to build nerdctl and the ttrpc "
-        f"interop program; none found at {looked}{found}: {HOW_TO_GET}"
+        f"the tests need Go >= {'.'.join(map(str, MIN_VERSION))} to build containerd 1.7 and "
+        f"2.x, crictl, nerdctl and the ttrpc interop program; none found at {looked}{found}: "
+        f"{HOW_TO_GET}"
     )
 
 
@@ -118,7 +123,7 @@ def require_go() -> Path:
 def main() -> int:
     found = find()
     if isinstance(found, Go):
-        print(f"go: {found.path} (go{found.version[0]}.{found.version[1]})")
+        print(f"go: {found.path} (go{'.'.join(map(str, found.version))})")
         return 0
     print(f"MISSING PREREQUISITE: {found}", file=sys.stderr)
     if in_ci():

@@ -14,8 +14,9 @@ takes one of them per run, named by the ``TEST_CONTAINERD`` environment variable
 
 nerdctl v1.7.7 (tests/nerdctl.py) drives all three.
 
-``python -m tests.versions build 1.7 2`` builds what is missing and prints where each is (what
-``make test`` runs first, so a build failure says so before any test starts); ``python -m
+``python -m tests.versions build 1.7 2`` builds what is missing of the releases named and prints
+where each is (what ``make test`` runs first for its releases, so a build failure says so
+before any test starts); ``python -m
 tests.versions selected`` prints the selected release.
 """
 
@@ -85,12 +86,17 @@ class UnknownRelease(ValueError):
 def selected() -> Release:
     """The release named by ``TEST_CONTAINERD`` (default 1.6)."""
     name = os.environ.get(ENV, "").strip() or Release.V1_6.value
+    return parse(name, f"{ENV}={name!r}")
+
+
+def parse(name: str, what: str = "") -> Release:
+    """The release a name means (``1.6``, ``1.7``, ``2``; ``2.x`` and ``1.7.x`` too)."""
     aliases = {"2.x": "2", "1.6.20": "1.6", "1.7.x": "1.7"}
     try:
         return Release(aliases.get(name, name))
     except ValueError:
         known = ", ".join(r.value for r in Release)
-        message = f"{ENV}={name!r} names no containerd release; use one of {known}"
+        message = f"{what or repr(name)} names no containerd release; use one of {known}"
         raise UnknownRelease(message) from None
 
 
@@ -140,7 +146,8 @@ def ensure(release: Release) -> Binaries:
 
 
 def main(argv: list[str]) -> int:
-    """``build [RELEASE ...]`` (every built one by default) or ``selected``."""
+    """``build [RELEASE ...]`` (those of them built from the proxy; Debian's 1.6 is a package)
+    or ``selected``."""
     if argv[:1] == ["selected"]:
         print(selected().value)
         return 0
@@ -148,11 +155,11 @@ def main(argv: list[str]) -> int:
         print("usage: python -m tests.versions build [1.7 2] | selected", file=sys.stderr)
         return 2
     try:
-        releases = [Release(name) for name in argv[1:]]
-    except ValueError as exc:
-        print(f"{exc}; known: {', '.join(r.value for r in Release)}", file=sys.stderr)
+        releases = [parse(name) for name in argv[1:]]
+    except UnknownRelease as exc:
+        print(exc, file=sys.stderr)
         return 2
-    releases = [r for r in releases or Release if SOURCES[r].built]
+    releases = [r for r in dict.fromkeys(releases) if SOURCES[r].built]  # none named: none
     missing_go = golang.problem()
     if releases and missing_go:
         # Like `make go-check`: fatal under CI, a warning elsewhere (their tests then skip).

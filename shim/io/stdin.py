@@ -13,6 +13,10 @@ opens its end; a stdin path that is not a FIFO is refused before it is opened (f
 
 One daemon thread does the copying; it only ever blocks in poll() together with a wake-up
 pipe, so stop() always gets it back promptly. It owns the descriptors it copies between.
+
+On a terminal the target is the master of the process's pseudo-terminal instead of a pipe
+(shim/io/console.py): there is no write end to close, so CloseIO's EOF is the terminal's
+end-of-file character, typed once what the client wrote is delivered.
 """
 
 from __future__ import annotations
@@ -23,15 +27,18 @@ import os
 import select
 import threading
 
+from shim.io.console import type_eof
 from shim.io.fds import close_quietly, open_fifo, os_error, pipe
 
 _CHUNK = 65536
 
 
 class StdinCopier:
-    """Copies FIFO ``path`` into a pipe; ``child_fd`` is the pipe's read end for the child."""
+    """Copies FIFO ``path`` into a pipe; ``child_fd`` is the pipe's read end for the child.
+    With ``terminal``, into that descriptor (a pty master, which it then owns) instead, and
+    ``child_fd`` is -1."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, terminal: int = -1) -> None:
         """Open the FIFO (both ends, non-blocking) and the pipe; start nothing yet.
 
         Raises NotFound / PermissionDenied / InvalidArgument (not a FIFO) naming ``path``.
@@ -43,9 +50,13 @@ class StdinCopier:
         self._fifo_r = self._fifo_w = self.child_fd = self._pipe_w = -1
         self._wake_r = self._wake_w = -1
         self._thread: threading.Thread | None = None
+        self._terminal = terminal >= 0
         try:
+            if self._terminal:
+                self._pipe_w = terminal
             self._fifo_r, self._fifo_w = open_fifo(path, "stdin")
-            self.child_fd, self._pipe_w = pipe()
+            if not self._terminal:
+                self.child_fd, self._pipe_w = pipe()
             os.set_blocking(self._pipe_w, False)
             self._wake_r, self._wake_w = pipe()
             os.set_blocking(self._wake_r, False)
@@ -106,9 +117,12 @@ class StdinCopier:
         try:
             self._copy()
         finally:
-            # EOF for the guest: only our write end keeps the pipe open.
+            # EOF for the guest: only our write end keeps the pipe open (on a terminal: its
+            # end-of-file character, unless this is the teardown).
             with self._lock:
                 fd, self._pipe_w = self._pipe_w, -1
+                if self._terminal and self._closing and not self._stopping:
+                    type_eof(fd)
                 close_quietly(fd)
 
     def _copy(self) -> None:

@@ -13,6 +13,12 @@ FIFO, and we hold our own read end of it until ``close`` so that a client that w
 turns the guest's writes into EPIPE (as in runc, a full FIFO then blocks the writer instead).
 Stdin goes through a pipe we own (see ``stdin.py``) because CloseIO must produce EOF.
 
+With ``terminal=true`` the process gets the slave side of a pseudo-terminal as 0, 1 and 2
+and the shim copies between the master and the client (``console.py``): ``open`` makes the
+pair for a process the shim forks (``pty=True``); for one that runc creates, the process gets
+/dev/null from us and runc's master arrives later through ``attach_console``. stderr is
+ignored then: containerd sends none, both streams being the terminal.
+
 Every descriptor here is close-on-exec, including the ones returned by ``child_fds``; the
 forker's dup2() makes the inheritable 0/1/2 (see ``fds.py`` for why).
 """
@@ -25,6 +31,7 @@ import threading
 from dataclasses import dataclass
 
 from shim.errors import FailedPrecondition, InvalidArgument, NotFound
+from shim.io.console import Console, open_pair
 from shim.io.fds import close_quietly, kind, open_fd, open_fifo, open_regular, os_error, stat_path
 from shim.io.logger import BinaryLogger
 from shim.io.stdin import StdinCopier
@@ -57,6 +64,11 @@ class ProcessIO:
         self._devnull = -1
         self._stdin: StdinCopier | None = None
         self._logger: BinaryLogger | None = None
+        self._terminal = False
+        self._stdin_path = ""  # on a terminal: the stdin FIFO, copied once the master exists
+        self._out = -1  # on a terminal: the stdout target, until the console takes it
+        self._name = ""
+        self.console: Console | None = None
         self._started = False
         self._closed = False
         self._close_done = threading.Event()  # set once the first close() has finished
@@ -76,28 +88,76 @@ class ProcessIO:
         container_id: str,
         namespace: str,
         ready_timeout: float = DEFAULT_READY_TIMEOUT,
+        pty: bool = True,
     ) -> ProcessIO:
         """Open everything ``cfg`` names. Never waits for the client, nor on any file it
-        names (fds.py); a binary logger gets ``ready_timeout`` seconds.
+        names (fds.py); a binary logger gets ``ready_timeout`` seconds. With
+        ``cfg.terminal``, ``pty`` says whether the shim makes the pseudo-terminal (module
+        docstring).
 
-        Raises InvalidArgument (terminal, unknown scheme, bad combination, a path that is
+        Raises InvalidArgument (unknown scheme, bad combination, a path that is
         neither a FIFO nor a regular file, a ``file://`` log that is not a regular file),
         NotFound / PermissionDenied naming the path, DeadlineExceeded / FailedPrecondition
-        from a logger. Nothing stays open on failure.
+        from a logger, Internal when no pseudo-terminal can be had. Nothing stays open on
+        failure.
         """
-        if cfg.terminal:
-            raise InvalidArgument("terminal (tty) stdio is not supported by this shim")
-        p = plan(cfg.stdin, cfg.stdout, cfg.stderr)
+        p = plan(cfg.stdin, cfg.stdout, "" if cfg.terminal else cfg.stderr)
         pio = cls()
+        pio._name = container_id
         try:
+            pio._terminal = cfg.terminal
             pio._open(p, container_id=container_id, namespace=namespace, timeout=ready_timeout)
+            if cfg.terminal:
+                pio._terminal_setup(pty)
         except BaseException:
             pio.close(timeout=0)
             raise
         return pio
 
+    def _terminal_setup(self, pty: bool) -> None:
+        """Re-plumb what ``_open`` opened around a terminal: the stdout target becomes the
+        console's output (the stdin FIFO its input, once it exists); the process gets the
+        slave (or /dev/null until runc's master arrives)."""
+        self._out = os.dup(self._child[1])  # the console's own; _own's copy goes at started()
+        null = self._null()
+        self._child = [null, null, null]
+        if pty:
+            master, slave = open_pair()
+            self._owned(slave)
+            self._child = [slave, slave, slave]
+            self.attach_console(master)
+
+    def attach_console(self, master: int) -> None:
+        """Take the master of the process's terminal (ours, or runc's from the console
+        socket) and start copying. Raises FailedPrecondition without ``terminal``, or once
+        a console is attached or the stdio closed (``master`` is closed then)."""
+        with self._lock:
+            if not self._terminal or self.console is not None or self._closed:
+                os.close(master)
+                raise FailedPrecondition("this process has no terminal waiting for its master")
+            out, self._out = self._out, -1
+            try:
+                self.console = Console(master, out, self._name)
+            except BaseException:
+                os.close(master)
+                raise
+            if self._stdin_path:
+                self._stdin = StdinCopier(self._stdin_path, self.console.input_fd())
+                self._stdin.start()
+
+    def resize(self, width: int, height: int) -> None:
+        """ResizePty. As in containerd's runc shim, a process without a terminal (or whose
+        terminal has not arrived yet) ignores it."""
+        with self._lock:
+            console = self.console
+            if console is not None and not self._closed:
+                console.resize(width, height)
+
     def _open(self, p: Plan, *, container_id: str, namespace: str, timeout: float) -> None:
-        if p.stdin.scheme is Scheme.PATH:
+        if p.stdin.scheme is Scheme.PATH and self._terminal:  # copied into the console
+            self._stdin_path = p.stdin.path
+            self._child[0] = self._null()
+        elif p.stdin.scheme is Scheme.PATH:
             self._stdin = StdinCopier(p.stdin.path)
             self._child[0] = self._stdin.child_fd
         else:
@@ -201,10 +261,15 @@ class ProcessIO:
                 copier, self._stdin = self._stdin, None
                 logger, self._logger = self._logger, None
                 keep, self._keep = self._keep, []
+                console, self.console = self.console, None
+                out, self._out = self._out, -1
         if running:
             self._close_done.wait(timeout)
             return
         try:
+            close_quietly(out)
+            if console is not None:  # the end of the output first (console.py), bounded
+                console.close(timeout)
             if copier is not None:
                 copier.stop(timeout=max(timeout, 1.0))
             for fd in keep:

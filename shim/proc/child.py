@@ -4,7 +4,8 @@ In order: a new session; the command line `ps` and `nerdctl top` show becomes th
 argv (shim/proctitle.py); the container's cgroup (while the process still has one thread:
 see `Cgroup.join_files`); the pod's namespaces joined by path, and the container's own
 unshared (a mount namespace always: shim/confine/policy.py); the hostname; stdio onto 0/1/2
-and every other descriptor closed; signal dispositions back to their defaults. Then, still as
+(with a terminal, its slave, which becomes the session's controlling terminal) and every
+other descriptor closed; signal dispositions back to their defaults. Then, still as
 root and on the host's filesystem: rlimits and oom_score_adj, the seccomp filter compiled
 (libseccomp is loaded now, while it can be found), the mounts' sources taken
 (shim/confine/rootfs.py), and the engine loads the program's compiled code (`Runtime.load`:
@@ -45,10 +46,12 @@ helpers, and `delete` kills it from the bundle's record if the whole shim is gon
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import signal
 import socket
+import termios
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -80,6 +83,8 @@ class ProcessSetup:
     # An exec process: the pid (as the spawner sees it) of the container's init, whose
     # namespaces it joins and whose root it takes, instead of unsharing and pivoting.
     join_pid: int = 0
+    # stdio is the slave of a pseudo-terminal: make it the new session's controlling terminal
+    terminal: bool = False
 
 
 def memory_headroom(limit: int, usage_fd: int) -> int:
@@ -251,6 +256,8 @@ def _enter(setup: ProcessSetup, fds: Sequence[int], ready_w: int, joining: _Join
     stdio, ready_w, extra = moved[: len(fds)], moved[len(fds)], moved[len(fds) + 1 :]
     for target, fd in enumerate(stdio[:3]):
         os.dup2(fd, target, inheritable=True)
+    if setup.terminal:  # a session leader without one takes this as its controlling tty
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
     ready_w = os.dup2(ready_w, 3, inheritable=False)
     keep = 4
     if setup.compile_channel:

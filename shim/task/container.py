@@ -95,8 +95,11 @@ class Container:
     def prepare(cls, cfg: CreateConfig, host: Host) -> Container:
         """Do everything Create needs, blocking (run it in a thread). Undone on failure."""
         spec = load(cfg.bundle)
-        if spec.process.terminal:
-            raise InvalidArgument("process.terminal is not supported by the wasmtime shim yet")
+        if spec.process.terminal != cfg.stdio.terminal:
+            raise InvalidArgument(
+                f"the spec's process.terminal is {spec.process.terminal} but Create's "
+                f"terminal is {cfg.stdio.terminal}"
+            )
         namespaces.check_paths(spec.namespaces)  # before anything opens them (never blocks)
         c = cls(id=cfg.id, bundle=cfg.bundle, namespace=cfg.namespace, spec=spec, stdio=cfg.stdio)
         try:
@@ -110,7 +113,7 @@ class Container:
                 if spec.cgroups_path:  # runc would join an existing one (shim/cgroups/cgroup.py)
                     Cgroup.require_absent(spec.cgroups_path)
                 runc = Runc(cfg.native, cfg.namespace, cfg.id, cfg.bundle, host.reaper)
-                c.supervisor = NativeSupervisor(runc, spec.cgroups_path)
+                c.supervisor = NativeSupervisor(runc, spec.cgroups_path, spec.process.terminal)
                 c.record()
             else:
                 assert c.entry is not None
@@ -127,7 +130,10 @@ class Container:
                 c.record()
                 c.confine(cgroup)
                 wasm.request_compile()
-            c.io = ProcessIO.open(cfg.stdio, container_id=cfg.id, namespace=cfg.namespace)
+            native = c.kind is Workload.NATIVE  # runc makes a native one's terminal
+            c.io = ProcessIO.open(
+                cfg.stdio, container_id=cfg.id, namespace=cfg.namespace, pty=not native
+            )
         except BaseException:
             c.release()
             raise
@@ -234,6 +240,7 @@ class Container:
             hostname=self.spec.hostname,
             memory_usage_file=(cgroup.memory_usage_file() or "") if cgroup else "",
             confinement=self.confinement,
+            terminal=self.stdio.terminal,
         )
 
     def exec_program(
@@ -247,7 +254,7 @@ class Container:
         cfg = replace(self.run_config, args=args, env=env, cwd=cwd, artifact_dir=None, http=None)
         return cfg, host.runtime.resolve(cfg, spec_getenv(env, "PATH"))
 
-    def exec_setup(self, init_pid: int, cwd: str) -> ProcessSetup:
+    def exec_setup(self, init_pid: int, cwd: str, terminal: bool) -> ProcessSetup:
         """What an exec process does before its engine runs: the init's cgroup, and the
         init's namespaces, root and confinement in place of new ones (shim/proc/child.py);
         the spawner forks it into the init's PID namespace."""
@@ -258,6 +265,7 @@ class Container:
             memory_usage_file=(cgroup.memory_usage_file() or "") if cgroup else "",
             confinement=replace(self.confinement, pid=f"/proc/{init_pid}/ns/pid", cwd=cwd),
             join_pid=init_pid,
+            terminal=terminal,
         )
 
     # ------------------------------------------------------------------ exit and release

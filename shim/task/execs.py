@@ -1,9 +1,11 @@
-"""Exec processes: more programs run in a running wasm container, each with its own state.
+"""Exec processes: more programs run in a running container, each with its own state.
 
-An exec process is what `ctr task exec`, `crictl exec` and `kubectl exec` start: the exec
-spec's args[0] is resolved in the container's rootfs exactly as the entrypoint is, and the
-program runs in a new process that joins the init's cgroup, namespaces, root and confinement
-(shim/proc/child.py, `ProcessSetup.join_pid`), with its own stdio, args, env and cwd.
+An exec process is what `ctr task exec`, `crictl exec` and `kubectl exec` start. In a wasm
+container the exec spec's args[0] is resolved in the container's rootfs exactly as the
+entrypoint is, and the program runs in a new process that joins the init's cgroup,
+namespaces, root and confinement (shim/proc/child.py, `ProcessSetup.join_pid`), with its own
+stdio, args, env and cwd. In a native one runc runs the exec's process spec as it is
+(shim/task/native.py).
 
 Each has the state table of a task (shim/task/states.py: created, running, stopped,
 deleted; it cannot be paused on its own), changed only by shim/task/tasks.py.
@@ -67,8 +69,9 @@ class ExecProcess:
     spec: ExecSpec
     stdio: StdioConfig
     io: ProcessIO
-    run_config: RunConfig
-    entry: Entrypoint
+    run_config: RunConfig | None  # a wasm program's (None in a native container)
+    entry: Entrypoint | None
+    process_json: bytes = b""  # the exec's OCI process spec, for runc
     state: State = State.CREATED
     process: Process | None = None
     pid: int = 0

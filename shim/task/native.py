@@ -12,6 +12,15 @@ as containerd's runc shim runs them (the file is the Update's linux.resources JS
 into the bundle and removed after). A SIGKILL to a paused container is followed by `runc
 resume`: on cgroup v1 a frozen process acts on SIGKILL only once thawed.
 
+A process with a terminal (the spec's `process.terminal`, an exec's `terminal`) gets it from
+runc: `--console-socket`, and the master runc sends there is handed to the process's stdio
+(shim/io/console_socket.py, shim/io/console.py).
+
+Exec is `runc exec --detach --pid-file F --process P` with the exec's OCI process JSON, as
+containerd's runc shim runs it: runc starts the process in the container and exits, the
+process is reparented to the daemon, whose reaper watches it (its exit is the exec's), and
+Kill signals it through its pidfd.
+
 runc's own error messages go to a JSON log file in the bundle, not to the container's stderr,
 and are read back into the error the RPC returns.
 """
@@ -24,23 +33,27 @@ import json
 import logging
 import os
 import signal
+import tempfile
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from shim import bundle as bundle_files
 from shim.cgroups import Cgroup
 from shim.errors import (
+    DeadlineExceeded,
     FailedPrecondition,
     Internal,
     InvalidArgument,
     NotFound,
     ShimError,
-    Unimplemented,
 )
+from shim.io.console_socket import ConsoleSocket
+from shim.proc.child import ProcessSetup
 from shim.proc.process import Process
 from shim.proc.reaper import NotInstalled, Reaper
+from shim.task.execs import ExecProcess
 from shim.task.workload import Workload
 
 log = logging.getLogger(__name__)
@@ -51,6 +64,8 @@ RUNC_LOG = "runc.log"
 NATIVE_PID_FILE = "native.pid"
 UPDATE_FILE = "update-resources.json"  # in the bundle, for the length of a `runc update`
 COMMAND_TIMEOUT = 60.0
+
+Console = Callable[[int], None]  # takes the master of the process's terminal
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,22 +132,55 @@ class Runc:
             cls = NotFound if "not exist" in message or "not running" in message else Internal
             raise cls(f"{self.options.binary} {args[0]}: {message}")
 
+    async def _run_with_console(
+        self, run: Callable[[list[str]], Awaitable[None]], console: Console | None
+    ) -> None:
+        """`run(extra_args)`; with `console`, a console socket is listened on, named to runc
+        in the extra arguments, and the master runc sends there is given to `console`."""
+        if console is None:
+            await run([])
+            return
+        sock = ConsoleSocket()
+        try:
+            receiving = asyncio.ensure_future(sock.receive())
+            master = -1
+            try:
+                await run(["--console-socket", sock.path])
+                master = await asyncio.wait_for(receiving, COMMAND_TIMEOUT)
+            except TimeoutError:
+                raise DeadlineExceeded(
+                    f"{self.options.binary} sent no terminal to its console socket"
+                ) from None
+            finally:
+                receiving.cancel()
+                if master < 0:
+                    _close_unclaimed(receiving)
+            console(master)
+        finally:
+            sock.close()
+
     async def create_and_start(
-        self, stdio: Sequence[int], systemd_cgroup: bool
+        self, stdio: Sequence[int], systemd_cgroup: bool, console: Console | None = None
     ) -> tuple[int, asyncio.Future[int]]:
         """`create` then `start`; returns the container init's pid and its exit status to
-        come, watched from the moment the pid is known (a program may end during `start`)."""
+        come, watched from the moment the pid is known (a program may end during `start`).
+        `console`: the spec asks for a terminal, whose master it takes."""
         pid_file = os.path.join(self.bundle, NATIVE_PID_FILE)
-        await self._run(
-            "create",
-            "--bundle",
-            self.bundle,
-            "--pid-file",
-            pid_file,
-            self.id,
-            stdio=stdio,
-            systemd_cgroup=systemd_cgroup,
-        )
+
+        async def create(extra: list[str]) -> None:
+            await self._run(
+                "create",
+                "--bundle",
+                self.bundle,
+                "--pid-file",
+                pid_file,
+                *extra,
+                self.id,
+                stdio=stdio,
+                systemd_cgroup=systemd_cgroup,
+            )
+
+        await self._run_with_console(create, console)
         with open(pid_file) as f:
             pid = int(f.read().strip())
         exited = self.reaper.watch(pid)
@@ -142,6 +190,39 @@ class Runc:
             await self.delete()
             raise
         return pid, exited
+
+    async def exec(
+        self, process: bytes, stdio: Sequence[int], console: Console | None
+    ) -> tuple[int, asyncio.Future[int]]:
+        """`exec --detach` of the OCI process JSON `process`; returns the exec process's pid
+        and its exit status to come. `console`: the process has a terminal."""
+        fd, spec_file = tempfile.mkstemp(prefix=".exec-", suffix=".json", dir=self.bundle)
+        pid_file = spec_file[: -len(".json")] + ".pid"
+        try:
+            with os.fdopen(fd, "wb") as spec_out:
+                spec_out.write(process)
+
+            async def run(extra: list[str]) -> None:
+                await self._run(
+                    "exec",
+                    "--detach",
+                    "--pid-file",
+                    pid_file,
+                    "--process",
+                    spec_file,
+                    *extra,
+                    self.id,
+                    stdio=stdio,
+                )
+
+            await self._run_with_console(run, console)
+            with open(pid_file) as pid_in:
+                pid = int(pid_in.read().strip())
+        finally:
+            for path in (spec_file, pid_file):
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+        return pid, self.reaper.watch(pid)
 
     async def kill(self, sig: int, all_: bool) -> None:
         await self._run("kill", *(["--all"] if all_ else []), self.id, str(sig))
@@ -171,20 +252,16 @@ class Runc:
             await self._run("delete", "--force", self.id)
 
 
-EXEC_REFUSED = (
-    "exec into a native container (runc exec) is not supported by the wasmtime shim yet "
-    "(UNIMPLEMENTED); exec works in wasm containers"
-)
-
-
 class NativeSupervisor:
     """A native container: runc (or crun) makes the process, its namespaces and cgroup."""
 
     kind = Workload.NATIVE
 
-    def __init__(self, runc: Runc, cgroups_path: str) -> None:
+    def __init__(self, runc: Runc, cgroups_path: str, terminal: bool = False) -> None:
         self.runc = runc
         self.cgroups_path = cgroups_path
+        self.terminal = terminal  # the spec's process.terminal: runc makes one
+        self._init: Process | None = None
         self._cgroup: Cgroup | None = None
         self._started = False
         self._paused = False  # `runc pause` succeeded and no resume has followed
@@ -198,13 +275,13 @@ class NativeSupervisor:
         created is a harmless error, and a crash during `runc create` must not leak one."""
         return {bundle_files.NATIVE: f"{self.runc.options.binary} {self.runc.options.root}"}
 
-    async def start(self, stdio: tuple[int, int, int]) -> Process:
+    async def start(self, stdio: tuple[int, int, int], console: Console) -> Process:
         systemd = self.cgroups_path.count(":") == 2  # "slice:prefix:name"
         self._started = True  # from here on there may be runtime state to delete
-        pid, exited = await self.runc.create_and_start(stdio, systemd)
-        proc = Process(pid=pid)
-        proc.set_ready()
-        exited.add_done_callback(lambda f: proc.set_exited(f.result()))
+        pid, exited = await self.runc.create_and_start(
+            stdio, systemd, console if self.terminal else None
+        )
+        proc = self._init = _process(pid, exited)
         if self.cgroups_path:
             try:
                 self._cgroup = await asyncio.to_thread(Cgroup.load, self.cgroups_path, owned=False)
@@ -213,6 +290,9 @@ class NativeSupervisor:
         return proc
 
     async def kill(self, process: Process, sig: int, all_: bool) -> None:
+        if process is not self._init:  # an exec process: runc knows only the container
+            self.runc.reaper.signal(process.pid, sig)
+            return
         try:
             await self.runc.kill(sig, all_)
         finally:
@@ -230,10 +310,17 @@ class NativeSupervisor:
         self._paused = False
 
     async def start_exec(
-        self, run_config: Any, entry: Any, setup: Any, stdio: tuple[int, int, int]
+        self,
+        e: ExecProcess,
+        setup: ProcessSetup | None,
+        stdio: tuple[int, int, int],
+        console: Console,
     ) -> Process:
-        """Refused: `runc exec` into a native container is not wired up yet."""
-        raise Unimplemented(EXEC_REFUSED)
+        """`runc exec` of the exec's process spec (module docstring)."""
+        pid, exited = await self.runc.exec(
+            e.process_json, stdio, console if e.spec.terminal else None
+        )
+        return _process(pid, exited)
 
     async def update(self, resources: Mapping[str, Any], started: bool) -> None:
         if not started:
@@ -249,6 +336,20 @@ class NativeSupervisor:
 
     def release(self) -> None:
         return None  # runc made the cgroup and removes it at delete
+
+
+def _close_unclaimed(receiving: asyncio.Future[int]) -> None:
+    """A master that arrived although the command failed is closed, not leaked."""
+    if receiving.done() and not receiving.cancelled() and receiving.exception() is None:
+        os.close(receiving.result())
+
+
+def _process(pid: int, exited: asyncio.Future[int]) -> Process:
+    """A Process for a pid runc started: ready at once, its exit from the reaper."""
+    proc = Process(pid=pid)
+    proc.set_ready()
+    exited.add_done_callback(lambda f: proc.set_exited(f.result()))
+    return proc
 
 
 def last_error(log_path: str) -> str:

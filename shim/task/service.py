@@ -246,7 +246,8 @@ class TaskService:
     # ------------------------------------------------------------------ not supported (yet)
 
     async def ResizePty(self, r: pb.ResizePtyRequest, ctx: Any) -> empty_pb2.Empty:
-        raise _unsupported("resize-pty (tty)")
+        self.tasks.resize_pty(r.id, r.exec_id, r.width, r.height)
+        return empty_pb2.Empty()
 
     async def Checkpoint(self, r: pb.CheckpointTaskRequest, ctx: Any) -> empty_pb2.Empty:
         raise Unimplemented(

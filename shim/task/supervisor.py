@@ -51,6 +51,7 @@ from shim.proc.child import ProcessSetup
 from shim.proc.client import SpawnerClient
 from shim.proc.process import Process
 from shim.proc.reaper import Reaper
+from shim.task.execs import ExecProcess
 from shim.task.workload import Workload
 from shim.warm import compiling
 
@@ -81,19 +82,21 @@ class Supervisor(Protocol):
         """What this supervisor holds that `delete` must undo after a crash (bundle.py)."""
         ...
 
-    async def start(self, stdio: tuple[int, int, int]) -> Process:
-        """Create and start the process; returns once its pid is known. Raises ShimError."""
+    async def start(self, stdio: tuple[int, int, int], console: Callable[[int], None]) -> Process:
+        """Create and start the process; returns once its pid is known. `console` takes the
+        master of a terminal that the runtime made (runc; the shim makes a wasm process's
+        itself, shim/io/stdio.py). Raises ShimError."""
         ...
 
     async def start_exec(
         self,
-        run_config: RunConfig,
-        entry: Entrypoint,
-        setup: ProcessSetup,
+        e: ExecProcess,
+        setup: ProcessSetup | None,
         stdio: tuple[int, int, int],
+        console: Callable[[int], None],
     ) -> Process:
-        """Create and start an exec process in the running container (`setup.join_pid` names
-        its init). Raises ShimError (Unimplemented where exec is not supported)."""
+        """Create and start exec process `e` in the running container (for wasm,
+        `setup.join_pid` names its init). Raises ShimError."""
         ...
 
     async def kill(self, process: Process, sig: int, all_: bool) -> None:
@@ -182,7 +185,7 @@ class WasmSupervisor:
         if self._compile_fd is None:
             log.info("no warm runtime answers; the container process compiles the program")
 
-    async def start(self, stdio: tuple[int, int, int]) -> Process:
+    async def start(self, stdio: tuple[int, int, int], console: Callable[[int], None]) -> Process:
         fds: tuple[int, ...] = stdio
         setup = self._setup()
         if self._compile_fd is not None:
@@ -199,14 +202,15 @@ class WasmSupervisor:
 
     async def start_exec(
         self,
-        run_config: RunConfig,
-        entry: Entrypoint,
-        setup: ProcessSetup,
+        e: ExecProcess,
+        setup: ProcessSetup | None,
         stdio: tuple[int, int, int],
+        console: Callable[[int], None],
     ) -> Process:
         """An exec process, forked by the same spawner as the init (so one supervision
         layer watches both); it joins the init rather than making a container."""
-        return await self.host.spawner.spawn(run_config, entry, setup, stdio)
+        assert e.run_config is not None and e.entry is not None and setup is not None
+        return await self.host.spawner.spawn(e.run_config, e.entry, setup, stdio)
 
     async def kill(self, process: Process, sig: int, all_: bool) -> None:
         sent = process.stand_in(sig)

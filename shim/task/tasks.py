@@ -17,10 +17,11 @@ fails with its reason, unless a Kill ended it: then Start succeeds (the containe
 killed) and the exit is reported like any other. TaskStart is published before the exit is
 even looked at, so it always precedes TaskExit.
 
-Exec adds an exec process (shim/task/execs.py) to a running wasm container: its program is
-resolved at Exec, so a missing one fails there; Start, Wait, Kill, Delete and CloseIO with
-its exec id act on it alone, through the same supervisor as the init (the spawner forks it
-into the init's namespaces, shim/proc/child.py). TaskExecAdded, TaskExecStarted and a
+Exec adds an exec process (shim/task/execs.py) to a running container: a wasm program is
+resolved at Exec, so a missing one fails there; Start, Wait, Kill, Delete, CloseIO and
+ResizePty with its exec id act on it alone, through the same supervisor as the init (the
+spawner forks it into the init's namespaces, shim/proc/child.py; runc exec for a native
+container). TaskExecAdded, TaskExecStarted and a
 TaskExit carrying the exec id are published; when the init exits, every exec process still
 running is sent SIGKILL (in a PID namespace of its own the kernel has done so already).
 
@@ -49,14 +50,12 @@ from shim.errors import (
     NotFound,
     ShimError,
     Unavailable,
-    Unimplemented,
 )
 from shim.io.stdio import ProcessIO, StdioConfig
 from shim.logs import current_container
 from shim.proc.process import Process
 from shim.task.container import Container, CreateConfig
 from shim.task.execs import ExecProcess, parse_exec_spec
-from shim.task.native import EXEC_REFUSED
 from shim.task.states import LIVE, Event, State, next_state
 from shim.task.supervisor import Host
 from shim.task.workload import Workload
@@ -157,7 +156,7 @@ class Tasks:
     async def _start(self, c: Container) -> int:
         assert c.io is not None and c.supervisor is not None
         try:
-            proc = await c.supervisor.start(c.io.child_fds())
+            proc = await c.supervisor.start(c.io.child_fds(), c.io.attach_console)
         except Exception as e:  # ShimError, or the host failing under us (OSError)
             c.spawned.set()
             await self._start_failed(c, START_FAILED_STATUS)
@@ -297,26 +296,30 @@ class Tasks:
             raise InvalidArgument("exec: an exec id is required")
         if exec_id in c.execs:
             raise AlreadyExists(f"exec {exec_id} already exists in container {container_id}")
-        if c.kind is Workload.NATIVE:
-            raise Unimplemented(EXEC_REFUSED)
         if c.state is not State.RUNNING:
             raise FailedPrecondition(
                 f"cannot exec in a {c.state.value} container (only in a running one)"
             )
         es = parse_exec_spec(spec)
-        if es.terminal or stdio.terminal:
+        if es.terminal != stdio.terminal:
             raise InvalidArgument(
-                "exec with a terminal (tty, -t) is not supported by the wasmtime shim yet"
+                f"exec {exec_id}: the process spec says terminal={es.terminal} but the "
+                f"request says terminal={stdio.terminal}"
             )
-        cfg, entry = await asyncio.to_thread(c.exec_program, self.host, es.args, es.env, es.cwd)
+        native = c.kind is Workload.NATIVE
+        cfg, entry = None, None
+        if not native:
+            cfg, entry = await asyncio.to_thread(c.exec_program, self.host, es.args, es.env, es.cwd)
         io = await self._work.call(
             f"open the stdio of exec {exec_id}",
-            lambda: ProcessIO.open(stdio, container_id=container_id, namespace=c.namespace),
+            lambda: ProcessIO.open(
+                stdio, container_id=container_id, namespace=c.namespace, pty=not native
+            ),
         )
         if exec_id in c.execs or c.state is not State.RUNNING:  # changed while we waited
             await self._work.call(f"close the stdio of exec {exec_id}", io.close)
             raise FailedPrecondition(f"exec {exec_id}: container {container_id} changed meanwhile")
-        e = ExecProcess(exec_id, container_id, es, stdio, io, cfg, entry)
+        e = ExecProcess(exec_id, container_id, es, stdio, io, cfg, entry, spec if native else b"")
         c.execs[exec_id] = e
         log.info("exec %s added (%s)", exec_id, es.args[0])
         self.events.task_exec_added(c, e)
@@ -335,8 +338,11 @@ class Tasks:
     async def _run_exec(self, c: Container, e: ExecProcess) -> int:
         assert c.supervisor is not None
         try:
-            setup = c.exec_setup(c.pid, e.spec.cwd)
-            proc = await c.supervisor.start_exec(e.run_config, e.entry, setup, e.io.child_fds())
+            setup = None
+            if c.kind is Workload.WASM:
+                setup = c.exec_setup(c.pid, e.spec.cwd, e.spec.terminal)
+            io = e.io
+            proc = await c.supervisor.start_exec(e, setup, io.child_fds(), io.attach_console)
         except Exception as err:
             e.spawned.set()
             await self._exec_start_failed(e, START_FAILED_STATUS)
@@ -468,6 +474,12 @@ class Tasks:
         io = self.get_exec(container_id, exec_id).io if exec_id else self.get(container_id).io
         if stdin and io is not None:
             io.close_stdin()
+
+    def resize_pty(self, container_id: str, exec_id: str, width: int, height: int) -> None:
+        """ResizePty: the terminal's new size (a process without one ignores it)."""
+        io = self.get_exec(container_id, exec_id).io if exec_id else self.get(container_id).io
+        if io is not None:
+            io.resize(width, height)
 
     def shutdown_ok(self) -> bool:
         """Shutdown may exit the shim only when no container is left."""

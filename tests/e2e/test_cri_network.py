@@ -91,6 +91,7 @@ def test_a_wasm_pod_gets_an_address_on_a_real_bridge_and_gives_it_back(
 ) -> None:
     containerd, client, netns, leases = bridge_bed
     pod = wasm_pod(client, "bridged", host_network=False)
+    wasm = side = address = ""
     try:
         address = client.pod_status(pod.id).status.network.ip
         assert ipaddress.ip_address(address) in ipaddress.ip_network(cni.BRIDGE_SUBNET), address

@@ -30,7 +30,7 @@ from tests.e2e.helpers import (
     tool_files,
     wait_for_status,
 )
-from tests.e2e.test_run_lifecycle import assert_no_leaks, delete_task, run_on_pty
+from tests.e2e.test_run_lifecycle import assert_no_leaks, delete_task
 from wasmtime_shim.images.build import ImageConfig
 
 WAIT = 30.0
@@ -142,11 +142,7 @@ def test_exec_reads_what_the_init_wrote_and_reports_its_exit_code(
         assert "/bin/nope.wasm" in missing.stderr and "not found" in missing.stderr, missing.stderr
         assert task_status(bed, ns, cid) == "RUNNING"
 
-        # ctr -t needs a console on its stdio before it asks for anything.
-        cmd = [str(bed.ctr_bin), "--address", str(bed.address), "--namespace", ns, "task", "exec"]
-        output, code = run_on_pty([*cmd, "-t", "--exec-id", "e4", cid, "/bin/hello.wasm"])
-        assert code != 0
-        assert "terminal" in output and "not supported" in output, output
+        # With a terminal (ctr task exec -t): tests/e2e/test_tty.py.
     finally:
         remove_container(bed, ns, cid)
     seen = events.topics(ns, last="/tasks/delete")

@@ -10,7 +10,12 @@
  *                         and exit 0;
  *   SIDECAR_IGNORE_TERM=1 ignore SIGTERM, so only SIGKILL stops it (tests the escalation).
  * SIDECAR_TICK_MS=<ms> (optional) prints "tick <i>" every ms milliseconds while waiting.
+ * As an exec process, `/sidecar --once N WORDS...` prints "once WORDS... tty=<isatty(0)>
+ * <isatty(1)>" to stdout (on a terminal, then " size=<columns>x<rows>" once the terminal has
+ * a size, waiting up to 5 s for the client's first resize) and "once: stderr" to stderr,
+ * and exits N.
  */
+#include <sys/ioctl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,6 +29,25 @@ static void on_stop(int sig) { stop_signal = sig; }
 
 int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IOLBF, 0);
+    if (argc > 2 && strcmp(argv[1], "--once") == 0) {
+        printf("once");
+        for (int i = 3; i < argc; i++) {
+            printf(" %s", argv[i]);
+        }
+        printf(" tty=%d%d", isatty(0), isatty(1));
+        struct winsize ws = {0};
+        for (int i = 0; isatty(1) && i < 500 && ws.ws_col == 0; i++) {
+            if (ioctl(1, TIOCGWINSZ, &ws) != 0 || ws.ws_col == 0) {
+                usleep(10000);
+            }
+        }
+        if (ws.ws_col != 0) {
+            printf(" size=%dx%d", ws.ws_col, ws.ws_row);
+        }
+        printf("\n");
+        fprintf(stderr, "once: stderr\n");
+        return atoi(argv[2]);
+    }
     if (argc > 1) {
         for (int i = 1; i < argc; i++) {
             printf("%s%s", argv[i], i + 1 < argc ? " " : "\n");

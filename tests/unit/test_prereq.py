@@ -157,7 +157,7 @@ def test_go_too_old_on_path_gives_way_to_the_official_toolchain(
     monkeypatch.setenv("PATH", f"{old.parent}:/usr/bin:/bin")
     monkeypatch.setattr(golang, "OFFICIAL", new)
     assert golang.candidates() == [old, new]
-    assert golang.find() == golang.Go(new, (1, 26))
+    assert golang.find() == golang.Go(new, (1, 26, 8))
     assert golang.go_binary() == new and golang.problem() is None
 
 
@@ -171,15 +171,25 @@ def test_only_old_or_broken_go_is_a_problem_naming_each(
     monkeypatch.setattr(golang, "OFFICIAL", mute)
     problem = golang.problem()
     assert golang.go_binary() is None and problem is not None
-    assert f"{old} is go1.19" in problem and f"{mute} reports no Go version" in problem
-    assert "Go >= 1.21" in problem and "https://go.dev/dl/" in problem
+    assert f"{old} is go1.19.8" in problem and f"{mute} reports no Go version" in problem
+    assert "Go >= 1.26.6" in problem and "https://go.dev/dl/" in problem
+
+
+def test_a_patch_release_below_the_minimum_is_too_old(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """containerd 2.4.2's and crictl's go.mod say go 1.26.6: 1.26.5 cannot build them."""
+    close = _fake_go(tmp_path / "close", "go1.26.5")
+    monkeypatch.setenv("GO", str(close))
+    assert golang.go_binary() is None
+    assert f"{close} is go1.26.5" in (golang.problem() or "")
 
 
 def test_go_variable_is_the_only_candidate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    mine = _fake_go(tmp_path / "mine", "go1.21.0")
+    mine = _fake_go(tmp_path / "mine", "go1.27")
     monkeypatch.setenv("GO", str(mine))
     assert golang.candidates() == [mine]
-    assert golang.find() == golang.Go(mine, (1, 21))
+    assert golang.find() == golang.Go(mine, (1, 27, 0))
     monkeypatch.setenv("GO", str(tmp_path / "nowhere" / "go"))
     assert golang.go_binary() is None
     assert f"none found at {tmp_path / 'nowhere' / 'go'}" in (golang.problem() or "")
@@ -199,4 +209,4 @@ def test_make_check_fails_without_go_only_under_ci(tmp_path: Path, ci: str, code
         check=False,
     )
     assert done.returncode == code, done.stderr
-    assert "MISSING PREREQUISITE: the tests need Go >= 1.21" in done.stderr
+    assert "MISSING PREREQUISITE: the tests need Go >= 1.26.6" in done.stderr

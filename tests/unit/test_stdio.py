@@ -15,6 +15,7 @@ import os
 import select
 import signal
 import subprocess
+import termios
 import threading
 import time
 from collections.abc import Iterator
@@ -118,6 +119,22 @@ def read_to_eof(fd: int) -> bytes:
         if not chunk:
             return data
         data += chunk
+
+
+def read_until(fd: int, end: bytes) -> bytes:
+    """What ``fd`` gives until it ends with ``end`` (a hang guard fails the test)."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    deadline = time.monotonic() + HANG_GUARD
+    data = b""
+    while not data.endswith(end):
+        if not poller.poll(max(0.0, deadline - time.monotonic()) * 1000):
+            pytest.fail(f"no {end!r} after reading {data!r}")
+        try:
+            data += os.read(fd, 1)
+        except BlockingIOError:
+            continue
+    return data
 
 
 def spawn(pio: ProcessIO, script: str) -> subprocess.Popen[bytes]:
@@ -504,9 +521,101 @@ def test_null_io(fd_guard: None) -> None:
     pio.close()
 
 
-def test_terminal_is_refused() -> None:
-    with pytest.raises(InvalidArgument, match="terminal"):
-        ProcessIO.open(StdioConfig("", "", "", terminal=True), container_id="c", namespace="n")
+# -- terminals ------------------------------------------------------------------------
+
+
+def _tty_config(client: Client, *, stdin: bool = True) -> StdioConfig:
+    """What containerd sends with terminal=true: stdin and stdout, no stderr."""
+    return StdioConfig(client.stdin if stdin else "", client.stdout, "", terminal=True)
+
+
+def spawn_on_tty(fds_: tuple[int, int, int], script: str) -> subprocess.Popen[bytes]:
+    """A child on the slave, in a session of its own whose controlling terminal it is (as
+    shim/proc/child.py does)."""
+
+    def ctty() -> None:
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    return subprocess.Popen(
+        ["/bin/sh", "-c", script],
+        stdin=fds_[0],
+        stdout=fds_[1],
+        stderr=fds_[2],
+        start_new_session=True,
+        preexec_fn=ctty,
+    )
+
+
+def test_a_terminal_carries_both_streams_and_echoes_input(client: Client) -> None:
+    pio = ProcessIO.open(_tty_config(client), container_id="c", namespace="ns")
+    fds_ = pio.child_fds()
+    assert fds_[0] == fds_[1] == fds_[2] and os.isatty(fds_[0])
+    child = spawn_on_tty(
+        fds_,
+        "test -t 0 && test -t 1 && test -t 2 && echo tty; read line; echo got $line; echo e >&2",
+    )
+    pio.started()
+    first = read_until(client.out_r, b"tty\r\n")  # typed before: its echo would come first
+    os.write(client.open_stdin(), b"hello\n")
+    out = first + read_to_eof(client.out_r)  # EOF: the child exited, the copier reached EIO
+    assert exit_code(child) == 0
+    assert out.split(b"\r\n") == [b"tty", b"hello", b"got hello", b"e", b""]
+    assert os.read(client.err_r, 10) == b""  # no writer was ever opened on it
+    pio.close()
+
+
+def test_close_stdin_on_a_terminal_types_eof(client: Client) -> None:
+    pio = ProcessIO.open(_tty_config(client), container_id="c", namespace="ns")
+    child = spawn_on_tty(pio.child_fds(), "cat; echo done")
+    pio.started()
+    os.write(client.open_stdin(), b"abc\n")
+    pio.close_stdin()  # the client keeps its write end open: EOF is ours to give
+    assert read_to_eof(client.out_r).split(b"\r\n")[-2:] == [b"done", b""]
+    assert exit_code(child) == 0
+    pio.close()
+
+
+def test_resize_sets_the_window_size(client: Client) -> None:
+    pio = ProcessIO.open(_tty_config(client, stdin=False), container_id="c", namespace="ns")
+    pio.resize(123, 45)
+    child = spawn_on_tty(pio.child_fds(), "stty size")
+    pio.started()
+    assert read_to_eof(client.out_r) == b"45 123\r\n"
+    assert exit_code(child) == 0
+    pio.close()
+
+
+def test_the_last_output_before_the_exit_is_not_lost(client: Client) -> None:
+    """Far more than the pty's buffer, written right before the exit: every byte arrives
+    before the client's EOF."""
+    pio = ProcessIO.open(_tty_config(client, stdin=False), container_id="c", namespace="ns")
+    child = spawn_on_tty(pio.child_fds(), "stty -onlcr; head -c 300000 /dev/zero | tr '\\0' x")
+    pio.started()
+    out = read_to_eof(client.out_r)
+    assert exit_code(child) == 0
+    assert out == b"x" * 300000
+    pio.close()
+
+
+def test_a_runtime_made_terminal_is_attached_later(client: Client) -> None:
+    """runc's case: the process gets /dev/null from us, the master arrives afterwards."""
+    pio = ProcessIO.open(_tty_config(client), container_id="c", namespace="ns", pty=False)
+    fds_ = pio.child_fds()
+    assert [os.readlink(f"/proc/self/fd/{fd}") for fd in fds_] == ["/dev/null"] * 3
+    pio.resize(80, 24)  # no terminal yet: ignored, as the runc shim does
+    master, slave = os.openpty()
+    pio.attach_console(master)
+    child = spawn_on_tty((slave, slave, slave), "read line; echo got $line")
+    os.close(slave)
+    pio.started()
+    os.write(client.open_stdin(), b"x\n")
+    assert read_to_eof(client.out_r).split(b"\r\n") == [b"x", b"got x", b""]
+    assert exit_code(child) == 0
+    spare, spare_slave = os.openpty()
+    os.close(spare_slave)
+    with pytest.raises(FailedPrecondition, match="no terminal waiting"):
+        pio.attach_console(spare)  # closed by the refusal
+    pio.close()
 
 
 def test_an_unknown_scheme_is_refused_by_name(fd_guard: None) -> None:

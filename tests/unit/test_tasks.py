@@ -24,7 +24,6 @@ from shim.errors import (
     InvalidArgument,
     NotFound,
     Unavailable,
-    Unimplemented,
 )
 from shim.io.stdio import ProcessIO, StdioConfig
 from shim.oci import spec
@@ -69,13 +68,13 @@ class FakeSupervisor:
     def held(self) -> dict[str, str]:
         return {}
 
-    async def start(self, stdio: tuple[int, int, int]) -> Process:
+    async def start(self, stdio: tuple[int, int, int], console: object) -> Process:
         await self.may_start.wait()
         self.process = Process(pid=1000 + len(self.killed))
         return self.process
 
     async def start_exec(
-        self, run_config: object, entry: object, setup: object, stdio: tuple[int, int, int]
+        self, e: object, setup: object, stdio: tuple[int, int, int], console: object
     ) -> Process:
         self.exec_setups.append(setup)
         self.exec_processes.append(Process(pid=2000 + len(self.exec_processes)))
@@ -599,7 +598,7 @@ def test_the_exec_spec_is_read_and_malformed_ones_are_named() -> None:
 def _exec_ready(tmp_path: Path, tasks: Tasks) -> tuple[Container, FakeSupervisor]:
     c, sup = _add(tasks, tmp_path, "init")
     c.exec_program = lambda host, args, env, cwd: ("cfg", "entry")  # type: ignore[method-assign,assignment,return-value]
-    c.exec_setup = lambda pid, cwd: ("setup", pid, cwd)  # type: ignore[method-assign,assignment,return-value]
+    c.exec_setup = lambda pid, cwd, tty: ("setup", pid, cwd)  # type: ignore[method-assign,assignment,return-value]
     return c, sup
 
 
@@ -682,9 +681,9 @@ def test_exec_refusals_name_what_is_not_supported(tmp_path: Path) -> None:
         _, sup = _exec_ready(tmp_path, tasks)
         await _start_init(tasks, sup)
         tty = StdioConfig("", "", "", terminal=True)
-        with pytest.raises(InvalidArgument, match="terminal"):
+        with pytest.raises(InvalidArgument, match="terminal=False but the request says"):
             await tasks.exec_add("init", "t", tty, SPEC)
-        with pytest.raises(InvalidArgument, match="terminal"):
+        with pytest.raises(InvalidArgument, match="terminal=True but the request says"):
             await tasks.exec_add(
                 "init", "t", StdioConfig("", "", ""), b'{"args":["x"],"terminal":true}'
             )
@@ -700,10 +699,38 @@ def test_exec_refusals_name_what_is_not_supported(tmp_path: Path) -> None:
         assert sup.killed == []  # nothing was sent, nothing thawed
         with pytest.raises(FailedPrecondition, match="paused container"):
             await tasks.exec_add("init", "q", StdioConfig("", "", ""), SPEC)
-        sup.kind = Workload.NATIVE
-        with pytest.raises(Unimplemented, match=r"runc exec"):
-            await tasks.exec_add("init", "n", StdioConfig("", "", ""), SPEC)
         with pytest.raises(NotFound):
             await tasks.start("init", "never-added")
+
+    asyncio.run(main())
+
+
+def test_a_native_exec_keeps_its_process_spec_and_a_tty_exec_can_be_resized(
+    tmp_path: Path,
+) -> None:
+    """In a native container the exec's process spec goes to runc as it came (no wasm
+    program is resolved); an exec with a terminal gets one, and ResizePty reaches it."""
+
+    async def main() -> None:
+        tasks, _ = _setup(tmp_path)
+        _, sup = _exec_ready(tmp_path, tasks)
+        await _start_init(tasks, sup)
+        tty_spec = b'{"args": ["/bin/sh"], "terminal": true}'
+        tty = await tasks.exec_add("init", "t", StdioConfig("", "", "", terminal=True), tty_spec)
+        assert tty.io.console is not None  # the shim made the pair (a wasm container)
+        tasks.resize_pty("init", "t", 100, 30)
+        tasks.resize_pty("init", "", 100, 30)  # the init has no terminal: ignored
+        with pytest.raises(NotFound):
+            tasks.resize_pty("init", "nope", 1, 1)
+        await tasks.delete("init", "t")
+        sup.kind = Workload.NATIVE
+        e = await tasks.exec_add("init", "n", StdioConfig("", "", ""), SPEC)
+        assert (e.process_json, e.run_config, e.entry) == (SPEC, None, None)
+        native_tty = await tasks.exec_add(
+            "init", "nt", StdioConfig("", "", "", terminal=True), tty_spec
+        )
+        assert native_tty.io.console is None  # runc makes it and sends the master later
+        await tasks.delete("init", "n")
+        await tasks.delete("init", "nt")
 
     asyncio.run(main())
