@@ -99,6 +99,8 @@ MATRIX_MODULES = frozenset(
         "test_cri_wasm_policy.py",
         "test_cri_network.py",
         "test_cri_pull.py",
+        "test_crictl.py",
+        "test_tty.py",
         "test_images.py",
         "test_wasm_layer_images.py",
         "test_artifact_task.py",
