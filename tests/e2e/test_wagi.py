@@ -407,11 +407,10 @@ def test_wagi_requests_share_the_memory_limit(
         headroom = int(line.split("leaves ")[1].split()[0])
         assert share == headroom // 4, line  # the concurrency setting divides it
         assert headroom > (limit_mib << 20) // 2, line  # the share is most of limit / 4
-        share_mib = share >> 20
         status, _, body = curl(netns, url("/grow"))
         assert status == "HTTP/1.1 200 OK", body
         grown = int(body)
-        assert share_mib * 3 // 4 <= grown < share_mib, (grown, line)
+        assert share * 3 // 4 <= grown << 20 < share, (grown, line)  # 1 MiB blocks
 
         answers: list[tuple[str, dict[str, str], bytes]] = []
         growing = [
@@ -423,7 +422,7 @@ def test_wagi_requests_share_the_memory_limit(
         for thread in growing:
             thread.join(timeout=120)
         assert [a[0] for a in answers] == ["HTTP/1.1 200 OK"] * 4, answers
-        assert all(share_mib * 3 // 4 <= int(a[2]) < share_mib for a in answers), answers
+        assert all(share * 3 // 4 <= int(a[2]) << 20 < share for a in answers), answers
         status, _, body = curl(netns, url("/hello"))
         assert status == "HTTP/1.1 200 OK" and body == b"hello from wagi\n"
         assert task_status(bed, bed_ns, cid) == "RUNNING"
