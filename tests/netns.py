@@ -27,7 +27,7 @@ class NetNs:
         return f"/var/run/netns/{self.name}"
 
     def run(
-        self, *args: str, timeout: float = 60.0, check: bool = False
+        self, *args: str, timeout: float = 60.0, check: bool = False, cwd: str | None = None
     ) -> subprocess.CompletedProcess[str]:
         """`ip netns exec <name> ARGS`, output as text."""
         return subprocess.run(
@@ -36,6 +36,7 @@ class NetNs:
             text=True,
             timeout=timeout,
             check=check,
+            cwd=cwd,
         )
 
 

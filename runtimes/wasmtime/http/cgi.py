@@ -8,7 +8,11 @@ REQUEST_METHOD, REQUEST_URI (the target as sent), SCRIPT_NAME (empty: the progra
 whole site), PATH_INFO (the path, percent-decoded), QUERY_STRING (as sent), REMOTE_ADDR,
 REMOTE_PORT, CONTENT_LENGTH and CONTENT_TYPE when the request has a body or says them, and
 HTTP_<NAME> for every other header (upper case, `-` as `_`, repeated headers joined with
-", "). A header whose name holds `_` is dropped, so that `X_Foo` cannot pose as `X-Foo`.
+", "). Dropped: a header whose name is not an RFC 7230 token (`Host=evil` must not become
+a variable that getenv("HTTP_HOST") finds) or holds `_` (so that `X_Foo` cannot pose as
+`X-Foo`), one whose variable would be one the gateway sets itself, and `Proxy`: as
+HTTP_PROXY it would name the outgoing proxy to HTTP clients that read it ("httpoxy"), as
+Go's net/http/cgi and Apache also refuse to pass it.
 
 The output is header lines (LF or CRLF), an empty line, then the body. `Status: NNN reason`
 sets the status; a `Location` without a `Status` is a redirect (302); otherwise 200. Every
@@ -29,7 +33,8 @@ SOFTWARE = "containerd-shim-wasmtime-wagi"
 DROPPED_RESPONSE_HEADERS = frozenset(
     {"connection", "keep-alive", "transfer-encoding", "content-length", "status"}
 )
-_TOKEN = re.compile(r"^[!#$%&'*+.^`|~0-9A-Za-z-]+$")
+_TOKEN = re.compile(r"[!#$%&'*+.^`|~0-9A-Za-z-]+\Z")  # RFC 7230 token (ASCII only)
+DROPPED_REQUEST_HEADERS = frozenset({"proxy"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +45,7 @@ class Request:
     target: str  # the request target as sent: path, then `?query`
     version: str  # "HTTP/1.1"
     headers: tuple[tuple[str, str], ...]
-    body: bytes
+    body: bytes | bytearray
     client: tuple[str, int]
     server_port: int
     server_name: str  # the local address, for a request without a Host header
@@ -51,7 +56,7 @@ class Response:
     status: int
     reason: str
     headers: tuple[tuple[str, str], ...]
-    body: bytes
+    body: bytes | memoryview  # a view into the program's output: no copy of it
 
 
 class BadResponse(ValueError):
@@ -79,7 +84,7 @@ def environment(req: Request, container_env: Sequence[tuple[str, str]]) -> list[
     }
     joined: dict[str, list[str]] = {}
     for name, value in req.headers:
-        if "_" in name:
+        if "_" in name or not _TOKEN.match(name) or name.lower() in DROPPED_REQUEST_HEADERS:
             continue
         joined.setdefault(name.lower(), []).append(value)
     for lower, values in joined.items():
@@ -89,7 +94,9 @@ def environment(req: Request, container_env: Sequence[tuple[str, str]]) -> list[
         if lower == "content-type":
             meta["CONTENT_TYPE"] = value
             continue
-        meta["HTTP_" + lower.upper().replace("-", "_")] = value
+        variable = "HTTP_" + lower.upper().replace("-", "_")
+        if variable not in meta:
+            meta[variable] = value
     if req.body or "content-length" in joined:
         meta["CONTENT_LENGTH"] = str(len(req.body))
     env = [(k, v) for k, v in container_env if k not in meta]
@@ -97,7 +104,7 @@ def environment(req: Request, container_env: Sequence[tuple[str, str]]) -> list[
     return env
 
 
-def parse_output(output: bytes) -> Response:
+def parse_output(output: bytes | bytearray) -> Response:
     """The response the program wrote. Raises BadResponse (module docstring)."""
     if output.startswith((b"\n", b"\r\n")):
         raise BadResponse("the program wrote no CGI header (its output starts with an empty line)")
@@ -108,7 +115,7 @@ def parse_output(output: bytes) -> Response:
             end, body_at = at, at + len(blank)
     if end == len(output):
         raise BadResponse("the program's output has no empty line ending its CGI headers")
-    head = output[:end].decode("latin-1")
+    head = bytes(output[:end]).decode("latin-1")
     headers: list[tuple[str, str]] = []
     status: tuple[int, str] | None = None
     location = False
@@ -131,4 +138,4 @@ def parse_output(output: bytes) -> Response:
             headers.append((name, value))
     if status is None:
         status = (302, "Found") if location else (200, "OK")
-    return Response(status[0], status[1], tuple(headers), output[body_at:])
+    return Response(status[0], status[1], tuple(headers), memoryview(output)[body_at:])

@@ -54,7 +54,7 @@ class Outcome(enum.Enum):
 class Result:
     outcome: Outcome
     status: int  # the exit status when EXITED
-    output: bytes  # what the program wrote on stdout
+    output: bytearray  # what the program wrote on stdout (the collector's buffer, no copy)
     truncated: bool  # it wrote more than MAX_OUTPUT
 
 
@@ -73,12 +73,15 @@ class _Collector:
         return len(chunk)
 
 
-def _stdin_bytes(wasi: wasmtime.WasiConfig, body: bytes) -> None:
+def _stdin_bytes(wasi: wasmtime.WasiConfig, body: bytes | bytearray) -> None:
     """The body as the program's stdin (the C API's wasi_config_set_stdin_bytes, which
-    wasmtime-py 50 binds but does not wrap; it takes the vector's bytes)."""
+    wasmtime-py 50 binds but does not wrap; it takes the vector's bytes). The body is
+    copied once, straight into the vector."""
     vec = ffi.wasm_byte_vec_t()
-    buf = (ffi.wasm_byte_t * len(body)).from_buffer_copy(body) if body else None
-    ffi.wasm_byte_vec_new(ctypes.byref(vec), len(body), buf)
+    ffi.wasm_byte_vec_new_uninitialized(ctypes.byref(vec), len(body))
+    if body:
+        source = body if isinstance(body, bytes) else (ctypes.c_char * len(body)).from_buffer(body)
+        ctypes.memmove(vec.data, source, len(body))
     ffi.wasi_config_set_stdin_bytes(wasi.ptr(), ctypes.byref(vec))
 
 
@@ -112,7 +115,7 @@ class Handler:
             self.cfg, self.entry, self.loaded, wasi_config(self.cfg), self.memory_cap, self.deadline
         )
 
-    def call(self, env: list[tuple[str, str]], body: bytes) -> Result:
+    def call(self, env: list[tuple[str, str]], body: bytes | bytearray) -> Result:
         """Run the program once. Raises FailedPrecondition when it cannot be instantiated
         (the server answers 500)."""
         cfg = replace(self.cfg, env=tuple(f"{k}={v}" for k, v in env))
@@ -137,7 +140,7 @@ class Handler:
                 if isinstance(prepared, wrun.ComponentInstance):
                     result = prepared.func(prepared.store)
                     if getattr(result, "tag", None) == "err":
-                        return Result(Outcome.EXITED, 1, bytes(out.data), out.truncated)
+                        return Result(Outcome.EXITED, 1, out.data, out.truncated)
                 else:
                     if prepared.initialize is not None:
                         prepared.initialize(prepared.store)
@@ -147,13 +150,13 @@ class Handler:
             status = e.code & 0xFF
         except wasmtime.Trap as e:
             if e.trap_code is wasmtime.TrapCode.INTERRUPT:
-                return Result(Outcome.TIMEOUT, 0, bytes(out.data), out.truncated)
+                return Result(Outcome.TIMEOUT, 0, out.data, out.truncated)
             wrun.report_trap(e)
-            return Result(Outcome.TRAPPED, 0, bytes(out.data), out.truncated)
+            return Result(Outcome.TRAPPED, 0, out.data, out.truncated)
         except wasmtime.WasmtimeError as e:
             wrun.report_trap(e)
-            return Result(Outcome.TRAPPED, 0, bytes(out.data), out.truncated)
-        return Result(Outcome.EXITED, status, bytes(out.data), out.truncated)
+            return Result(Outcome.TRAPPED, 0, out.data, out.truncated)
+        return Result(Outcome.EXITED, status, out.data, out.truncated)
 
 
 class Ticker:

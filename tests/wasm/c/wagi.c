@@ -6,7 +6,8 @@
  *   /redirect  Location: /hello (no Status: the gateway makes it a 302)
  *   /trap      writes half a response, then executes `unreachable`
  *   /exit      exits with status 3
- *   /spin      loops for ever (the gateway's timeout interrupts it)
+ *   /spin      writes "spinning" on stderr, then loops for ever (the gateway's timeout
+ *              interrupts it)
  *   /garbage   output that is not a CGI response
  *   /grow      allocates 1 MiB blocks until malloc fails; answers how many it got
  *   anything else: 404
@@ -48,6 +49,7 @@ int main(void) {
         printf("Content-Type: text/plain\n\n");
         return 3;
     } else if (strcmp(path, "/spin") == 0) {
+        fputs("spinning\n", stderr);  /* the test signals once it sees this */
         volatile unsigned long n = 0;
         for (;;) n++;
     } else if (strcmp(path, "/grow") == 0) {
