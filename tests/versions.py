@@ -9,15 +9,15 @@ takes one of them per run, named by the ``TEST_CONTAINERD`` environment variable
 - ``1.7`` and ``2`` are built by tests/gobuild.py from the Go module proxy: containerd, ctr
   and containerd-shim-runc-v2 of the same release (a 2.x containerd with 1.6's runc shim is
   not what a node runs), into ``.cache/go/bin/containerd-<version>/``, once; a later run
-  builds nothing. 1.7.35 is the last 1.7 release, 2.4.2 the newest 2.x the proxy serves.
+  builds nothing. 1.7.35 is a 1.7 patch release the proxy serves, 2.4.2 the newest 2.x it
+  listed when this was written.
   Each takes about 2 minutes to build from cold on the 2-core test machine.
 
 nerdctl v1.7.7 (tests/nerdctl.py) drives all three.
 
-``python -m tests.versions build 1.7 2`` builds what is missing of the releases named and prints
-where each is (what ``make test`` runs first for its releases, so a build failure says so
-before any test starts); ``python -m
-tests.versions selected`` prints the selected release.
+``python -m tests.versions build 1.7 2`` builds what is missing of the releases named and
+prints where each is (what ``make test`` runs first for its releases, so a build failure says
+so before any test starts); ``python -m tests.versions selected`` prints the selected one.
 """
 
 from __future__ import annotations
