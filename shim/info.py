@@ -82,7 +82,8 @@ def runtime_info(options: bytes) -> bytes:
 
 
 def read_options(fd: int = 0) -> bytes:
-    """Whatever containerd wrote on stdin, up to EOF (bounded in size and time)."""
+    """Whatever containerd wrote on stdin, up to EOF: at most 1 MiB, and each read waits at
+    most ``STDIN_WAIT`` s (containerd writes the options at once and closes)."""
     if os.isatty(fd):
         return b""
     data = b""

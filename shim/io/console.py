@@ -16,7 +16,8 @@ that held its terminal have exited. ``close`` waits for that (bounded) before it
 
 CloseIO on a terminal cannot close the master, which still carries the output: the copier
 delivers what the client wrote, then types the terminal's end-of-file character (VEOF,
-usually ^D), which a program reading in canonical mode sees as EOF, as on a real terminal.
+usually ^D), which a program reading in canonical mode sees as EOF, as on a real terminal
+(twice after a partial line: the first only hands that line over).
 
 Each of the two threads owns a duplicate of the master (one open file description, so one
 O_NONBLOCK flag for all: both only ever wait in poll()); ``resize`` uses the console's own.
@@ -33,7 +34,7 @@ import struct
 import termios
 import threading
 
-from shim.errors import Internal
+from shim.errors import Internal, InvalidArgument
 from shim.io.fds import close_quietly
 
 _CHUNK = 65536
@@ -50,19 +51,25 @@ def open_pair() -> tuple[int, int]:
 
 def set_size(fd: int, width: int, height: int) -> None:
     """TIOCSWINSZ: the terminal's size in columns and rows (the kernel signals SIGWINCH to its
-    foreground process group)."""
-    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", height, width, 0, 0))
+    foreground process group). A size the kernel cannot hold (each is 16 bits; ResizePty
+    sends 32) is InvalidArgument; a failing ioctl is Internal."""
+    if not (0 <= width <= 0xFFFF and 0 <= height <= 0xFFFF):
+        raise InvalidArgument(f"terminal size {width}x{height}: each must be at most 65535")
+    try:
+        fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", height, width, 0, 0))
+    except OSError as exc:
+        raise Internal(f"cannot set the terminal's size: {exc.strerror or exc}") from exc
 
 
-def type_eof(fd: int) -> None:
-    """Type the terminal's end-of-file character into master ``fd`` when the terminal is in
-    canonical mode (a raw-mode program has no notion of an end of input). Best effort: a
-    terminal already gone needs no EOF."""
+def type_eof(fd: int, times: int = 1) -> None:
+    """Type the terminal's end-of-file character ``times`` times into master ``fd`` when the
+    terminal is in canonical mode (a raw-mode program has no notion of an end of input).
+    Best effort: a terminal already gone needs no EOF."""
     with contextlib.suppress(OSError, termios.error):
         attrs = termios.tcgetattr(fd)  # on a master, the pair's (the slave's) settings
         if attrs[3] & termios.ICANON:
             eof = attrs[6][termios.VEOF]
-            os.write(fd, eof if isinstance(eof, bytes) else bytes([eof]))
+            os.write(fd, (eof if isinstance(eof, bytes) else bytes([eof])) * times)
 
 
 class OutputPump:
@@ -79,7 +86,12 @@ class OutputPump:
         self._thread = threading.Thread(target=self._run, name=f"tty-output {name}", daemon=True)
 
     def start(self) -> None:
-        self._thread.start()
+        """Start copying; a thread that cannot start (a pids limit) releases everything."""
+        try:
+            self._thread.start()
+        except BaseException:
+            self._release()
+            raise
 
     def finish(self, timeout: float) -> bool:
         """Wait up to ``timeout`` s for the pump to end by itself; True if it did."""

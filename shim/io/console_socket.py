@@ -9,8 +9,8 @@ socket lives in a private directory of its own (0700, under the temporary direct
 bundle's path can be longer than a socket address allows) that ``close`` removes.
 
 ``receive`` is awaited beside the runc command that sends the master: it never blocks the
-event loop, and the caller cancels it (bounded by the command's own timeout) when the
-command fails without connecting.
+event loop; the caller cancels it when the command fails without connecting, or when no
+master arrives within a further timeout after the command succeeded.
 """
 
 from __future__ import annotations
@@ -33,9 +33,16 @@ class ConsoleSocket:
 
     def __init__(self) -> None:
         """Make the directory and listen. Raises Internal."""
-        self._dir = tempfile.mkdtemp(prefix="wasmtime-shim-pty-")
+        try:
+            self._dir = tempfile.mkdtemp(prefix="wasmtime-shim-pty-")
+        except OSError as exc:
+            raise Internal(f"console socket directory: {exc.strerror or exc}") from exc
         self.path = os.path.join(self._dir, "pty.sock")
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        except OSError as exc:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            raise Internal(f"console socket {self.path}: {exc.strerror or exc}") from exc
         try:
             self._sock.bind(self.path)
             self._sock.listen(1)

@@ -51,6 +51,7 @@ class StdinCopier:
         self._wake_r = self._wake_w = -1
         self._thread: threading.Thread | None = None
         self._terminal = terminal >= 0
+        self._last_byte = b""  # the last byte delivered (on a terminal: a line ended?)
         try:
             if self._terminal:
                 self._pipe_w = terminal
@@ -122,7 +123,9 @@ class StdinCopier:
             with self._lock:
                 fd, self._pipe_w = self._pipe_w, -1
                 if self._terminal and self._closing and not self._stopping:
-                    type_eof(fd)
+                    # After a partial line the first end-of-file character only hands that
+                    # line to the reader; a second, at the start of a line, is its EOF.
+                    type_eof(fd, times=1 if self._last_byte in (b"", b"\n") else 2)
                 close_quietly(fd)
 
     def _copy(self) -> None:
@@ -159,6 +162,8 @@ class StdinCopier:
                     continue
                 except OSError:
                     return  # EPIPE: the guest closed its stdin or exited
+                if written:
+                    self._last_byte = pending[written - 1 : written]
                 pending = pending[written:]
             else:
                 pending = self._read(_CHUNK)

@@ -8,9 +8,10 @@ everything afterwards. The life cycle:
 ``started`` (our copies of the child's ends are closed, so the child's exit is the client's
 EOF) -> ``close_stdin`` (CloseIO, any time) -> ``close`` (after exit / on Delete).
 
-Output goes to the client's FIFO directly, not through a copier: the child writes into the
-FIFO, and we hold our own read end of it until ``close`` so that a client that went away never
-turns the guest's writes into EPIPE (as in runc, a full FIFO then blocks the writer instead).
+Without a terminal, output goes to the client's FIFO directly, not through a copier: the child
+writes into the FIFO, and we hold our own read end of it until ``close`` so that a client that
+went away never turns the guest's writes into EPIPE (as in runc, a full FIFO then blocks the
+writer instead); with one, the console's pump copies it (below).
 Stdin goes through a pipe we own (see ``stdin.py``) because CloseIO must produce EOF.
 
 With ``terminal=true`` the process gets the slave side of a pseudo-terminal as 0, 1 and 2
@@ -66,6 +67,7 @@ class ProcessIO:
         self._logger: BinaryLogger | None = None
         self._terminal = False
         self._stdin_path = ""  # on a terminal: the stdin FIFO, copied once the master exists
+        self._stdin_closed = False  # CloseIO came (kept for a copier that starts later)
         self._out = -1  # on a terminal: the stdout target, until the console takes it
         self._name = ""
         self.console: Console | None = None
@@ -144,6 +146,8 @@ class ProcessIO:
             if self._stdin_path:
                 self._stdin = StdinCopier(self._stdin_path, self.console.input_fd())
                 self._stdin.start()
+                if self._stdin_closed:  # CloseIO before runc's master arrived
+                    self._stdin.close_stdin()
 
     def resize(self, width: int, height: int) -> None:
         """ResizePty. As in containerd's runc shim, a process without a terminal (or whose
@@ -244,6 +248,7 @@ class ProcessIO:
         """CloseIO: the process reads what was already written to its stdin, then EOF.
         Does nothing when stdin is not a FIFO (it already reads /dev/null)."""
         with self._lock:
+            self._stdin_closed = True
             copier = None if self._closed else self._stdin
         if copier is not None:
             copier.close_stdin()

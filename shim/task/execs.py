@@ -57,7 +57,10 @@ def parse_exec_spec(data: bytes) -> ExecSpec:
     cwd = doc.get("cwd") or "/"
     if not isinstance(cwd, str) or not cwd.startswith("/"):
         raise InvalidArgument(f"exec: process.cwd must be an absolute path, not {cwd!r}")
-    return ExecSpec(tuple(args), tuple(env), cwd, bool(doc.get("terminal", False)))
+    terminal = doc.get("terminal", False)
+    if not isinstance(terminal, bool):
+        raise InvalidArgument(f"exec: process.terminal must be true or false, not {terminal!r}")
+    return ExecSpec(tuple(args), tuple(env), cwd, terminal)
 
 
 @dataclass(eq=False)

@@ -153,6 +153,9 @@ class Runc:
                 ) from None
             finally:
                 receiving.cancel()
+                # Let the cancelled accept unregister its reader before the socket closes
+                # (the descriptor number could otherwise be reused under a stale reader).
+                await asyncio.wait([receiving])
                 if master < 0:
                     _close_unclaimed(receiving)
             console(master)
@@ -215,7 +218,11 @@ class Runc:
                     stdio=stdio,
                 )
 
-            await self._run_with_console(run, console)
+            try:
+                await self._run_with_console(run, console)
+            except BaseException:
+                self._kill_made(pid_file)
+                raise
             with open(pid_file) as pid_in:
                 pid = int(pid_in.read().strip())
         finally:
@@ -223,6 +230,23 @@ class Runc:
                 with contextlib.suppress(OSError):
                     os.unlink(path)
         return pid, self.reaper.watch(pid)
+
+    def _kill_made(self, pid_file: str) -> None:
+        """An exec process runc made although the exec then failed (no terminal arrived, the
+        container went away): SIGKILL through a pidfd, and watched so that the reaper
+        collects it, rather than left running where no exec id reaches it."""
+        try:
+            with open(pid_file) as pid_in:
+                pid = int(pid_in.read().strip())
+        except (OSError, ValueError):
+            return  # runc made nothing
+        with contextlib.suppress(OSError):
+            pidfd = os.pidfd_open(pid)
+            try:
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+            finally:
+                os.close(pidfd)
+        self.reaper.watch(pid)
 
     async def kill(self, sig: int, all_: bool) -> None:
         await self._run("kill", *(["--all"] if all_ else []), self.id, str(sig))

@@ -289,8 +289,9 @@ class Tasks:
     async def exec_add(
         self, container_id: str, exec_id: str, stdio: StdioConfig, spec: bytes
     ) -> ExecProcess:
-        """Exec: a new exec process of a running wasm container, created but not started.
-        Its program is resolved here, so a missing one fails Exec with the reason."""
+        """Exec: a new exec process of a running container (wasm: the program is resolved
+        here, so a missing one fails Exec with the reason; native: runc exec at Start),
+        created but not started."""
         c = self.get(container_id)
         if not exec_id:
             raise InvalidArgument("exec: an exec id is required")
@@ -329,10 +330,11 @@ class Tasks:
         c = self.get(container_id)
         e = self.get_exec(container_id, exec_id)
         e.state = next_state(e.state, Event.START)
-        if c.state not in LIVE:
+        if c.state is not State.RUNNING:
             e.spawned.set()
             await self._exec_start_failed(e, START_FAILED_STATUS)
-            raise FailedPrecondition(f"cannot start exec {exec_id}: the container has exited")
+            why = "is paused (resume it first)" if c.state in LIVE else "has exited"
+            raise FailedPrecondition(f"cannot start exec {exec_id}: the container {why}")
         return await asyncio.shield(self._run_exec(c, e))
 
     async def _run_exec(self, c: Container, e: ExecProcess) -> int:

@@ -578,6 +578,43 @@ def test_close_stdin_on_a_terminal_types_eof(client: Client) -> None:
     pio.close()
 
 
+def test_close_stdin_after_a_partial_line_still_ends_the_input(client: Client) -> None:
+    """`printf abc | ... -t cat`: the first ^D only hands "abc" over; the shim types a
+    second one, at the start of a line, which is the reader's EOF."""
+    pio = ProcessIO.open(_tty_config(client), container_id="c", namespace="ns")
+    child = spawn_on_tty(pio.child_fds(), "cat; echo done")
+    pio.started()
+    os.write(client.open_stdin(), b"abc")
+    pio.close_stdin()
+    # The terminal's echo of "abc", cat's copy of it, then the line after cat's EOF.
+    assert read_to_eof(client.out_r) == b"abcabcdone\r\n"
+    assert exit_code(child) == 0
+    pio.close()
+
+
+def test_close_stdin_before_runcs_master_arrives_is_kept(client: Client) -> None:
+    """CloseIO between Create and the master's arrival (runc's terminal comes at Start):
+    the copier that starts with the master delivers the input, then EOF."""
+    pio = ProcessIO.open(_tty_config(client), container_id="c", namespace="ns", pty=False)
+    pio.child_fds()
+    pio.close_stdin()  # nothing reads the FIFO yet: the client has written nothing
+    master, slave = os.openpty()
+    pio.attach_console(master)
+    child = spawn_on_tty((slave, slave, slave), "cat; echo done")
+    os.close(slave)
+    pio.started()
+    assert read_to_eof(client.out_r) == b"done\r\n"
+    assert exit_code(child) == 0
+    pio.close()
+
+
+def test_a_size_beyond_16_bits_is_refused(client: Client) -> None:
+    pio = ProcessIO.open(_tty_config(client, stdin=False), container_id="c", namespace="ns")
+    with pytest.raises(InvalidArgument, match="at most 65535"):
+        pio.resize(70000, 24)
+    pio.close()
+
+
 def test_resize_sets_the_window_size(client: Client) -> None:
     pio = ProcessIO.open(_tty_config(client, stdin=False), container_id="c", namespace="ns")
     pio.resize(123, 45)

@@ -590,6 +590,7 @@ def test_the_exec_spec_is_read_and_malformed_ones_are_named() -> None:
         (b'{"args": []}', "process.args"),
         (b'{"args": ["x"], "env": [1]}', "process.env"),
         (b'{"args": ["x"], "cwd": "rel"}', "absolute"),
+        (b'{"args": ["x"], "terminal": "false"}', "process.terminal"),
     ):
         with pytest.raises(InvalidArgument, match=words):
             parse_exec_spec(bad)
@@ -688,12 +689,18 @@ def test_exec_refusals_name_what_is_not_supported(tmp_path: Path) -> None:
                 "init", "t", StdioConfig("", "", ""), b'{"args":["x"],"terminal":true}'
             )
         await tasks.exec_add("init", "p", StdioConfig("", "", ""), SPEC)
+        await tasks.exec_add("init", "added-before-pause", StdioConfig("", "", ""), SPEC)
         start = asyncio.ensure_future(tasks.start("init", "p"))
         while not sup.exec_processes:
             await asyncio.sleep(0)
         sup.exec_processes[0].set_ready()
         await start
         await tasks.pause("init")
+        # An exec added before Pause is not started into the frozen cgroup (it would freeze
+        # with its Start waiting for Resume): it ends as a failed start.
+        with pytest.raises(FailedPrecondition, match="is paused"):
+            await tasks.start("init", "added-before-pause")
+        assert len(sup.exec_processes) == 1
         with pytest.raises(FailedPrecondition, match="resume it first"):
             await tasks.kill("init", "p", signal.SIGKILL, False)
         assert sup.killed == []  # nothing was sent, nothing thawed
