@@ -21,33 +21,10 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests import golang
 from tests.containerd import SYSTEM_PATH
-from tests.gobuild import GO_DIR, build_commands
+from tests.gobuild import GoCommand
 
-CRICTL_MODULE = "sigs.k8s.io/cri-tools"
-CRICTL_VERSION = "v1.37.0"
-
-
-def crictl_path() -> Path:
-    """Where the built binary lives; the version is in the name so an upgrade rebuilds."""
-    return GO_DIR / "bin" / f"crictl-{CRICTL_VERSION}" / "crictl"
-
-
-def build_problem() -> str | None:
-    """Why crictl cannot be had here (for ``require``), or None."""
-    if crictl_path().exists():
-        return None
-    return golang.problem()
-
-
-def build_crictl() -> Path:
-    """Return the crictl binary, building it first if it is not cached yet (GoBuildError if
-    go fails)."""
-    stamp = f"-X {CRICTL_MODULE}/pkg/version.Version={CRICTL_VERSION}"
-    target = crictl_path().parent
-    build_commands(CRICTL_MODULE, CRICTL_VERSION, ["./cmd/crictl"], target, ldflags=stamp)
-    return crictl_path()
+CRICTL = GoCommand("sigs.k8s.io/cri-tools", "v1.37.0", "crictl")
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,6 +27,7 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from tests import golang
@@ -121,3 +122,31 @@ def build_commands(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+@dataclass(frozen=True, slots=True)
+class GoCommand:
+    """One client the suite builds (``./cmd/<name>`` of ``module@version``) into
+    ``.cache/go/bin/<name>-<version>/<name>``: the version is in the path, so an upgrade
+    rebuilds. ``version_var`` is the package variable its release builds stamp."""
+
+    module: str
+    version: str
+    name: str
+    version_var: str = "pkg/version.Version"
+
+    @property
+    def path(self) -> Path:
+        return GO_DIR / "bin" / f"{self.name}-{self.version}" / self.name
+
+    def problem(self) -> str | None:
+        """Why it cannot be had here (for ``require``), or None."""
+        return None if self.path.exists() else golang.problem()
+
+    def build(self) -> Path:
+        """The binary, built first if it is not cached yet (GoBuildError if go fails)."""
+        stamp = f"-X {self.module}/{self.version_var}={self.version}"
+        build_commands(
+            self.module, self.version, [f"./cmd/{self.name}"], self.path.parent, ldflags=stamp
+        )
+        return self.path

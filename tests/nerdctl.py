@@ -23,35 +23,10 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests import golang
 from tests.containerd import SYSTEM_PATH
-from tests.gobuild import GO_DIR, build_commands
+from tests.gobuild import GoCommand
 
-NERDCTL_MODULE = "github.com/containerd/nerdctl"
-NERDCTL_VERSION = "v1.7.7"
-
-
-def nerdctl_path() -> Path:
-    """Where the built binary lives; the version is in the name so an upgrade rebuilds."""
-    return GO_DIR / "bin" / f"nerdctl-{NERDCTL_VERSION}" / "nerdctl"
-
-
-def build_problem() -> str | None:
-    """Why nerdctl cannot be had here (for ``require``), or None."""
-    if nerdctl_path().exists():
-        return None
-    return golang.problem()
-
-
-def build_nerdctl() -> Path:
-    """Return the nerdctl binary, building it first if it is not cached yet.
-
-    Raises GoBuildError if go is missing or fails.
-    """
-    stamp = f"-X {NERDCTL_MODULE}/pkg/version.Version={NERDCTL_VERSION}"
-    target = nerdctl_path().parent
-    build_commands(NERDCTL_MODULE, NERDCTL_VERSION, ["./cmd/nerdctl"], target, ldflags=stamp)
-    return nerdctl_path()
+NERDCTL = GoCommand("github.com/containerd/nerdctl", "v1.7.7", "nerdctl")
 
 
 @dataclass(frozen=True, slots=True)

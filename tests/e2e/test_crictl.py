@@ -22,7 +22,7 @@ import pytest
 
 from tests.containerd import WASMTIME_HANDLER, PrivateContainerd
 from tests.cri import CriClient
-from tests.crictl import Crictl, build_crictl, build_problem
+from tests.crictl import CRICTL, Crictl
 from tests.e2e.test_tty import Pane, converse, pane_socket  # noqa: F401 (a fixture)
 from tests.pause import build as native
 from tests.prereq import require
@@ -33,9 +33,9 @@ NODE = 2  # CRI NamespaceMode NODE: the pod shares the host's network
 
 @pytest.fixture(scope="module")
 def crictl_binary() -> Path:
-    problem = build_problem()
+    problem = CRICTL.problem()
     require(problem is None, problem or "")
-    return build_crictl()  # a failed build fails the test: go is there, so it must work
+    return CRICTL.build()  # a failed build fails the test: go is there, so it must work
 
 
 @pytest.fixture

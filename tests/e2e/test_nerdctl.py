@@ -34,7 +34,7 @@ import pytest
 
 from tests.containerd import RUNTIME, PrivateContainerd
 from tests.e2e.helpers import remove_container, shim_pids, wait_for_status
-from tests.nerdctl import Nerdctl, build_nerdctl, build_problem
+from tests.nerdctl import NERDCTL, Nerdctl
 from tests.prereq import require
 
 REF = "localhost/nerdctl-wasm/hello:1"
@@ -52,9 +52,9 @@ def hello_output(*argv: str) -> str:
 
 @pytest.fixture(scope="session")
 def nerdctl_binary() -> Path:
-    problem = build_problem()
+    problem = NERDCTL.problem()
     require(problem is None, problem or "")
-    return build_nerdctl()  # a failed build fails the test: go is there, so it must work
+    return NERDCTL.build()  # a failed build fails the test: go is there, so it must work
 
 
 @pytest.fixture(scope="module")

@@ -43,7 +43,7 @@ from shim.warm import protocol
 from tests.containerd import CRI_NAMESPACE, RUNTIME, WASMTIME_HANDLER, PrivateContainerd
 from tests.cri import CriClient
 from tests.e2e.helpers import wat_binary
-from tests.nerdctl import Nerdctl, build_nerdctl, build_problem
+from tests.nerdctl import NERDCTL, Nerdctl
 from tests.prereq import require
 from wasmtime_shim.images.artifact import build_artifact, build_runwasi_image
 from wasmtime_shim.images.build import (
@@ -165,9 +165,9 @@ def test_ctr_run_refuses_a_cncf_artifact_on_every_version(
 @pytest.fixture
 def nerdctl(containerd: PrivateContainerd, ns: str) -> Iterator[Nerdctl]:
     """nerdctl on the test's namespace, its data root under the containerd's base dir."""
-    problem = build_problem()
+    problem = NERDCTL.problem()
     require(problem is None, problem or "")
-    client = Nerdctl(build_nerdctl(), containerd.address, ns, containerd.base / "nerdctl" / ns)
+    client = Nerdctl(NERDCTL.build(), containerd.address, ns, containerd.base / "nerdctl" / ns)
     yield client
     for cid in client.run("ps", "-a", "-q", "--no-trunc").stdout.split():
         client.run("rm", "-f", cid)
