@@ -106,6 +106,26 @@ def start_server(
     return cid
 
 
+def run_once(
+    bed: PrivateContainerd,
+    ns: str,
+    ref: str,
+    flags: list[str],
+    args: tuple[str, ...] = (),
+    *,
+    timeout: float = 60.0,
+) -> subprocess.CompletedProcess[str]:
+    """`ctr run --rm` in the foreground (``flags`` before the image, ``args`` after it);
+    whatever its outcome, the container record is removed."""
+    cid = new_id("once")
+    result = bed.ctr(
+        "run", "--rm", "--runtime", RUNTIME, *flags, ref, cid, *args,
+        namespace=ns, check=False, timeout=timeout,
+    )  # fmt: skip
+    remove_container(bed, ns, cid)
+    return result
+
+
 def curl(netns: NetNs, *args: str) -> tuple[str, dict[str, str], bytes]:
     """`ip netns exec <ns> curl -si ARGS`: (status line, headers by lower-case name, body)."""
     out = subprocess.run(
@@ -307,22 +327,7 @@ def test_wagi_bad_switch_fails_create(
         (["--annotation", "wasmtime.containerd.io/http=cgi"], "must be `wagi`"),
         (["--annotation", "wasmtime.containerd.io/http=proxy"], "incoming-request"),
     ):
-        cid = new_id("wagi")
-        result = bed.ctr(
-            "run",
-            "--rm",
-            "--runtime",
-            RUNTIME,
-            "--with-ns",
-            f"network:{netns.path}",
-            *flags,
-            ref,
-            cid,
-            namespace=bed_ns,
-            check=False,
-            timeout=60,
-        )
-        remove_container(bed, bed_ns, cid)
+        result = run_once(bed, bed_ns, ref, ["--with-ns", f"network:{netns.path}", *flags])
         assert result.returncode != 0 and wanted in result.stderr, describe(bed, result)
     assert_no_leaks(bed, bed_ns)
 
@@ -333,22 +338,7 @@ def test_wagi_port_in_use_fails_start(
     ref = image.import_into(bed, bed_ns)
     first = start_server(bed, bed_ns, ref, netns, tmp_path / "one.log", annotations())
     try:
-        cid = new_id("wagi")
-        result = bed.ctr(
-            "run",
-            "--rm",
-            "--runtime",
-            RUNTIME,
-            "--with-ns",
-            f"network:{netns.path}",
-            *annotations(),
-            ref,
-            cid,
-            namespace=bed_ns,
-            check=False,
-            timeout=60,
-        )
-        remove_container(bed, bed_ns, cid)
+        result = run_once(bed, bed_ns, ref, ["--with-ns", f"network:{netns.path}", *annotations()])
         assert result.returncode != 0, describe(bed, result)
         assert f"cannot serve HTTP on port {PORT}" in result.stderr, describe(bed, result)
         assert stop(bed, bed_ns, first) == 0

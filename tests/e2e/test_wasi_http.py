@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.containerd import RUNTIME, PrivateContainerd
-from tests.e2e.helpers import TestImage, describe, make_image, new_id, remove_container
+from tests.containerd import PrivateContainerd
+from tests.e2e.helpers import TestImage, describe, make_image, remove_container
 from tests.e2e.test_run_lifecycle import assert_no_leaks
-from tests.e2e.test_wagi import PORT, annotations, start_server, stop
+from tests.e2e.test_wagi import PORT, annotations, run_once, start_server, stop
 from tests.netns import NetNs, private_netns
 from tests.prereq import require
 from tests.wasm import componentize
@@ -73,20 +73,7 @@ def test_proxy_component_is_refused_at_start_with_the_reason(
         [],
         ["--annotation", "wasmtime.containerd.io/http=wagi", "--with-ns", f"network:{netns.path}"],
     ):
-        cid = new_id("proxy")
-        result = containerd.ctr(
-            "run",
-            "--rm",
-            "--runtime",
-            RUNTIME,
-            *flags,
-            ref,
-            cid,
-            namespace=ns,
-            check=False,
-            timeout=300,
-        )
-        remove_container(containerd, ns, cid)
+        result = run_once(containerd, ns, ref, flags, timeout=300)
         assert result.returncode != 0, describe(containerd, result)
         for words in (
             "/app.wasm",
@@ -106,23 +93,9 @@ def test_command_component_makes_outgoing_http_requests(
         containerd, ns, ref, netns, tmp_path / "server.log", annotations(), ("/bin/wagi.wasm",)
     )
     try:
-        cid = new_id("get")
-        result = containerd.ctr(
-            "run",
-            "--rm",
-            "--runtime",
-            RUNTIME,
-            "--with-ns",
-            f"network:{netns.path}",
-            ref,
-            cid,
-            "/app.wasm",
-            f"http://127.0.0.1:{PORT}/hello",
-            namespace=ns,
-            check=False,
-            timeout=300,
-        )
-        remove_container(containerd, ns, cid)
+        flags = ["--with-ns", f"network:{netns.path}"]
+        args = ("/app.wasm", f"http://127.0.0.1:{PORT}/hello")
+        result = run_once(containerd, ns, ref, flags, args, timeout=300)
         assert result.returncode == 0, describe(containerd, result)
         assert result.stdout.replace("\r\n", "\n") == "200 hello from wagi\n\n", describe(
             containerd, result
