@@ -305,26 +305,21 @@ class ProtoEvents:
         )
 
     def task_exec_exit(self, c: Container, e: ExecProcess) -> None:
-        self.publish(
-            "/tasks/exit",
-            events_pb2.TaskExit(
-                container_id=c.id,
-                id=e.id,
-                pid=e.pid,
-                exit_status=e.exit_status,
-                exited_at=timestamp(e.exited_at_ns),
-            ),
-        )
+        self._exit(c.id, e.id, e.pid, e.exit_status, e.exited_at_ns)
 
     def task_exit(self, c: Container) -> None:
+        self._exit(c.id, c.id, c.pid, c.exit_status, c.exited_at_ns)
+
+    def _exit(self, container_id: str, id_: str, pid: int, status: int, at_ns: int) -> None:
+        """TaskExit; ``id_`` is the container's own id for its init, else the exec id."""
         self.publish(
             "/tasks/exit",
             events_pb2.TaskExit(
-                container_id=c.id,
-                id=c.id,
-                pid=c.pid,
-                exit_status=c.exit_status,
-                exited_at=timestamp(c.exited_at_ns),
+                container_id=container_id,
+                id=id_,
+                pid=pid,
+                exit_status=status,
+                exited_at=timestamp(at_ns),
             ),
         )
 
